@@ -1,0 +1,1 @@
+complete --command ctrlpost --no-files --arguments "(env _CTRLPOST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ctrlpost)" --condition "env _CTRLPOST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ctrlpost"

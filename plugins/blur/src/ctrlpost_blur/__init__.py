@@ -1,0 +1,39 @@
+"""The ``blur`` control modality: Cosmos-Transfer1's vis hint (blurred, down-up resized frames).
+
+Registered through the ``ctrlpost`` entry-point group; this module is the plugin. Importing it
+loads neither torch nor cv2 (both are imported when a hint is rendered).
+"""
+
+from __future__ import annotations
+
+from ctrlpost.modalities import Modality, hookimpl
+from ctrlpost_blur.blur import COMBINATIONS, BlurHints, build_generator
+from ctrlpost_blur.downup import down_up
+from ctrlpost_blur.params import PRESET_DRAWS, PRESETS, BlurParams
+
+__all__ = [
+    "BLUR",
+    "COMBINATIONS",
+    "PRESETS",
+    "PRESET_DRAWS",
+    "BlurHints",
+    "BlurParams",
+    "build_generator",
+    "down_up",
+]
+
+BLUR = Modality(
+    name="blur",
+    summary="Blurred, down-up resized frames; blur drawn per clip (control_input_vis)",
+    params_model=BlurParams,
+    build_generator=build_generator,
+    hint_channels=3,
+    hint_key="control_input_vis",
+    presets=PRESETS,
+)
+
+
+@hookimpl
+def ctrlpost_register_modalities() -> list[Modality]:
+    """Provide the ``blur`` modality."""
+    return [BLUR]

@@ -1,0 +1,29 @@
+"""The ``edge`` control modality: Canny edges of the RGB frames, as in Cosmos-Transfer1.
+
+Registered through the ``ctrlpost`` entry-point group; this module is the plugin. Importing it
+loads neither torch nor cv2.
+"""
+
+from __future__ import annotations
+
+from ctrlpost.modalities import Modality, hookimpl
+from ctrlpost_edge.canny import CannyHints, build_generator
+from ctrlpost_edge.params import PRESET_THRESHOLDS, PRESETS, EdgeParams
+
+__all__ = ["EDGE", "PRESETS", "PRESET_THRESHOLDS", "CannyHints", "EdgeParams", "build_generator"]
+
+EDGE = Modality(
+    name="edge",
+    summary="Canny edges of the RGB frames, thresholds drawn per clip (control_input_edge)",
+    params_model=EdgeParams,
+    build_generator=build_generator,
+    hint_channels=3,
+    hint_key="control_input_edge",
+    presets=PRESETS,
+)
+
+
+@hookimpl
+def ctrlpost_register_modalities() -> list[Modality]:
+    """Provide the ``edge`` modality."""
+    return [EDGE]

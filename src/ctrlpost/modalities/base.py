@@ -1,0 +1,59 @@
+"""The ``Modality`` descriptor and the hint-generator protocol that plugins implement.
+
+A hint generator works in two steps so that its randomness is explicit and testable:
+``draw(rng)`` picks the per-clip random parameters (one draw per clip, as the reference does),
+``render(frames, drawn)`` applies them to every frame deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class HintGenerator(Protocol):
+    """Turns RGB frames into a control hint, with per-clip randomness drawn up front."""
+
+    def draw(self, rng: np.random.Generator) -> Mapping[str, Any]:
+        """Draw the random parameters for one clip."""
+        ...
+
+    def render(self, frames_T_H_W_C: np.ndarray, drawn: Mapping[str, Any]) -> np.ndarray:
+        """Render the hint (uint8 ``[T, H, W, hint_channels]``) of uint8 RGB frames."""
+        ...
+
+
+@dataclass(frozen=True)
+class Modality:
+    """What a plugin tells ctrlpost about one control modality.
+
+    ``build_generator`` receives a validated instance of ``params_model``.
+    """
+
+    name: str
+    summary: str
+    params_model: type[BaseModel]
+    build_generator: Callable[[Any], HintGenerator]
+    hint_channels: int = 3
+    hint_key: str = ""
+    presets: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
+        """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""
+        return self.params_model.model_validate(dict(raw))
+
+    def make_hint(
+        self, frames_T_H_W_C: np.ndarray, params: BaseModel, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Draw and render a hint in one call."""
+        generator = self.build_generator(params)
+        return generator.render(frames_T_H_W_C, generator.draw(rng))
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random generator of one sample: a pure function of (seed, epoch, index)."""
+    return np.random.default_rng([seed, epoch, index])

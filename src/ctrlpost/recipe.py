@@ -1,0 +1,481 @@
+"""Recipes: TOML files validated by strict pydantic models.
+
+``load(path, overrides)`` reads the TOML, applies ``--set a.b=value`` overrides to the raw
+dictionary (so a wrong override path fails exactly like a typo in the file), validates, and
+returns a frozen :class:`Recipe`. Every problem is collected and reported at once, each naming
+the file and the dotted key, with a "did you mean" where a close key exists.
+
+Only ``engine/build.py`` reads a whole recipe; every other component receives its own section.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ctrlpost.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobSection(_Section):
+    """Where the run writes: ``<output_root>/<project>/<group>/<name>``."""
+
+    project: str = Field("ctrlpost", min_length=1, description="Project folder of the run.")
+    group: str = Field("default", min_length=1, description="Group folder of the run.")
+    name: str = Field(min_length=1, description="Name of the run (its folder).")
+    output_root: str | None = Field(
+        None, description="Root of all runs; default: $OUTPUT_ROOT, else 'checkpoints'."
+    )
+    seed: int = Field(0, ge=0, description="Seed of every random draw of the run.")
+
+
+class WeightsSection(_Section):
+    """Checkpoint files, relative to ``dir`` (the layout `fetch-weights` writes)."""
+
+    dir: str = Field("checkpoints", description="Root folder of downloaded weights.")
+    base: str = Field(
+        "nvidia/Cosmos-Transfer1-7B/base_model.pt", description="Frozen base DiT checkpoint."
+    )
+    control: str | None = Field(
+        None, description="Control-branch checkpoint to start from; unset: copy from the base."
+    )
+    tokenizer: str = Field(
+        "nvidia/Cosmos-Tokenize1-CV8x8x8-720p",
+        description="Folder with encoder.jit, decoder.jit and mean_std.pt.",
+    )
+    text_encoder: str = Field(
+        "google-t5/t5-11b", description="T5 encoder: a folder under `dir` or a hub id."
+    )
+
+
+class HdvilaSource(_Section):
+    """The HD-VILA-100M metadata source of `fetch-data`."""
+
+    jsonl: str = Field(
+        "datasets/hdvila/hdvila-100M.jsonl", description="HD-VILA-100M metadata file."
+    )
+    num_videos: int = Field(128, ge=1, description="Number of videos to take from the file.")
+
+
+class LocalSource(_Section):
+    """A folder of videos with a captions file (csv or jsonl)."""
+
+    videos: str | None = Field(None, description="Folder of input videos.")
+    captions: str | None = Field(None, description="Captions file: csv or jsonl.")
+
+
+class SyntheticSource(_Section):
+    """Procedurally generated clips (moving shapes, camera pans) with captions."""
+
+    num_clips: int = Field(8, ge=1, description="Number of clips to generate.")
+    width: int = Field(1280, ge=16, description="Frame width in pixels.")
+    height: int = Field(720, ge=16, description="Frame height in pixels.")
+    frames: int = Field(130, ge=1, description="Frames per clip.")
+    fps: float = Field(24.0, gt=0, description="Frames per second.")
+
+
+class FetchOptions(_Section):
+    """How `fetch-data` downloads."""
+
+    workers: int = Field(4, ge=1, description="Parallel downloads.")
+    retries: int = Field(3, ge=0, description="Retries per clip, with exponential backoff.")
+    min_height: int = Field(704, ge=1, description="Lowest accepted video stream height (px).")
+
+
+class EmbedOptions(_Section):
+    """How `embed` runs the T5 encoder."""
+
+    batch_size: int = Field(32, ge=1, description="Captions per encoder call.")
+    max_length: int = Field(512, ge=1, description="Tokens per caption (truncation).")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+class DataSection(_Section):
+    """The dataset folder (videos/, metas/, t5_xxl/) and how it is made and read."""
+
+    root: str = Field("datasets/hdvila", description="Dataset folder.")
+    source: Literal["hdvila", "local", "synthetic"] = Field(
+        "hdvila", description="Where `fetch-data` gets clips."
+    )
+    num_frames: int = Field(121, ge=1, description="Consecutive frames per training sample.")
+    resolution: Literal["720", "480", "256", "128"] = Field(
+        "720", description="Aspect-bucket size family; '720' is 1280x704 for 16:9."
+    )
+    num_workers: int = Field(8, ge=0, description="Data-loader worker processes per rank.")
+    prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker.")
+    max_bad_samples: int = Field(
+        100, ge=0, description="Unreadable samples skipped before the run stops."
+    )
+    hdvila: HdvilaSource = Field(default_factory=HdvilaSource)
+    local: LocalSource = Field(default_factory=LocalSource)
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    fetch: FetchOptions = Field(default_factory=FetchOptions)
+    embed: EmbedOptions = Field(default_factory=EmbedOptions)
+
+
+class ControlSection(_Section):
+    """One control input: a modality plugin and its parameters."""
+
+    modality: str = Field(min_length=1, description="Installed modality name, e.g. 'edge'.")
+    weight: float = Field(1.0, ge=0, description="Scale of the control residuals.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Validated by the modality plugin's own model."
+    )
+
+
+class ModelSection(_Section):
+    """The network: a named architecture flavor plus post-training choices."""
+
+    flavor: Literal["7b", "tiny"] = Field("7b", description="Architecture flavor.")
+    num_control_blocks: int = Field(3, ge=1, description="Control-branch blocks ('block3').")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype.")
+
+
+class DiffusionSection(_Section):
+    """The EDM training objective."""
+
+    sigma_data: float = Field(0.5, gt=0, description="Data standard deviation.")
+    p_mean: float = Field(0.0, description="Mean of ln(sigma) at training.")
+    p_std: float = Field(1.0, gt=0, description="Std of ln(sigma) at training.")
+    adjust_video_noise: bool = Field(True, description="Scale sigma by sqrt(latent frames).")
+    sigma_min: float = Field(0.0002, gt=0, description="Smallest sigma when sampling.")
+    sigma_max: float = Field(80.0, gt=0, description="Largest sigma when sampling.")
+    condition_frames_min: int = Field(0, ge=0, description="Fewest conditioning latent frames.")
+    condition_frames_max: int = Field(2, ge=0, description="Most conditioning latent frames.")
+    augment_sigma_p_mean: float = Field(-3.0, description="Mean of ln(sigma_aug).")
+    augment_sigma_p_std: float = Field(2.0, gt=0, description="Std of ln(sigma_aug).")
+    text_dropout: float = Field(0.2, ge=0, le=1, description="Per-sample T5 dropout rate.")
+    loss_add_logvar: bool = Field(True, description="Kendall uncertainty weighting.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DiffusionSection:
+        if self.condition_frames_min > self.condition_frames_max:
+            raise ValueError("condition_frames_min must not exceed condition_frames_max")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+class OptimSection(_Section):
+    """AdamW with linear warm-up, then a constant learning rate."""
+
+    lr: float = Field(2**-14.3, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
+    eps: float = Field(1e-10, gt=0, description="Adam epsilon.")
+    warmup_steps: int = Field(2500, ge=0, description="Linear warm-up length.")
+    warmup_start_factor: float = Field(1e-6, gt=0, le=1, description="LR factor at step 0.")
+    grad_clip_norm: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    fused: bool = Field(True, description="Use the fused AdamW kernel where available.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("betas must each be in [0, 1)")
+        return betas
+
+
+class TrainSection(_Section):
+    """Length and batch of the run, EMA and failure limits."""
+
+    steps: int = Field(ge=1, description="Optimizer steps of the run.")
+    batch_size: int = Field(1, ge=1, description="Clips per GPU per micro-step.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    ema_s: float = Field(0.1, gt=0, lt=0.28, description="Power-EMA relative std s.")
+    max_nonfinite_steps: int = Field(
+        10, ge=0, description="Steps skipped for NaN/Inf before the run stops."
+    )
+
+
+class ParallelSection(_Section):
+    """How the run is spread over processes and how memory is traded for compute."""
+
+    nnodes: int = Field(1, ge=1, description="Nodes of the job.")
+    nproc_per_node: int = Field(8, ge=1, description="Processes (GPUs) per node.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process group.")
+    activation_checkpointing: Literal["none", "selective", "full"] = Field(
+        "selective", description="Activation recomputation mode."
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block.")
+
+
+class CheckpointSection(_Section):
+    """When and how training state is saved and resumed."""
+
+    every_steps: int = Field(1000, ge=1, description="Save interval in optimizer steps.")
+    keep_last: int = Field(3, ge=1, description="Training checkpoints kept.")
+    resume: str = Field("auto", description="'auto' (latest complete), 'never', or a path.")
+    export_released: bool = Field(
+        True, description="Also write iter_*_reg_model.pt / iter_*_ema_model.pt (net.* keys)."
+    )
+
+
+class LoggingSection(_Section):
+    """What rank 0 reports."""
+
+    every_steps: int = Field(1, ge=1, description="Metric logging interval.")
+    jsonl: bool = Field(True, description="Write metrics.jsonl in the run folder.")
+    tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+
+
+class Recipe(_Section):
+    """A whole post-training job."""
+
+    job: JobSection
+    weights: WeightsSection = Field(default_factory=WeightsSection)
+    data: DataSection = Field(default_factory=DataSection)
+    control: tuple[ControlSection, ...] = Field(min_length=1)
+    model: ModelSection = Field(default_factory=ModelSection)
+    diffusion: DiffusionSection = Field(default_factory=DiffusionSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection
+    parallel: ParallelSection = Field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    def run_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """``${OUTPUT_ROOT:-checkpoints}/<project>/<group>/<name>`` (the seed's layout)."""
+        environ = os.environ if environ is None else environ
+        root = self.job.output_root or environ.get("OUTPUT_ROOT") or "checkpoints"
+        return Path(root) / self.job.project / self.job.group / self.job.name
+
+
+class RecipeProblem(BaseModel):
+    """One problem of a recipe: the dotted key and what is wrong."""
+
+    model_config = ConfigDict(frozen=True)
+    path: str
+    message: str
+
+
+class RecipeInvalid(RecipeError):
+    """A recipe with one or more problems; ``problems`` lists every one."""
+
+    def __init__(self, file: str, problems: Sequence[RecipeProblem]) -> None:
+        self.file = file
+        self.problems = list(problems)
+        lines = [f"{file}: {p.path}: {p.message}" if p.path else f"{file}: {p.message}"
+                 for p in self.problems]
+        super().__init__("\n".join(lines), hint=f"run `ctrlpost verify {file}` after fixing it")
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeInvalid` listing every problem."""
+    file = str(path)
+    raw = read_toml(path)
+    problems: list[RecipeProblem] = []
+    for override in overrides:
+        try:
+            apply_override(raw, override)
+        except ValueError as exc:
+            problems.append(RecipeProblem(path="--set", message=str(exc)))
+    if problems:
+        raise RecipeInvalid(file, problems)
+    return validate(raw, file=file)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or malformed file is a one-line RecipeError."""
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(
+            f"recipe not found: {p}", hint="pass a TOML file, e.g. recipes/edge_tiny.toml"
+        )
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{p}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not a UTF-8 text file") from None
+
+
+def validate(raw: Mapping[str, Any], *, file: str = "<recipe>") -> Recipe:
+    """Validate a raw recipe dictionary, collecting every problem."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeInvalid(file, _problems(exc.errors())) from None
+
+
+def _problems(errors: Sequence[Mapping[str, Any]]) -> list[RecipeProblem]:
+    """Problems of pydantic errors, minus the echoes of a misspelt key.
+
+    ``stpes = 10`` yields both "unknown key stpes" and "missing steps"; the first explains the
+    second, so the missing-key error is dropped. A failed array item also makes pydantic report
+    the array as too short; that is dropped too.
+    """
+    suggested = {_suggested_path(err) for err in errors} - {None}
+    failed_arrays = {_dotted(tuple(err["loc"])[:1]) for err in errors if len(err["loc"]) > 1}
+    return [
+        _problem(err)
+        for err in errors
+        if not (err["type"] == "missing" and _dotted(tuple(err["loc"])) in suggested)
+        and not (err["type"] == "too_short" and _dotted(tuple(err["loc"])) in failed_arrays)
+    ]
+
+
+def _suggested_path(err: Mapping[str, Any]) -> str | None:
+    """For an unknown key close to a valid one, the dotted path of the valid one."""
+    if err["type"] != "extra_forbidden":
+        return None
+    loc = tuple(err["loc"])
+    close = _closest(str(loc[-1]), _field_names_at(loc[:-1]))
+    return _dotted((*loc[:-1], close)) if close else None
+
+
+def _closest(name: str, known: Sequence[str]) -> str | None:
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as TOML, else taken as a string) to ``raw`` in place.
+
+    Numeric path parts index arrays of tables: ``control.0.weight=0.5``.
+    """
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{override!r} is not KEY=VALUE (e.g. train.steps=10)")
+    parts = key.strip().split(".")
+    value = _parse_value(text.strip())
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        node = _descend(node, part, ".".join(parts[: i + 1]))
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    else:
+        node[last] = value
+
+
+def _descend(node: Any, part: str, where: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where)]
+    if not isinstance(node, dict):
+        raise ValueError(f"{where} is not a table")
+    return node.setdefault(part, {})
+
+
+def _index(node: list[Any], part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"{where}: {part!r} is not an index below {len(node)}")
+    return int(part)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _problem(err: Mapping[str, Any]) -> RecipeProblem:
+    loc = tuple(err["loc"])
+    dotted = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        known = _field_names_at(loc[:-1])
+        close = _closest(str(loc[-1]), known)
+        message = "unknown key" + (f"; did you mean {close!r}?" if close else "")
+        if not close and known:
+            message += f" (valid: {', '.join(known)})"
+        return RecipeProblem(path=dotted, message=message)
+    if err["type"] == "missing":
+        return RecipeProblem(path=dotted, message="missing required key")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    if err["type"] not in {"value_error", "assertion_error"} and not isinstance(got, dict | list):
+        message += f" (got {got!r})"
+    return RecipeProblem(path=dotted, message=message)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model reached by following ``loc`` from :class:`Recipe`."""
+    model: Any = Recipe
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_toml(recipe: Recipe) -> str:
+    """The resolved recipe (defaults filled in) as TOML text."""
+    return _toml_tables(recipe.model_dump(mode="json"), prefix="")
+
+
+def _toml_tables(data: Mapping[str, Any], prefix: str) -> str:
+    scalars = {k: v for k, v in data.items() if not _is_table(v) and not _is_table_array(v)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items() if v is not None]
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if _is_table(value):
+            out += f"\n[{name}]\n" + _toml_tables(value, prefix=f"{name}.")
+        elif _is_table_array(value):
+            for item in value:
+                out += f"\n[[{name}]]\n" + _toml_tables(item, prefix=f"{name}.")
+    return out
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ctrlpost.cli import app, completion_script
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_committed_scripts_are_fresh(repo: Path, shell: str) -> None:
+    committed = (repo / "completions" / f"ctrlpost.{shell}").read_text()
+    assert committed == completion_script(shell), (
+        f"completions/ctrlpost.{shell} is stale: run `nox -s completions`"
+    )
+    result = runner.invoke(app, ["completion", shell])
+    assert result.exit_code == 0 and result.output == committed
+
+
+def test_unknown_shell_is_an_input_error() -> None:
+    result = runner.invoke(app, ["completion", "tcsh"])
+    assert result.exit_code == 2
+
+
+def complete(words: str, cwd: Path | None = None) -> list[str]:
+    cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+    env = {"COMP_WORDS": words, "COMP_CWORD": str(cword), "_CTRLPOST_COMPLETE": "complete_bash"}
+    old = Path.cwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        result = runner.invoke(app, [], env=env, prog_name="ctrlpost")
+    finally:
+        os.chdir(old)
+    return result.output.split()
+
+
+def test_offers_subcommands_and_options() -> None:
+    assert complete("ctrlpost ") == ["verify", "modalities", "completion"]
+    assert complete("ctrlpost ve") == ["verify"]
+    assert complete("ctrlpost verify --") == ["--set", "--json", "--show-recipe", "--help"]
+    assert complete("ctrlpost completion ") == ["bash", "zsh", "fish"]
+
+
+def test_offers_recipe_paths_and_modalities(repo: Path, tmp_path: Path) -> None:
+    assert complete("ctrlpost verify recipes/", cwd=repo) == [
+        "recipes/blur_hdvila.toml", "recipes/edge_hdvila.toml", "recipes/edge_tiny.toml"
+    ]
+    assert complete("ctrlpost verify rec", cwd=repo) == ["recipes/"]
+    (tmp_path / "a.toml").write_text("")
+    (tmp_path / "b.txt").write_text("")
+    assert complete("ctrlpost verify ", cwd=tmp_path) == ["a.toml"]
+    assert complete("ctrlpost modalities ") == ["blur", "edge"]
+    assert complete("ctrlpost modalities e") == ["edge"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_round_trip(repo: Path) -> None:
+    exe_dir = Path(sys.executable).parent
+    script = repo / "completions" / "ctrlpost.bash"
+    cmd = (f"source {script}; COMP_WORDS=(ctrlpost verify recipes/e); COMP_CWORD=2; "
+           "_ctrlpost_completion ctrlpost; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    env = {**os.environ, "PATH": f"{exe_dir}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "--norc", "-c", cmd], capture_output=True, text=True,
+                            cwd=repo, env=env, timeout=60)
+    assert result.stdout.split() == ["recipes/edge_hdvila.toml", "recipes/edge_tiny.toml"]
