@@ -1,0 +1,83 @@
+"""Memory and parallelism transforms applied to a model from outside it.
+
+For now only activation checkpointing; FSDP, context parallel and compile will join here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
+
+from ctrlpost.models.blocks import DiTBlock
+
+ACMode = Literal["none", "selective", "full"]
+AC_MODES: tuple[str, ...] = get_args(ACMode)
+_MARK = "_ctrlpost_ac_mode"
+
+# Attention is the costliest op at video lengths (56k tokens: about twice the FLOPs of all the
+# block's matmuls), and its outputs are only 1/D of its work, so "selective" keeps them.
+_ATTENTION_OP_NAMES = (
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+)
+_ATTENTION_OPS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in _ATTENTION_OP_NAMES
+    if hasattr(torch.ops.aten, name)
+)
+
+
+def _keep_attention_outputs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+    if op in _ATTENTION_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _checkpointed(forward: Callable[..., Any], *, selective: bool) -> Callable[..., Any]:
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if selective:
+            context_fn = functools.partial(
+                create_selective_checkpoint_contexts, _keep_attention_outputs
+            )
+            return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
+    """Recompute activations of every DiT block of ``model`` in backward; return how many.
+
+    ``"full"`` keeps only each block's input. ``"selective"`` also keeps the attention outputs
+    and recomputes the rest (norms, modulation, projections, RoPE, MLP and GELU). ``"none"`` is a
+    no-op. The block's ``forward`` is wrapped in place, so parameter names and ``state_dict``
+    keys do not change. Apply before FSDP/compile; applying twice is an error.
+    """
+    if mode not in AC_MODES:
+        raise ValueError(
+            f"unknown activation checkpointing mode {mode!r}; valid: {', '.join(AC_MODES)}"
+        )
+    if mode == "none":
+        return 0
+    wrapped = 0
+    for module in model.modules():
+        if not isinstance(module, DiTBlock):
+            continue
+        if getattr(module, _MARK, None) is not None:
+            raise ValueError("activation checkpointing is already applied to this model")
+        module.forward = _checkpointed(module.forward, selective=mode == "selective")  # type: ignore[method-assign]
+        setattr(module, _MARK, mode)
+        wrapped += 1
+    return wrapped

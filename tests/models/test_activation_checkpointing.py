@@ -1,0 +1,96 @@
+"""apply_activation_checkpointing: same numbers as no checkpointing, names kept, attention kept."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ctrlpost.engine.parallel import apply_activation_checkpointing
+from ctrlpost.models import ControlledDiT, build_controlled_dit, get_flavor
+
+FLAVOR = get_flavor("tiny")
+
+
+@pytest.fixture(scope="module")
+def reference_model() -> ControlledDiT:
+    torch.manual_seed(0)
+    model = build_controlled_dit(FLAVOR)
+    model.init_weights()
+    with torch.no_grad():  # non-zero gates and residuals, so every block matters
+        for name, param in model.named_parameters():
+            if (
+                "adaLN_modulation.2" in name
+                or "zero_blocks" in name
+                or "input_hint_block.14" in name
+            ):
+                param.normal_(std=0.05)
+    model.base.requires_grad_(False)
+    return model
+
+
+def step(model: ControlledDiT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 16, 2, 8, 8, generator=generator)
+    text = torch.randn(1, 16, FLAVOR.base.text_dim, generator=generator)
+    hint = torch.randn(1, 16, 2, 8, 8, generator=generator)
+    loss = model(x, torch.tensor([0.4]), text, hint_B_C_T_H_W=hint).square().mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_modes_give_the_same_loss_and_gradients(reference_model: ControlledDiT, mode: str) -> None:
+    plain = copy.deepcopy(reference_model)
+    checkpointed = copy.deepcopy(reference_model)
+    assert apply_activation_checkpointing(checkpointed, mode) == 4 + 3  # type: ignore[arg-type]
+    expected_loss, expected_grads = step(plain)
+    loss, grads = step(checkpointed)
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=0)
+    assert grads.keys() == expected_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_none_is_a_no_op_and_names_never_change(reference_model: ControlledDiT) -> None:
+    model = copy.deepcopy(reference_model)
+    keys = list(model.state_dict())
+    assert apply_activation_checkpointing(model, "none") == 0
+    apply_activation_checkpointing(model, "full")
+    assert list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="already applied"):
+        apply_activation_checkpointing(model, "selective")
+    with pytest.raises(ValueError, match="selective"):
+        apply_activation_checkpointing(model, "partial")  # type: ignore[arg-type]
+
+
+class AttentionCounter(TorchDispatchMode):
+    """Counts attention kernels run while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if "scaled_dot_product" in str(func) and "backward" not in str(func):
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("mode", "recomputed"), [("selective", False), ("full", True)])
+def test_selective_mode_keeps_attention_outputs(
+    reference_model: ControlledDiT, mode: str, recomputed: bool
+) -> None:
+    model = copy.deepcopy(reference_model)
+    apply_activation_checkpointing(model, mode)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16, 2, 4, 4, generator=generator)
+    text = torch.randn(1, 4, FLAVOR.base.text_dim, generator=generator)
+    loss = model(x, torch.tensor([0.1]), text, hint_B_C_T_H_W=x).square().mean()
+    counter = AttentionCounter()
+    with counter:
+        loss.backward()
+    assert (counter.calls > 0) == recomputed
