@@ -31,12 +31,28 @@ def test_help_and_version() -> None:
 
 
 def test_verify_shipped_recipe_json(repo: Path) -> None:
-    result = runner.invoke(app, ["verify", str(repo / "recipes/edge_hdvila.toml"), "--json"])
+    result = runner.invoke(app, ["verify", str(repo / "recipes/edge_hdvila.toml"), "--json",
+                                 "--stages", "recipe,plugins"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["ok"] is True and report["problems"] == []
     assert [s["name"] for s in report["stages"]] == ["recipe", "plugins"]
     assert report["stages"][1]["summary"]["controls"] == ["edge"]
+
+
+def test_verify_runs_every_stage_by_default(repo: Path) -> None:
+    result = runner.invoke(app, ["verify", str(repo / "recipes/edge_hdvila.toml"), "--json",
+                                 "--set", "weights.dir='/nonexistent'"])
+    report = json.loads(result.output)
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["recipe", "plugins", "weights", "data", "layout"]
+    assert result.exit_code == 2 and {p["stage"] for p in report["problems"]} == {"weights", "data"}
+
+
+def test_unknown_stage_is_an_input_error(repo: Path) -> None:
+    result = runner.invoke(app, ["verify", str(repo / "recipes/edge_hdvila.toml"),
+                                 "--stages", "recipe,wieghts"])
+    assert result.exit_code == 2
 
 
 def test_typo_exits_2_with_one_line(tmp_path: Path, ctrlpost_exe: list[str]) -> None:
@@ -58,14 +74,15 @@ def test_typo_exits_2_with_one_line(tmp_path: Path, ctrlpost_exe: list[str]) -> 
 def test_verify_json_lists_plugin_problems(tmp_path: Path) -> None:
     recipe = tmp_path / "r.toml"
     recipe.write_text('[job]\nname = "x"\n[[control]]\nmodality = "egde"\n[train]\nsteps = 1\n')
-    result = runner.invoke(app, ["verify", str(recipe), "--json"])
+    stages = ["--stages", "recipe,plugins"]
+    result = runner.invoke(app, ["verify", str(recipe), "--json", *stages])
     assert result.exit_code == 2
     report = json.loads(result.output)
     (problem,) = report["problems"]
     assert problem["stage"] == "plugins" and problem["path"] == "control[0].modality"
     assert "installed: blur, edge" in problem["message"]
     assert "did you mean 'edge'" in problem["message"]
-    bad_params = runner.invoke(app, ["verify", str(recipe), "--json", "--set",
+    bad_params = runner.invoke(app, ["verify", str(recipe), "--json", *stages, "--set",
                                      "control.0.modality='edge'", "--set",
                                      "control.0.params={preset='loud'}"])
     assert bad_params.exit_code == 2

@@ -42,10 +42,27 @@ def complete(words: str, cwd: Path | None = None) -> list[str]:
     return result.output.split()
 
 
+def in_order(expected: list[str], offered: list[str]) -> bool:
+    """Whether ``expected`` appears in ``offered`` in this order (others may be in between)."""
+    rest = iter(offered)
+    return all(name in rest for name in expected)
+
+
 def test_offers_subcommands_and_options() -> None:
-    assert complete("ctrlpost ") == ["verify", "modalities", "completion"]
+    # Commands are added by several people: check ours are offered, in order, among others.
+    offered = complete("ctrlpost ")
+    assert in_order(["verify", "modalities", "fetch-data", "embed", "completion"], offered), offered
     assert complete("ctrlpost ve") == ["verify"]
-    assert complete("ctrlpost verify --") == ["--set", "--json", "--show-recipe", "--help"]
+    assert complete("ctrlpost fetch-data --") == [
+        "--source", "--num-videos", "--workers", "--accept-partial", "--set", "--help"]
+    assert complete("ctrlpost fetch-data recipe.toml --source ") == ["hdvila", "local",
+                                                                      "synthetic"]
+    assert in_order(["--set", "--json", "--show-recipe", "--stages", "--preview", "--help"],
+                    complete("ctrlpost verify --"))
+    assert complete("ctrlpost embed --") == [
+        "--device", "--batch-size", "--model", "--set", "--help"]
+    assert complete("ctrlpost embed r.toml --device c") == ["cpu", "cuda"]
+    assert complete("ctrlpost verify x.toml --stages recipe,p") == ["recipe,plugins"]
     assert complete("ctrlpost completion ") == ["bash", "zsh", "fish"]
 
 

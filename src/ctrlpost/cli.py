@@ -9,12 +9,22 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ctrlpost.completers import (
+    SHELLS,
+    complete_control_modality,
+    complete_data_source,
+    complete_embed_device,
+    complete_modality,
+    complete_recipe,
+    complete_shell,
+    complete_stages,
+)
 from ctrlpost.errors import CtrlpostError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,7 +39,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SHELLS = ("bash", "zsh", "fish")
 
 
 def _render_error(exc: CtrlpostError) -> None:
@@ -78,41 +87,6 @@ def user_errors(fn: F) -> F:
 
 # ---------------------------------------------------------------------------------------------
 # completion helpers: cheap, no torch
-
-
-def complete_recipe(incomplete: str) -> Iterator[str]:
-    """``*.toml`` files and folders matching what has been typed."""
-    base = Path(incomplete).parent if incomplete else Path(".")
-    prefix = Path(incomplete).name if incomplete and not incomplete.endswith("/") else ""
-    if incomplete.endswith("/"):
-        base = Path(incomplete)
-    try:
-        entries = sorted(base.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.name.startswith(prefix) or entry.name.startswith("."):
-            continue
-        shown = str(entry) if str(base) != "." or incomplete.startswith("./") else entry.name
-        if entry.is_dir():
-            yield shown + "/"
-        elif entry.suffix == ".toml":
-            yield shown
-
-
-def complete_modality(incomplete: str) -> Iterator[str]:
-    """Names of installed modality plugins."""
-    from ctrlpost.modalities import registry
-
-    try:
-        names = list(registry.installed_modalities())
-    except CtrlpostError:
-        return
-    yield from (name for name in names if name.startswith(incomplete))
-
-
-def complete_shell(incomplete: str) -> Iterator[str]:
-    yield from (shell for shell in SHELLS if shell.startswith(incomplete))
 
 
 RecipeArg = Annotated[
@@ -173,6 +147,28 @@ def verify(
     show_recipe: Annotated[
         bool, typer.Option("--show-recipe", help="Print the resolved recipe (TOML) and exit.")
     ] = False,
+    stages: Annotated[
+        str | None,
+        typer.Option("--stages", metavar="NAMES", show_default=False,
+                     autocompletion=complete_stages,
+                     help="Comma-separated stages to run (default: all), e.g. recipe,plugins."),
+    ] = None,
+    preview: Annotated[
+        Path | None,
+        typer.Option("--preview", metavar="OUT.png", show_default=False,
+                     help="Also write a contact sheet of training samples: frames above hints."),
+    ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option("--gpus", metavar="N", min=1, show_default=False,
+                     help="GPUs the layout stage checks the memory estimate for "
+                     "(default: parallel.nnodes × parallel.nproc_per_node)."),
+    ] = None,
+    gpu_memory: Annotated[
+        float,
+        typer.Option("--gpu-memory", metavar="GiB", min=1.0,
+                     help="Memory of one GPU for the layout stage."),
+    ] = 80.0,
 ) -> None:
     """Check a recipe and everything it needs before a run; report every problem at once.
 
@@ -185,38 +181,37 @@ def verify(
 
         typer.echo(recipes.dump_toml(recipes.load(recipe, overrides or [])), nl=False)
         return
-    report = preflight.run(recipe, overrides or [])
+    report = preflight.run(recipe, overrides or [], stages=_stage_names(stages, preflight.STAGES),
+                           gpus=gpus, gpu_memory_gib=gpu_memory)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
-        _print_report(report)
+        from ctrlpost.console import print_report
+
+        print_report(report)
+    ready = all(s.status == "ok" for s in report.stages if s.name in ("recipe", "plugins"))
+    if preview is not None and ready:
+        from ctrlpost import recipe as recipes
+        from ctrlpost.data.preview import write_preview
+
+        loaded = recipes.load(recipe, overrides or [])
+        shown = write_preview(preview, data=loaded.data, control=loaded.control[0],
+                              seed=loaded.job.seed)
+        typer.echo(f"preview of {', '.join(shown)} written to {preview}", err=True)
     if not report.ok:
         raise typer.Exit(2)
 
 
-def _print_report(report: Any) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    table = Table(title=f"verify {escape(report.recipe)}", title_justify="left")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("details", overflow="fold")
-    colour = {"ok": "green", "failed": "red", "skipped": "yellow"}
-    for stage in report.stages:
-        details = ", ".join(f"{k}={v}" for k, v in stage.summary.items())
-        if stage.problems:
-            details = f"{len(stage.problems)} problem(s)"
-        table.add_row(stage.name, f"[{colour[stage.status]}]{stage.status}[/]", escape(details))
-    console.print(table)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    for problem in report.problems:
-        where = f"{problem.path}: " if problem.path else ""
-        err.print(f"[bold red]error:[/] {escape(report.recipe)}: {escape(where + problem.message)}")
-    if report.ok:
-        console.print("[green]ok[/]: no problems found")
+def _stage_names(text: str | None, known: Mapping[str, Any]) -> list[str]:
+    if text is None:
+        return list(known)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise CtrlpostError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}",
+                            hint=f"choose from: {', '.join(known)}")
+    # Stages depend on the recipe; run it whether asked or not, in the canonical order.
+    return [name for name in known if name in names or name == "recipe"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +237,9 @@ def modalities(
         if as_json:
             typer.echo(json.dumps({"name": modality.name, "params": schema}, indent=2))
             return
-        _print_params(modality, schema)
+        from ctrlpost.console import print_params
+
+        print_params(modality, schema)
         return
     found = registry.installed_modalities()
     rows: list[dict[str, Any]] = [
@@ -262,15 +259,236 @@ def modalities(
     Console(highlight=False).print(table)
 
 
-def _print_params(modality: Any, schema: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+# ---------------------------------------------------------------------------------------------
+# fetch-data
 
-    table = Table("param", "default", "description", title=f"{modality.name}: {modality.summary}",
-                  title_justify="left")
-    for key, prop in schema.get("properties", {}).items():
-        table.add_row(key, json.dumps(prop.get("default")), prop.get("description", ""))
-    Console(highlight=False).print(table)
+
+@app.command(
+    "fetch-data",
+    epilog="Examples:\n\n  ctrlpost fetch-data recipes/edge_tiny.toml\n\n"
+    "  ctrlpost fetch-data recipes/edge_hdvila.toml --num-videos 8 --workers 4\n\n"
+    "  ctrlpost fetch-data recipes/edge_hdvila.toml --source local "
+    "--set data.local.videos=clips --set data.local.captions=clips/captions.csv",
+)
+@user_errors
+def fetch_data(
+    recipe: RecipeArg,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="hdvila, local or synthetic; default: \\[data].source.",
+                     autocompletion=complete_data_source, show_default=False),
+    ] = None,
+    num_videos: Annotated[
+        int | None,
+        typer.Option("--num-videos", min=1, show_default=False,
+                     help="HD-VILA videos (all their clips), local files or synthetic clips."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, show_default=False,
+                     help="Parallel downloads; default: \\[data.fetch].workers."),
+    ] = None,
+    accept_partial: Annotated[
+        bool, typer.Option("--accept-partial", help="Exit 0 even if some clips failed.")
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Make the dataset folder (\\[data].root): videos/, metas/ and manifest.jsonl.
+
+    Re-running fetches only what is missing. Exits 0 when every clip is there, 1 when some
+    failed (the manifest says why), 2 on bad input.
+    """
+    from ctrlpost import recipe as recipes
+    from ctrlpost.hub.sources import console, fetch, youtube
+
+    flags = [f'data.source="{source}"'] if source else []
+    flags += [f"data.fetch.workers={workers}"] if workers else []
+    loaded = recipes.load(recipe, [*(overrides or []), *flags])
+    with console.progress_bar() as progress:
+        result = fetch.fetch_data(loaded.data, seed=loaded.job.seed, num_videos=num_videos,
+                                  youtube_factory=youtube.factory_from_env(), progress=progress)
+    console.print_summary(result)
+    if not result.complete and not accept_partial:
+        raise fetch.FetchFailed(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+
+
+
+@app.command(
+    epilog="Examples:\n\n  ctrlpost embed recipes/edge_hdvila.toml\n\n"
+    "  ctrlpost embed recipes/edge_tiny.toml --device cpu --batch-size 8\n\n"
+    "  ctrlpost embed recipes/edge_hdvila.toml --model /models/t5-11b",
+)
+@user_errors
+def embed(
+    recipe: RecipeArg,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", show_default=False, autocompletion=complete_embed_device,
+                     help="auto, cpu, cuda or cuda:N; default: the recipe's data.embed.device."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, show_default=False,
+                     help="Captions per encoder call; default: data.embed.batch_size."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", metavar="PATH_OR_HUB_ID", show_default=False,
+                     help="T5 encoder folder or hub id; default: weights.text_encoder, "
+                     "looked up under weights.dir first."),
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Encode every caption (metas/<clip>.txt) with T5 into t5_xxl/<clip>.pickle.
+
+    Captions whose embedding already exists and is valid are skipped, so a rerun resumes.
+    """
+    from ctrlpost import recipe as recipes
+    from ctrlpost.data import embed as embedding
+
+    loaded = recipes.load(recipe, overrides or [])
+    options = loaded.data.embed
+    name = model or embedding.resolve_model(loaded.weights.text_encoder,
+                                            weights_dir=loaded.weights.dir)
+    summary = embedding.run(loaded.data.root, model=name, device=device or options.device,
+                            batch_size=batch_size or options.batch_size,
+                            max_length=options.max_length)
+    typer.echo(summary.line())
+
+
+# ---------------------------------------------------------------------------------------------
+# fetch-weights
+
+
+@app.command("fetch-weights", epilog="Examples:\n\n  ctrlpost fetch-weights "
+             "recipes/edge_hdvila.toml --dry-run\n\n  HF_ENDPOINT=https://mirror.example "
+             "ctrlpost fetch-weights recipes/blur_hdvila.toml --dir /data/checkpoints")
+@user_errors
+def fetch_weights(
+    recipe: RecipeArg,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List files, sizes and free disk; download nothing.")] = False,
+    include_all: Annotated[bool, typer.Option(
+        "--all", help="Also mirror every repo the reference uses (~300 GB).")] = False,
+    directory: Annotated[Path | None, typer.Option(
+        "--dir", show_default=False, help="Root folder; default: \\[weights].dir.")] = None,
+    modality: Annotated[list[str] | None, typer.Option(
+        "--modality", show_default=False, autocompletion=complete_control_modality,
+        help="Fetch this modality's released control file instead (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Download the checkpoints a recipe needs into <dir>/<org>/<repo>/<file>.
+
+    Verified files are skipped; interrupted downloads resume.
+    Token: HF_TOKEN or `hf auth login`. Mirror: HF_ENDPOINT.
+    Exit 0: all in place and verified; 1: files failed verification (deleted: re-run);
+    2: nothing more could be fetched (recipe, login, license, missing file, disk, network).
+    """
+    from ctrlpost import recipe as recipes
+    from ctrlpost.hub import weights_console
+
+    loaded = recipes.load(recipe, overrides or [])
+    weights_console.run(loaded.weights, flavor=loaded.model.flavor, root=directory,
+                        modalities=modality or [c.modality for c in loaded.control],
+                        modality_override=bool(modality), include_all=include_all,
+                        dry_run=dry_run, as_json=as_json, rerun=f"ctrlpost fetch-weights {recipe}")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@app.command(
+    epilog="Examples:\n\n  ctrlpost train recipes/edge_tiny.toml\n\n"
+    "  ctrlpost train recipes/edge_hdvila.toml --nproc 8\n\n"
+    "  torchrun --nnodes 2 --nproc-per-node 8 ... -m ctrlpost train recipes/edge_hdvila.toml",
+)
+@user_errors
+def train(
+    recipe: RecipeArg,
+    overrides: SetOpt = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option("--nproc", min=1, show_default=False,
+                     help="Processes on this node (default: parallel.nproc_per_node)."),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option("--synthetic", help="Random weights and random latents of the recipe's "
+                     "geometry: no checkpoint or data files needed (benchmarks)."),
+    ] = False,
+) -> None:
+    """Post-train the control branch: checks everything first, then starts the ranks.
+
+    Re-running the same command resumes from the latest complete checkpoint
+    (checkpoint.resume = "auto"). SIGTERM or Ctrl-C saves a checkpoint and exits cleanly.
+    """
+    from ctrlpost import preflight
+    from ctrlpost import recipe as recipes
+    from ctrlpost.engine.launch import launch, under_launcher
+
+    overrides = overrides or []
+    if under_launcher():
+        stages = ["recipe", "plugins"]  # the user ran `ctrlpost verify`; ranks only re-check
+    elif synthetic:
+        stages = ["recipe", "plugins", "layout"]
+    else:
+        stages = list(preflight.STAGES)
+    report = preflight.run(recipe, overrides, stages=stages, gpus=nproc)
+    if not report.ok:
+        first = report.problems[0]
+        raise CtrlpostError(
+            f"{recipe}: {len(report.problems)} problem(s) before training; first: "
+            f"{first.stage}: {first.path}: {first.message}",
+            hint=f"run `ctrlpost verify {recipe}` to see them all",
+        )
+    loaded = recipes.load(recipe, overrides)
+    launch(loaded, str(recipe), overrides, nproc=nproc or loaded.parallel.nproc_per_node,
+           synthetic=synthetic)
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+
+
+@app.command(
+    "inspect",
+    epilog="Examples:\n\n"
+    "  ctrlpost inspect checkpoints/nvidia/Cosmos-Transfer1-7B/edge_control.pt\n\n"
+    "  ctrlpost inspect RUN_DIR --plot metrics.png\n\n"
+    "  ctrlpost inspect RUN_DIR/checkpoints/iter_000000020_reg_model.pt "
+    "--diff RUN_DIR/checkpoints/iter_000000040_reg_model.pt --json",
+)
+@user_errors
+def inspect_command(
+    path: Annotated[
+        Path,
+        typer.Argument(help="A checkpoint (.pt) or a run directory.", show_default=False),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    diff: Annotated[
+        Path | None,
+        typer.Option("--diff", metavar="OTHER", show_default=False,
+                     help="Compare with another checkpoint of the same layout, module by module."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", metavar="OUT.png", show_default=False,
+                     help="Run directory only: draw loss, lr, grad norm (and fidelity) vs step."),
+    ] = None,
+) -> None:
+    """Summarise a checkpoint or a run: flavor, parameters, key accounting, EMA, metrics.
+
+    Reads names and shapes memory-mapped, values one tensor at a time; no GPU needed.
+    """
+    from ctrlpost import describe
+
+    describe.run(path, as_json=as_json, diff=diff, plot=plot)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ class Context:
     overrides: Sequence[str]
     plugins: pluggy.PluginManager | None = None
     recipe: Recipe | None = None
+    gpus: int | None = None  # layout stage: None = parallel.nnodes × parallel.nproc_per_node
+    gpu_memory_gib: float = 80.0
 
 
 StageFn = Callable[[Context], tuple[list[Problem], dict[str, Any]]]
@@ -129,7 +131,123 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
                       "controls": [c.modality for c in ctx.recipe.control]}
 
 
-STAGES: dict[str, StageFn] = {"recipe": recipe_stage, "plugins": plugins_stage}
+def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
+    """The recipe's checkpoint files exist and match the flavor's keys and shapes exactly.
+
+    Only names and shapes are read (memory-mapped); no tensor reaches a GPU.
+    """
+    from ctrlpost.models import args as flavors
+    from ctrlpost.models import state_dict
+
+    assert ctx.recipe is not None
+    weights, model = ctx.recipe.weights, ctx.recipe.model
+    try:
+        flavor = flavors.with_control_blocks(flavors.get_flavor(model.flavor),
+                                             model.num_control_blocks)
+    except ValueError as exc:
+        return [Problem("weights", "model.num_control_blocks", str(exc))], {}
+    root = Path(weights.dir)
+    files: dict[str, tuple[Path, dict[str, tuple[int, ...]] | None]] = {
+        "weights.base": (root / weights.base, state_dict.released_layout(flavor, "base")),
+    }
+    if weights.control is not None:
+        files["weights.control"] = (root / weights.control,
+                                    state_dict.released_layout(flavor, "control"))
+    for name in ("encoder.jit", "decoder.jit", "mean_std.pt"):
+        files[f"weights.tokenizer/{name}"] = (root / weights.tokenizer / name, None)
+    problems: list[Problem] = []
+    checked: dict[str, str] = {}
+    for key, (path, layout) in files.items():
+        if not path.is_file():
+            problems.append(Problem("weights", key, f"{path} not found; run "
+                                    f"`ctrlpost fetch-weights {ctx.recipe_path}`"))
+            continue
+        if layout is not None:
+            try:
+                found = state_dict.check_checkpoint_keys(path, layout)
+            except CtrlpostError as exc:
+                problems.append(Problem("weights", key, exc.message))
+                continue
+            if found:
+                problems.append(Problem("weights", key,
+                                        state_dict.describe_problems(path, found)))
+                continue
+        checked[key] = str(path)
+    return problems, {"flavor": flavor.name, "checked": list(checked)}
+
+
+def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
+    """Every clip decodes and is long enough, has a caption and a well-formed embedding."""
+    from ctrlpost.data.checks import check_dataset
+    from ctrlpost.models.args import get_flavor
+
+    assert ctx.recipe is not None
+    data = ctx.recipe.data
+    problems, summary = check_dataset(
+        data.root, num_frames=data.num_frames, resolution=data.resolution,
+        text_dim=get_flavor(ctx.recipe.model.flavor).base.text_dim, recipe=ctx.recipe_path,
+    )
+    return [Problem("data", p.path, p.message) for p in problems], summary
+
+
+def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
+    """The per-GPU memory estimate of a step fits ``ctx.gpus`` GPUs of ``ctx.gpu_memory_gib``.
+
+    The estimate (``engine.layout``) takes the family's largest aspect bucket and the recipe's
+    frames, batch, checkpointing and precision; a job that does not fit gets the cheapest fix.
+    """
+    from ctrlpost.data.buckets import FAMILIES
+    from ctrlpost.engine import layout
+    from ctrlpost.models import args as flavors
+
+    assert ctx.recipe is not None
+    rec, par = ctx.recipe, ctx.recipe.parallel
+    try:
+        flavor = flavors.with_control_blocks(flavors.get_flavor(rec.model.flavor),
+                                             rec.model.num_control_blocks)
+    except ValueError as exc:
+        return [Problem("layout", "model.num_control_blocks", str(exc))], {}
+    base, control = flavor.base, flavor.control
+    dims = layout.ModelDims(
+        model_channels=base.model_channels, num_heads=base.num_heads, mlp_hidden=base.mlp_hidden,
+        text_dim=base.text_dim, text_tokens=base.text_tokens, adaln_lora_dim=base.adaln_lora_dim,
+        base_blocks=base.num_blocks, control_blocks=control.num_blocks,
+        patch_in_features=base.patch_in_features, hint_in_features=control.hint_in_features,
+        out_features=base.patch_volume * base.out_channels,
+        pos_table_rows=sum(base.max_tokens_thw), hint_mlp_widths=control.hint_mlp_widths,
+        patch_spatial=base.patch_spatial, patch_temporal=base.patch_temporal)
+    width, height = max(FAMILIES[rec.data.resolution].values(), key=lambda wh: wh[0] * wh[1])
+    gpus = ctx.gpus or par.nnodes * par.nproc_per_node
+    job = layout.Job(num_frames=rec.data.num_frames, height=height, width=width,
+                     batch_size=rec.train.batch_size, world_size=gpus,
+                     ac_mode=par.activation_checkpointing, precision=rec.model.precision)
+    verdict = layout.check(dims, job, gpu_memory_gib=ctx.gpu_memory_gib)
+    est = verdict.estimate
+    summary: dict[str, Any] = {
+        "gpus": gpus, "gpu_memory_gib": ctx.gpu_memory_gib, "bucket": f"{width}x{height}",
+        "tokens": est.tokens, "peak_at": est.moment, "breakdown_gib": est.breakdown_gib(),
+        "peak_allocated_gib": round(est.peak_allocated_gib, 1),
+        "total_gib": round(est.total_gib, 1), "budget_gib": round(verdict.budget_gib, 1),
+        "fits": verdict.fits}
+    if verdict.fits:
+        return [], summary
+    need = (f"needs ~{est.total_gib:.1f} GiB per GPU ({par.activation_checkpointing} "
+            f"checkpointing, {gpus} GPU(s), {width}x{height}x{rec.data.num_frames} frames, "
+            f"batch {rec.train.batch_size}), over {verdict.budget_gib:.1f} GiB "
+            f"({ctx.gpu_memory_gib:g} GiB less 5 %)")
+    if verdict.fixed is None:
+        return [Problem("layout", "data.resolution", need + "; no checkpointing mode, GPU count "
+                        "or frame count makes it fit: use a smaller data.resolution")], summary
+    summary["fix"] = verdict.fix()
+    key = verdict.changes[-1][0]
+    path = "parallel.nproc_per_node" if key == "gpus" else key
+    return [Problem("layout", path, f"{need}; set {verdict.fix()} "
+                    f"(~{verdict.fixed.total_gib:.1f} GiB)")], summary
+
+
+STAGES: dict[str, StageFn] = {"recipe": recipe_stage, "plugins": plugins_stage,
+                              "weights": weights_stage, "data": data_stage,
+                              "layout": layout_stage}
 
 
 def run(
@@ -138,9 +256,13 @@ def run(
     *,
     stages: Sequence[str] = tuple(STAGES),
     plugins: pluggy.PluginManager | None = None,
+    gpus: int | None = None,
+    gpu_memory_gib: float = 80.0,
 ) -> Report:
-    """Run the named stages in order and collect their problems."""
-    ctx = Context(recipe_path=str(recipe_path), overrides=overrides, plugins=plugins)
+    """Run the named stages in order and collect their problems. ``gpus`` and
+    ``gpu_memory_gib`` are what the layout stage checks against (default: the recipe's GPUs)."""
+    ctx = Context(recipe_path=str(recipe_path), overrides=overrides, plugins=plugins,
+                  gpus=gpus, gpu_memory_gib=gpu_memory_gib)
     results: list[StageResult] = []
     for name in stages:
         if name != "recipe" and ctx.recipe is None:

@@ -45,8 +45,8 @@ def install_fake_distribution(site: Path, dist: str, module: str, modality: str)
 
 def verify(exe: list[str], recipe: Path, site: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([*exe, "verify", str(recipe), "--json"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run([*exe, "verify", str(recipe), "--json", "--stages", "recipe,plugins"],
+                          capture_output=True, text=True, env=env, timeout=120)
 
 
 def write_recipe(tmp_path: Path, modality: str) -> Path:

@@ -1,6 +1,7 @@
 """Memory and parallelism transforms applied to a model from outside it.
 
-For now only activation checkpointing; FSDP, context parallel and compile will join here.
+Order on a meta-device model: activation checkpointing, then compile, then FSDP (each block is
+its own FSDP unit, then the stack's remaining parameters), then ``to_empty`` and the loads.
 """
 
 from __future__ import annotations
@@ -81,3 +82,39 @@ def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
         setattr(module, _MARK, mode)
         wrapped += 1
     return wrapped
+
+
+def apply_compile(model: nn.Module) -> int:
+    """``torch.compile`` every DiT block in place (one compiled graph reused by all blocks)."""
+    compiled = 0
+    for module in model.modules():
+        if isinstance(module, DiTBlock):
+            module.compile()
+            compiled += 1
+    return compiled
+
+
+def apply_fsdp(
+    model: nn.Module,
+    *,
+    param_dtype: torch.dtype | None,
+    reduce_dtype: torch.dtype = torch.float32,
+    reshard_after_forward: bool = True,
+) -> None:
+    """Shard ``model`` with FSDP2 over the default process group: each DiT block is one unit,
+    then the root holds the remaining parameters (embedders, final layer, hint path).
+
+    ``param_dtype`` is the compute dtype of the all-gathered weights (bf16 for fp32 master
+    weights); gradients are reduced in ``reduce_dtype``. Frozen modules (the base) are sharded the
+    same way; they just never produce gradients.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    blocks = [m for m in model.modules() if isinstance(m, DiTBlock)]
+    for index, block in enumerate(blocks):
+        # The last block's weights are needed again right away by backward: keep them gathered.
+        last = index == len(blocks) - 1
+        fully_shard(block, mp_policy=policy,
+                    reshard_after_forward=reshard_after_forward and not last)
+    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)

@@ -66,7 +66,7 @@ def _provided(manager: pluggy.PluginManager) -> list[tuple[str, Modality]]:
     provided: list[tuple[str, Modality]] = []
     for impl in manager.hook.ctrlpost_register_modalities.get_hookimpls():
         origin = _distribution_of(manager, impl.plugin)
-        returned: list[object] = list(impl.function() or [])
+        returned: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
         for modality in returned:
             if not isinstance(modality, Modality):
                 raise PluginError(

@@ -13,6 +13,7 @@ from ctrlpost.models.args import (
     Flavor,
     UnknownFlavorError,
     get_flavor,
+    with_control_blocks,
 )
 from ctrlpost.models.blocks import DiTBlock
 from ctrlpost.models.controlnet import (
@@ -54,4 +55,5 @@ __all__ = [
     "load_control_checkpoint",
     "released_layout",
     "save_checkpoint",
+    "with_control_blocks",
 ]

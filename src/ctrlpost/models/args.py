@@ -162,3 +162,16 @@ def get_flavor(name: str) -> Flavor:
             f"unknown model flavor {name!r}; valid flavors: {', '.join(FLAVOR_NAMES)}", hint=hint
         )
     return builder()
+
+
+def with_control_blocks(flavor: Flavor, num_blocks: int) -> Flavor:
+    """The flavor with a control branch of ``num_blocks`` blocks (the released branch has 3)."""
+    if not 1 <= num_blocks <= flavor.base.num_blocks:
+        raise ValueError(
+            f"num_control_blocks must be in [1, {flavor.base.num_blocks}] for flavor "
+            f"{flavor.name!r}, got {num_blocks}"
+        )
+    if num_blocks == flavor.control.num_blocks:
+        return flavor
+    control = replace(flavor.control, dit=replace(flavor.control.dit, num_blocks=num_blocks))
+    return replace(flavor, control=control)

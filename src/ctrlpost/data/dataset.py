@@ -1,0 +1,204 @@
+"""The training dataset: ``videos/<stem>.mp4`` paired with ``t5_xxl/<stem>.pickle`` by stem.
+
+One sample = ``num_frames`` consecutive frames of one clip, its control hint, its T5 embedding.
+All randomness of a sample comes from ``sample_rng(seed, epoch, index)``, drawn in this order:
+the start frame (uniform in ``[0, n - num_frames]``), then the hint generator's ``draw``. So a
+sample is a pure function of (seed, epoch, index), whichever worker or rank loads it.
+
+A clip that cannot be used (unreadable video, too few frames, missing or malformed embedding)
+raises :class:`BadSampleError`; the loader (:mod:`ctrlpost.data.loader`) skips and counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ctrlpost.data import buckets, text, video
+from ctrlpost.errors import DataError
+from ctrlpost.modalities import HintGenerator, sample_rng
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from ctrlpost.recipe import ControlSection, DataSection
+
+VIDEO_DIR = "videos"
+META_DIR = "metas"
+
+
+class SampleKey(NamedTuple):
+    """What the sampler hands the dataset: which clip, in which epoch, and where in the epoch's
+    global order it sits. ``next_*`` is the sampler position once this sample is consumed."""
+
+    epoch: int
+    clip: int
+    position: int
+    next_epoch: int
+    next_consumed: int
+
+
+class BadSampleError(DataError):
+    """A clip that cannot become a sample; ``path`` is the offending file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def list_clips(root: str | Path) -> list[str]:
+    """Sorted stems of ``<root>/videos/*.mp4`` (the reference lists only ``.mp4``)."""
+    folder = Path(root) / VIDEO_DIR
+    return sorted(p.stem for p in folder.glob("*.mp4") if p.is_file())
+
+
+class ClipDataset(Dataset[dict[str, Any]]):
+    """Map-style dataset of clips; ``dataset[SampleKey]`` (or ``dataset[index]`` = epoch 0).
+
+    Returned sample (one clip):
+
+    * ``video`` uint8 ``[3, T, H, W]`` and ``hint`` uint8 ``[C_hint, T, H, W]``, both fitted to
+      the clip's aspect bucket (resized, reflection-padded); ``hint_key`` names the hint as the
+      reference does (e.g. ``control_input_edge``);
+    * ``t5`` float32 ``[512, D]`` zero-padded, ``t5_length`` the real tokens;
+    * ``padding_mask`` float32 ``[1, H, W]`` (1 = padded), ``image_size`` float32 ``[4]``;
+    * ``fps``, ``frame_start``, ``num_frames``, ``name``, ``index``, ``epoch``, ``bucket``,
+      ``hint_draw`` (the generator's JSON-able draw).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        num_frames: int,
+        resolution: str,
+        generator: HintGenerator,
+        hint_key: str,
+        seed: int,
+        text_dim: int | None = None,
+        text_tokens: int = text.TEXT_TOKENS,
+    ) -> None:
+        self.root = Path(root)
+        self.names = list_clips(self.root)
+        if not self.names:
+            raise DataError(f"no clips: {self.root / VIDEO_DIR} has no .mp4 files",
+                            hint="run `ctrlpost fetch-data RECIPE` first")
+        buckets.bucket_size(resolution, 1, 1)  # an unknown family fails here, not in a worker
+        self.num_frames = num_frames
+        self.resolution = resolution
+        self.generator = generator
+        self.hint_key = hint_key
+        self.seed = seed
+        self.text_dim = text_dim
+        self.text_tokens = text_tokens
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            return self.load(key.clip, epoch=key.epoch)
+        return self.load(int(key), epoch=0)
+
+    def video_path(self, index: int) -> Path:
+        """``videos/<stem>.mp4`` of clip ``index``."""
+        return self.root / VIDEO_DIR / f"{self.names[index]}.mp4"
+
+    def load(self, index: int, *, epoch: int) -> dict[str, Any]:
+        """The sample of clip ``index`` in ``epoch``; raises :class:`BadSampleError`."""
+        name = self.names[index]
+        t5_N_D, t5_length = self._embedding(name)
+        rng = sample_rng(self.seed, epoch, index)
+        frames_T_H_W_C, start, fps = self._frames(index, rng)
+        drawn = self.generator.draw(rng)
+        T, H, W, _ = frames_T_H_W_C.shape
+        fit = buckets.fit(self.resolution, W, H)
+        hint_T_h_w_C = self.generator.render(video.shrink_for_hint(frames_T_H_W_C, fit), drawn)
+        return {
+            "video": video.fit_frames(frames_T_H_W_C, fit),
+            "hint": video.fit_frames(hint_T_h_w_C, fit),
+            "hint_key": self.hint_key,
+            "t5": torch.from_numpy(t5_N_D),
+            "t5_length": t5_length,
+            "padding_mask": video.padding_mask(fit),
+            "image_size": torch.tensor(fit.image_size, dtype=torch.float32),
+            "fps": fps,
+            "frame_start": start,
+            "num_frames": T,
+            "name": name,
+            "index": index,
+            "epoch": epoch,
+            "bucket": fit.bucket,
+            "hint_draw": _jsonable(drawn),
+        }
+
+    def _embedding(self, name: str) -> tuple[np.ndarray, int]:
+        path = text.embedding_path(self.root, name)
+        if not path.is_file():
+            raise BadSampleError(path, "missing T5 embedding (run `ctrlpost embed RECIPE`)")
+        try:
+            embedding_L_D = text.read_embedding(path, dim=self.text_dim)
+        except DataError as exc:
+            raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
+        return text.pad_embedding(embedding_L_D, self.text_tokens), len(embedding_L_D)
+
+    def _frames(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int, float]:
+        path = self.video_path(index)
+        try:
+            with video.VideoReader(path) as reader:
+                count = reader.frame_count()
+                if count < self.num_frames:
+                    raise BadSampleError(path, f"{count} frames, fewer than num_frames="
+                                               f"{self.num_frames}")
+                start = int(rng.integers(0, count - self.num_frames, endpoint=True))
+                return reader.read(start, self.num_frames), start, reader.info.fps
+        except video.VideoError as exc:
+            raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
+
+
+def _jsonable(drawn: Mapping[str, Any]) -> dict[str, Any]:
+    """The draw with numpy scalars turned into Python numbers (for logs and collation)."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return convert(drawn)
+
+
+def build_dataset(
+    data: DataSection,
+    control: ControlSection,
+    *,
+    seed: int,
+    text_dim: int | None = None,
+    plugins: pluggy.PluginManager | None = None,
+) -> ClipDataset:
+    """The dataset of a recipe's ``[data]`` and one ``[[control]]`` section.
+
+    ``seed`` is the job seed; ``text_dim`` (the flavor's T5 width) makes a wrong-width embedding
+    a bad sample instead of a shape error deep in the model.
+    """
+    from ctrlpost.modalities import registry
+
+    modality = registry.get_modality(control.modality, plugins)
+    params = registry.validate_params(modality, control.params)
+    return ClipDataset(
+        data.root,
+        num_frames=data.num_frames,
+        resolution=data.resolution,
+        generator=modality.build_generator(params),
+        hint_key=modality.hint_key or f"control_input_{modality.name}",
+        seed=seed,
+        text_dim=text_dim,
+    )

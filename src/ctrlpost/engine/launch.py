@@ -1,0 +1,85 @@
+"""`ctrlpost train`: validate everything in the parent, then start the ranks.
+
+Already under torchrun or SLURM → run the worker directly (multi-node is
+``torchrun --nnodes ... -m ctrlpost train RECIPE``); one process → run it in-process; N
+processes → ``elastic_launch`` in-process. A failed rank becomes one line with its log path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from ctrlpost.errors import LaunchError
+from ctrlpost.recipe import Recipe
+
+
+def under_launcher() -> bool:
+    """True when torchrun (or a SLURM setup exporting its variables) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    )
+
+
+def launch(recipe: Recipe, recipe_path: str, overrides: Sequence[str], *, nproc: int,
+           synthetic: bool) -> None:
+    """Run training with ``nproc`` local processes (or as the rank a launcher made us)."""
+    from ctrlpost.engine.worker import WorkerOptions, main
+
+    options = WorkerOptions(synthetic=synthetic)
+    if under_launcher() or nproc == 1:
+        main(recipe_path, list(overrides), options)
+        return
+    _elastic(recipe, recipe_path, list(overrides), options, nproc=nproc)
+
+
+def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: object, *,
+             nproc: int) -> None:
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from ctrlpost.engine.worker import main
+
+    run_dir = recipe.run_dir()
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"ctrlpost-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+        monitor_interval=0.1, start_method="spawn",
+        # Rank 0 speaks on the console; every rank's output also goes to the launcher's logs.
+        logs_specs=DefaultLogsSpecs(log_dir=str(logs / "launcher"), redirects=Std.ALL,
+                                    tee={0: Std.ALL}),
+    )
+    # The launcher logs each failure with a traceback of its own internals; ours is one line.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        elastic_launch(config, main)(recipe_path, overrides, options)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        raise LaunchError(
+            f"rank {rank} failed (exit code {failure.exitcode}): {_last_error(logs, rank)}; "
+            f"see {logs / f'rank{rank}.log'}"
+        ) from None
+
+
+def _last_error(logs: Path, rank: int) -> str:
+    """The last line of the rank's traceback, if it wrote one."""
+    path = logs / f"rank{rank}.log"
+    if not path.is_file():
+        return "no log written"
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "empty log"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

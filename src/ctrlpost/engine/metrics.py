@@ -1,0 +1,109 @@
+"""What rank 0 reports: a console line or progress bar, ``metrics.jsonl`` and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctrlpost.engine.trainer import StepMetrics
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(run_dir: Path, *, after_step: int) -> None:
+    """Drop records past ``after_step`` (left by a run killed after its last checkpoint), so a
+    resumed run's log reads as one uninterrupted run."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= after_step]
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(temp, path)
+
+
+class RunLogger:
+    """Rank 0's metrics sink; other ranks get a logger that records nothing."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, every_steps: int,
+                 jsonl: bool, tensorboard: bool, device: torch.device) -> None:
+        self.enabled = enabled
+        self.total_steps = total_steps
+        self.every_steps = every_steps
+        self.device = device
+        self.started = time.perf_counter()
+        self._jsonl = (run_dir / METRICS_FILE).open("a", encoding="utf-8") if (
+            enabled and jsonl) else None
+        self._tb: Any = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._window: list[StepMetrics] = []
+
+    def __call__(self, metrics: StepMetrics) -> None:
+        if not self.enabled:
+            return
+        self._window.append(metrics)
+        if metrics.step % self.every_steps and metrics.step != self.total_steps:
+            return
+        record = self._record(self._window)
+        self._window = []
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+            self._tb.flush()
+        print(self._line(record), flush=True)
+
+    def _record(self, window: list[StepMetrics]) -> dict[str, Any]:
+        last = window[-1]
+        seconds = sum(m.seconds for m in window)
+        record: dict[str, Any] = {
+            "step": last.step,
+            "loss": sum(m.loss for m in window) / len(window),
+            "lr": last.lr,
+            "grad_norm": last.grad_norm,
+            "skipped_steps": sum(m.skipped for m in window),
+            "step_s": seconds / len(window),
+            "samples_per_s": sum(m.samples for m in window) / seconds,
+            "tokens_per_s": sum(m.tokens for m in window) / seconds,
+            "data_wait_pct": 100.0 * sum(m.data_wait_s for m in window) / seconds,
+            "elapsed_s": time.perf_counter() - self.started,
+        }
+        if self.device.type == "cuda":
+            record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        for metrics in window:
+            record.update(metrics.extra)
+        return record
+
+    def _line(self, r: dict[str, Any]) -> str:
+        width = len(str(self.total_steps))
+        line = (f"step {r['step']:>{width}}/{self.total_steps}  loss {r['loss']:.4f}  "
+                f"lr {r['lr']:.3g}  grad {r['grad_norm']:.3g}  {r['samples_per_s']:.2f} samples/s  "
+                f"{r['tokens_per_s']:.0f} tok/s  data-wait {r['data_wait_pct']:.1f}%")
+        if "gpu_mem_gib" in r:
+            line += f"  mem {r['gpu_mem_gib']:.1f} GiB"
+        if r["skipped_steps"]:
+            line += f"  skipped {r['skipped_steps']}"
+        return line
+
+    def note(self, message: str) -> None:
+        """A one-off line from rank 0 (start, resume, save)."""
+        if self.enabled:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

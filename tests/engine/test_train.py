@@ -1,0 +1,154 @@
+"""`ctrlpost train` end to end on the tiny workspace: equivalence, learning, resume, signals."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctrlpost.models import ControlNet, get_flavor, load_control_checkpoint
+
+from .conftest import Workspace, losses, run_dir
+
+pytestmark = pytest.mark.slow
+
+TEN = ["--set", "train.steps=10", "--set", "checkpoint.every_steps=5",
+       "--set", "checkpoint.keep_last=5", "--set", "logging.every_steps=1"]
+ONE_RANK_TWO_MICRO = ["--nproc", "1", "--set", "train.grad_accum_steps=2"]
+TWO_RANKS = ["--nproc", "2"]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("two_ranks")
+    workspace.train(output, *TEN, *TWO_RANKS)
+    return output
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("one_rank")
+    workspace.train(output, *TEN, *ONE_RANK_TWO_MICRO)
+    return output
+
+
+def assert_close(a: dict[int, float], b: dict[int, float], steps: range, tol: float) -> None:
+    assert all(step in a and step in b for step in steps), (sorted(a), sorted(b))
+    worst = max(abs(a[s] - b[s]) for s in steps)
+    assert worst <= tol, {s: (a[s], b[s]) for s in steps}
+
+
+def test_two_ranks_match_one_rank_with_the_same_global_batch(two_rank_run: Path,
+                                                             one_rank_run: Path) -> None:
+    assert_close(losses(two_rank_run), losses(one_rank_run), range(1, 11), tol=1e-5)
+
+
+def resume_elsewhere(workspace: Workspace, source: Path, step: int, tmp_path: Path,
+                     *args: str) -> Path:
+    """Copy only ``source``'s checkpoint of ``step`` into a new run and train on from it."""
+    output = tmp_path / "resumed"
+    checkpoints = run_dir(output) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    name = f"step_{step:09d}"
+    shutil.copytree(run_dir(source) / "checkpoints" / name, checkpoints / name)
+    workspace.train(output, *TEN, *args)
+    return output
+
+
+def test_checkpoint_of_two_ranks_resumes_on_one(workspace: Workspace, two_rank_run: Path,
+                                                tmp_path: Path) -> None:
+    resumed = resume_elsewhere(workspace, two_rank_run, 5, tmp_path, *ONE_RANK_TWO_MICRO)
+    assert sorted(losses(resumed)) == list(range(6, 11))
+    assert_close(losses(resumed), losses(two_rank_run), range(6, 11), tol=1e-5)
+
+
+def test_checkpoint_of_one_rank_resumes_on_two(workspace: Workspace, one_rank_run: Path,
+                                               tmp_path: Path) -> None:
+    resumed = resume_elsewhere(workspace, one_rank_run, 5, tmp_path, *TWO_RANKS)
+    assert_close(losses(resumed), losses(one_rank_run), range(6, 11), tol=1e-5)
+
+
+def test_exported_ema_loads_strictly_into_the_control_branch(one_rank_run: Path) -> None:
+    exported = run_dir(one_rank_run) / "checkpoints" / "iter_000000010_ema_model.pt"
+    with torch.device("meta"):
+        control = ControlNet(get_flavor("tiny").control)
+    state = load_control_checkpoint(exported, control)
+    assert len(state) == len(control.state_dict())
+    regular = load_control_checkpoint(exported.with_name("iter_000000010_reg_model.pt"), control)
+    assert any(not torch.equal(state[k], regular[k]) for k in state)
+
+
+def test_the_tiny_overfit_task_halves_the_loss(workspace: Workspace, tmp_path: Path) -> None:
+    # Overfit setting: one noise level (p_std small), no text dropout, no conditioning frames,
+    # so the loss measures how well the branch fits these 8 clips rather than the noise draw.
+    workspace.train(tmp_path, "--nproc", "1", "--set", "train.steps=40",
+                    "--set", "logging.every_steps=1", "--set", "checkpoint.every_steps=40",
+                    "--set", "diffusion.p_std=0.1", "--set", "diffusion.text_dropout=0.0",
+                    "--set", "diffusion.condition_frames_max=0", "--set", "optim.lr=2e-3")
+    history = losses(tmp_path)
+    first = statistics.median(history[s] for s in range(1, 9))
+    last = statistics.median(history[s] for s in range(33, 41))
+    assert last < 0.5 * first, (first, last)
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def started(workspace: Workspace, output: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(workspace.command(output, *args), env=workspace.env(), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_losses(
+    workspace: Workspace, one_rank_run: Path, tmp_path: Path
+) -> None:
+    args = [*TEN, "--set", "checkpoint.every_steps=2", *ONE_RANK_TWO_MICRO]
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    # Kill once mid-step, once while a checkpoint is being written, once right after a commit.
+    moments = [
+        lambda: len(losses_or_empty(tmp_path)) >= 3,
+        lambda: any(checkpoints.glob(".step_*.tmp")),
+        lambda: len(list(checkpoints.glob("step_*"))) >= 4,
+    ]
+    for moment in moments:
+        process = started(workspace, tmp_path, *args)
+        wait_for(lambda: moment() or process.poll() is not None)  # noqa: B023
+        process.kill()
+        process.wait()
+        assert not any(p.name.startswith("step_") and not (p / "meta.json").exists()
+                       for p in checkpoints.glob("step_*"))
+    workspace.train(tmp_path, *args)
+    assert_close(losses(tmp_path), losses(one_rank_run), range(1, 11), tol=0.0)
+
+
+def losses_or_empty(output: Path) -> dict[int, float]:
+    try:
+        return losses(output)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Workspace,
+                                                               tmp_path: Path) -> None:
+    args = ["--nproc", "1", "--set", "train.steps=1000", "--set", "checkpoint.every_steps=500",
+            "--set", "logging.every_steps=1"]
+    process = started(workspace, tmp_path, *args)
+    wait_for(lambda: len(losses_or_empty(tmp_path)) >= 2 or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    done = max(losses(tmp_path))
+    committed = sorted((run_dir(tmp_path) / "checkpoints").glob("step_*"))
+    assert [p.name for p in committed] == [f"step_{done:09d}"]
+    assert (committed[0] / "meta.json").is_file()
