@@ -1,4 +1,8 @@
-"""`ctrlpost train` end to end on the tiny workspace: equivalence, learning, resume, signals."""
+"""`ctrlpost train` end to end on the tiny workspace: equivalence, learning, resume, signals.
+
+The default run keeps the 1-rank vs 2-rank equivalence and the export check (about a minute);
+resume, kill -9, SIGTERM and the overfit task run in `nox -s slow`.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,6 @@ import torch
 from ctrlpost.models import ControlNet, get_flavor, load_control_checkpoint
 
 from .conftest import Workspace, losses, run_dir
-
-pytestmark = pytest.mark.slow
 
 TEN = ["--set", "train.steps=10", "--set", "checkpoint.every_steps=5",
        "--set", "checkpoint.keep_last=5", "--set", "logging.every_steps=1"]
@@ -61,6 +63,7 @@ def resume_elsewhere(workspace: Workspace, source: Path, step: int, tmp_path: Pa
     return output
 
 
+@pytest.mark.slow
 def test_checkpoint_of_two_ranks_resumes_on_one(workspace: Workspace, two_rank_run: Path,
                                                 tmp_path: Path) -> None:
     resumed = resume_elsewhere(workspace, two_rank_run, 5, tmp_path, *ONE_RANK_TWO_MICRO)
@@ -68,6 +71,7 @@ def test_checkpoint_of_two_ranks_resumes_on_one(workspace: Workspace, two_rank_r
     assert_close(losses(resumed), losses(two_rank_run), range(6, 11), tol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_one_rank_resumes_on_two(workspace: Workspace, one_rank_run: Path,
                                                tmp_path: Path) -> None:
     resumed = resume_elsewhere(workspace, one_rank_run, 5, tmp_path, *TWO_RANKS)
@@ -84,6 +88,7 @@ def test_exported_ema_loads_strictly_into_the_control_branch(one_rank_run: Path)
     assert any(not torch.equal(state[k], regular[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_the_tiny_overfit_task_halves_the_loss(workspace: Workspace, tmp_path: Path) -> None:
     # Overfit setting: one noise level (p_std small), no text dropout, no conditioning frames,
     # so the loss measures how well the branch fits these 8 clips rather than the noise draw.
@@ -110,6 +115,7 @@ def started(workspace: Workspace, output: Path, *args: str) -> subprocess.Popen[
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_losses(
     workspace: Workspace, one_rank_run: Path, tmp_path: Path
 ) -> None:
@@ -139,6 +145,7 @@ def losses_or_empty(output: Path) -> dict[int, float]:
         return {}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Workspace,
                                                                tmp_path: Path) -> None:
     args = ["--nproc", "1", "--set", "train.steps=1000", "--set", "checkpoint.every_steps=500",

@@ -94,7 +94,9 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
         raise CtrlpostError(f"data.embed.max_length={max_length}: must be 1..{text.TEXT_TOKENS}",
                             hint="the DiT reads 512 text tokens")
     from transformers import AutoTokenizer, T5EncoderModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bar reports the encoding
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with _loading(name_or_path) as offline:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)

@@ -1,9 +1,11 @@
-"""What rank 0 reports: a console line or progress bar, ``metrics.jsonl`` and TensorBoard."""
+"""What rank 0 reports: a rich progress bar (or one line per logged step when the output is
+not a terminal, e.g. under the elastic launcher), ``metrics.jsonl`` and TensorBoard."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,15 @@ class RunLogger:
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
         self._window: list[StepMetrics] = []
+        self._progress: Any = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("step {task.completed}/{task.total}"),
+                                      BarColumn(), TimeRemainingColumn(),
+                                      TextColumn("{task.description}"))
+            self._task = self._progress.add_task("", total=total_steps)
+            self._progress.start()
 
     def __call__(self, metrics: StepMetrics) -> None:
         if not self.enabled:
@@ -63,7 +74,11 @@ class RunLogger:
                 if key != "step" and isinstance(value, int | float):
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
             self._tb.flush()
-        print(self._line(record), flush=True)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"],
+                                  description=self._line(record).split("  ", 1)[1])
+        else:
+            print(self._line(record), flush=True)
 
     def _record(self, window: list[StepMetrics]) -> dict[str, Any]:
         last = window[-1]
@@ -99,10 +114,14 @@ class RunLogger:
 
     def note(self, message: str) -> None:
         """A one-off line from rank 0 (start, resume, save)."""
-        if self.enabled:
+        if self._progress is not None:
+            self._progress.console.print(message)
+        elif self.enabled:
             print(message, flush=True)
 
     def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
