@@ -240,6 +240,48 @@ class LoggingSection(_Section):
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
 
 
+class ValidationSection(_Section):
+    """Sampling a few fixed clips with the EMA weights during training, scored by the
+    modality's fidelity metric (does the branch follow its hint?)."""
+
+    every_steps: int = Field(0, ge=0, description="Validation interval in steps; 0 = off.")
+    at_start: bool = Field(
+        True, description="Also validate a fresh run before its first step (the starting score)."
+    )
+    root: str | None = Field(
+        None, description="Folder of validation clips (videos/, t5_xxl/); default: data.root."
+    )
+    num_clips: int = Field(4, ge=1, description="Clips validated: the first N by name.")
+    num_frames: int | None = Field(
+        None, ge=1, description="Frames per clip (1 + 8k, at most data.num_frames); "
+        "default: data.num_frames."
+    )
+    resolution: Literal["720", "480", "256", "128"] | None = Field(
+        None, description="Aspect-bucket family of the clips; default: data.resolution."
+    )
+    sampler: Literal["heun", "euler"] = Field(
+        "heun", description="ODE solver: 'heun' (2nd order, 2 calls/step) or 'euler'."
+    )
+    steps: int = Field(24, ge=1, description="Noise levels of the Karras schedule.")
+    guidance: float = Field(
+        5.0, ge=0, description="Classifier-free guidance on the text (0 = off, halves the cost)."
+    )
+    condition_frames: int = Field(
+        0, ge=0, description="Leading latent frames taken from the real clip instead of generated."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the clips' frame windows, hints and noise.")
+    strip_frames: int = Field(4, ge=1, description="Frames shown in each clip's PNG strip.")
+
+    @field_validator("num_frames")
+    @classmethod
+    def _causal_chunk(cls, value: int | None) -> int | None:
+        if value is not None and (value - 1) % 8:
+            lower = 1 + (value - 1) // 8 * 8
+            raise ValueError(f"must be 1 + 8k for the 8x causal tokenizer, e.g. {lower} or "
+                             f"{lower + 8}")
+        return value
+
+
 class Recipe(_Section):
     """A whole post-training job."""
 
@@ -254,6 +296,19 @@ class Recipe(_Section):
     parallel: ParallelSection = Field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+
+    @model_validator(mode="after")
+    def _validation_fits_data(self) -> Recipe:
+        frames = self.validation.num_frames
+        if frames is not None and frames > self.data.num_frames:
+            raise ValueError(f"validation.num_frames ({frames}) exceeds data.num_frames "
+                             f"({self.data.num_frames})")
+        latent = ((frames or self.data.num_frames) - 1) // 8 + 1
+        if self.validation.condition_frames >= latent:
+            raise ValueError(f"validation.condition_frames ({self.validation.condition_frames}) "
+                             f"must be below the clip's {latent} latent frames")
+        return self
 
     def run_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """``${OUTPUT_ROOT:-checkpoints}/<project>/<group>/<name>`` (the seed's layout)."""

@@ -18,7 +18,7 @@ import torch
 
 from ctrlpost.models import ControlNet, get_flavor, load_control_checkpoint
 
-from .conftest import Workspace, losses, run_dir
+from .conftest import TINY, Workspace, losses, run_dir
 
 TEN = ["--set", "train.steps=10", "--set", "checkpoint.every_steps=5",
        "--set", "checkpoint.keep_last=5", "--set", "logging.every_steps=1"]
@@ -159,3 +159,37 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Worksp
     committed = sorted((run_dir(tmp_path) / "checkpoints").glob("step_*"))
     assert [p.name for p in committed] == [f"step_{done:09d}"]
     assert (committed[0] / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_four_ranks_save_and_resume_at_two_and_one(workspace: Workspace, tmp_path: Path) -> None:
+    """The multi-GPU logic on gloo: 4 ranks × 1 clip ≡ 2 ranks × 2 micro-batches ≡ 1 × 4."""
+    four = ["--nproc", "4", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
+            "--set", "logging.every_steps=1"]
+    workspace.train(tmp_path / "four", *four)
+    reference = losses(tmp_path / "four")
+    for ranks, micro in ((2, 2), (1, 4)):
+        output = tmp_path / f"resume{ranks}"
+        checkpoints = run_dir(output) / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        shutil.copytree(run_dir(tmp_path / "four") / "checkpoints" / "step_000000002",
+                        checkpoints / "step_000000002")
+        workspace.train(output, *four, "--nproc", str(ranks),
+                        "--set", f"train.grad_accum_steps={micro}")
+        assert_close(losses(output), reference, range(3, 5), tol=1e-5)
+
+
+@pytest.mark.slow
+def test_runs_under_torchrun(workspace: Workspace, tmp_path: Path) -> None:
+    """Multi-node jobs start as `torchrun ... -m ctrlpost train`: each rank runs the worker."""
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "ctrlpost", "train", str(TINY),
+               *workspace.overrides(tmp_path), "--set", "train.steps=2",
+               "--set", "logging.every_steps=1"]
+    result = subprocess.run(command, capture_output=True, text=True, env=workspace.env(),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(tmp_path)) == [1, 2]
+    assert (run_dir(tmp_path) / "checkpoints" / "step_000000002" / "meta.json").is_file()

@@ -1,6 +1,7 @@
 """The EDM training objective of ControlNet post-training, independent of any network.
 
-``training_loss`` is the entry point; the rest is exposed for tests, logging and inference.
+``training_loss`` is the entry point of training, ``sample`` (:mod:`.sampler`) of generation; the
+rest is exposed for tests, logging and inference.
 Nothing here imports ``ctrlpost.models``, the recipe, data, engine or ``torch.distributed``.
 """
 
@@ -24,25 +25,43 @@ from ctrlpost.diffusion.edm import (
     x0_from_latent,
 )
 from ctrlpost.diffusion.loss import Denoiser, LossOutput, NoiseDraws, draw_noise, training_loss
+from ctrlpost.diffusion.sampler import (
+    SAMPLER_METHODS,
+    GivenFrames,
+    SamplerConfig,
+    SamplerMethod,
+    guided_denoiser,
+    integrate,
+    karras_sigmas,
+    sample,
+)
 from ctrlpost.diffusion.uncertainty import FourierFeatures, UncertaintyHead
 
 __all__ = [
+    "SAMPLER_METHODS",
     "Denoiser",
     "EDMConfig",
     "FourierFeatures",
+    "GivenFrames",
     "LossOutput",
     "NoiseDraws",
     "Preconditioning",
+    "SamplerConfig",
+    "SamplerMethod",
     "UncertaintyHead",
     "apply_text_dropout",
     "condition_mask",
     "condition_network_input",
     "denoised",
     "draw_noise",
+    "guided_denoiser",
     "ideal_network_output",
+    "integrate",
+    "karras_sigmas",
     "latent_from_x0",
     "loss_weight",
     "precondition",
+    "sample",
     "sample_augment_sigma",
     "sample_num_condition_frames",
     "sample_sigma",

@@ -24,8 +24,10 @@ ACMode = Literal["none", "selective", "full"]
 AC_MODES: tuple[str, ...] = get_args(ACMode)
 _MARK = "_ctrlpost_ac_mode"
 
-# Attention is the costliest op at video lengths (56k tokens: about twice the FLOPs of all the
-# block's matmuls), and its outputs are only 1/D of its work, so "selective" keeps them.
+# Self-attention is the costliest op at video lengths (56k tokens: about twice the FLOPs of all
+# the block's matmuls), and its outputs are only 1/L of its work, so "selective" keeps them.
+# Cross-attention over the 512 text slots costs under 1% of a block but its output is as large
+# (L x D: 0.46 GB per block at 56k tokens, 13 GB over the 7B base), so it is recomputed.
 _ATTENTION_OP_NAMES = (
     "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention",
@@ -39,15 +41,37 @@ _ATTENTION_OPS = frozenset(
 )
 
 
+def _is_self_attention(args: tuple[Any, ...]) -> bool:
+    """Query and key of an attention op (``[B, H, L, Dh]``) have the same length."""
+    return len(args) >= 2 and bool(args[0].shape[-2] == args[1].shape[-2])
+
+
 def _keep_attention_outputs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-    if op in _ATTENTION_OPS:
+    if op in _ATTENTION_OPS and _is_self_attention(args):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def _checkpointed(forward: Callable[..., Any], *, selective: bool) -> Callable[..., Any]:
+def _needs_grad(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether anything a block call reads requires a gradient (else autograd saves nothing)."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [*args, *kwargs.values()]
+    if any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors):
+        return True
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _checkpointed(
+    module: nn.Module, forward: Callable[..., Any], *, selective: bool
+) -> Callable[..., Any]:
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
+        # A block no gradient flows through (the frozen base's block 0 in control training:
+        # its residual is added after it) has nothing to recompute: run it plainly, which also
+        # keeps checkpoint regions out of torch.compile's inference graphs.
+        if not _needs_grad(module, args, kwargs):
+            return forward(*args, **kwargs)
         if selective:
             context_fn = functools.partial(
                 create_selective_checkpoint_contexts, _keep_attention_outputs
@@ -61,10 +85,10 @@ def _checkpointed(forward: Callable[..., Any], *, selective: bool) -> Callable[.
 def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
     """Recompute activations of every DiT block of ``model`` in backward; return how many.
 
-    ``"full"`` keeps only each block's input. ``"selective"`` also keeps the attention outputs
-    and recomputes the rest (norms, modulation, projections, RoPE, MLP and GELU). ``"none"`` is a
-    no-op. The block's ``forward`` is wrapped in place, so parameter names and ``state_dict``
-    keys do not change. Apply before FSDP/compile; applying twice is an error.
+    ``"full"`` keeps only each block's input. ``"selective"`` also keeps the self-attention
+    outputs and recomputes the rest (norms, modulation, projections, RoPE, cross-attention, MLP
+    and GELU). ``"none"`` is a no-op. The block's ``forward`` is wrapped in place, so parameter
+    names and ``state_dict`` keys do not change. Apply before FSDP/compile; applying twice is an error.
     """
     if mode not in AC_MODES:
         raise ValueError(
@@ -78,7 +102,7 @@ def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
             continue
         if getattr(module, _MARK, None) is not None:
             raise ValueError("activation checkpointing is already applied to this model")
-        module.forward = _checkpointed(module.forward, selective=mode == "selective")  # type: ignore[method-assign]
+        module.forward = _checkpointed(module, module.forward, selective=mode == "selective")  # type: ignore[method-assign]
         setattr(module, _MARK, mode)
         wrapped += 1
     return wrapped

@@ -16,4 +16,8 @@ class ModalitySpec:
 
     @hookspec
     def ctrlpost_register_modalities(self) -> list[Modality]:  # type: ignore[empty-body]
-        """Return the control modalities this plugin provides."""
+        """Return the control modalities this plugin provides.
+
+        A ``Modality`` may carry a fidelity metric (``build_fidelity`` + ``fidelity_metric``):
+        validation and ``ctrlpost verify --fidelity`` then score generated clips with it.
+        """

@@ -1,7 +1,9 @@
 """The ``blur`` control modality: Cosmos-Transfer1's vis hint (blurred, down-up resized frames).
 
-Registered through the ``ctrlpost`` entry-point group; this module is the plugin. Importing it
-loads neither torch nor cv2 (both are imported when a hint is rendered).
+Its fidelity metric is the PSNR of the re-blurred generation against the hint
+(:mod:`ctrlpost_blur.fidelity`). Registered through the ``ctrlpost`` entry-point group; this
+module is the plugin. Importing it loads neither torch nor cv2 (both are imported when a hint
+is rendered).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from ctrlpost.modalities import Modality, hookimpl
 from ctrlpost_blur.blur import COMBINATIONS, BlurHints, build_generator
 from ctrlpost_blur.downup import down_up
+from ctrlpost_blur.fidelity import BlurFidelity, build_fidelity, psnr
 from ctrlpost_blur.params import PRESET_DRAWS, PRESETS, BlurParams
 
 __all__ = [
@@ -16,10 +19,13 @@ __all__ = [
     "COMBINATIONS",
     "PRESETS",
     "PRESET_DRAWS",
+    "BlurFidelity",
     "BlurHints",
     "BlurParams",
+    "build_fidelity",
     "build_generator",
     "down_up",
+    "psnr",
 ]
 
 BLUR = Modality(
@@ -30,6 +36,8 @@ BLUR = Modality(
     hint_channels=3,
     hint_key="control_input_vis",
     presets=PRESETS,
+    build_fidelity=build_fidelity,
+    fidelity_metric="psnr",
 )
 
 

@@ -1,5 +1,8 @@
 """The ``edge`` control modality: Canny edges of the RGB frames, as in Cosmos-Transfer1.
 
+Its fidelity metric is the F1 of Canny edges of generated frames against the hint, with a small
+pixel tolerance (:mod:`ctrlpost_edge.fidelity`).
+
 Registered through the ``ctrlpost`` entry-point group; this module is the plugin. Importing it
 loads neither torch nor cv2.
 """
@@ -8,9 +11,11 @@ from __future__ import annotations
 
 from ctrlpost.modalities import Modality, hookimpl
 from ctrlpost_edge.canny import CannyHints, build_generator
+from ctrlpost_edge.fidelity import EdgeFidelity, build_fidelity, edge_f1
 from ctrlpost_edge.params import PRESET_THRESHOLDS, PRESETS, EdgeParams
 
-__all__ = ["EDGE", "PRESETS", "PRESET_THRESHOLDS", "CannyHints", "EdgeParams", "build_generator"]
+__all__ = ["EDGE", "PRESETS", "PRESET_THRESHOLDS", "CannyHints", "EdgeFidelity", "EdgeParams",
+           "build_fidelity", "build_generator", "edge_f1"]
 
 EDGE = Modality(
     name="edge",
@@ -20,6 +25,8 @@ EDGE = Modality(
     hint_channels=3,
     hint_key="control_input_edge",
     presets=PRESETS,
+    build_fidelity=build_fidelity,
+    fidelity_metric="f1",
 )
 
 

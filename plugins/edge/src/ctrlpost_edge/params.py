@@ -48,6 +48,16 @@ class EdgeParams(BaseModel):
         ),
     )
 
+    fidelity_tolerance: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description=(
+            "Validation only: pixels an edge of a generated frame may be off from the hint's "
+            "and still count as a match in the edge F1."
+        ),
+    )
+
     @field_validator("lower_range", "diff_range")
     @classmethod
     def _ordered_in_bounds(cls, value: tuple[int, int]) -> tuple[int, int]:

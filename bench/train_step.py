@@ -1,0 +1,689 @@
+"""The 7B edge ControlNet training step on one GPU, against diffusers' Cosmos DiT and the chip.
+
+Measures, in one process on one device:
+
+* ``ceiling``: a bf16 8192³ matrix product (the same-run matmul rate every ratio divides by),
+  at the start and at the end of the run;
+* ``attention``: the self-attention kernel alone (fwd, fwd+bwd) per SDPA backend;
+* ``base``: the frozen base DiT's forward + input-gradient backward (what the control branch's
+  training pays for the base), ctrlpost against diffusers' ``CosmosTransformer3DModel`` at the
+  Cosmos 7B config, same weights (ctrlpost's tensors assigned to diffusers' names, shared, not
+  copied), same inputs, bf16, each with its activation checkpointing; outputs and input
+  gradients are compared;
+* ``control``: the full ControlNet step (control branch forward + backward with weight
+  gradients, base forward + input-gradient backward) of ctrlpost's model, without the optimizer
+  and EMA (the engine's step on one 80 GB GPU only fits with "full" checkpointing because of
+  their state; see bench/train_recipe.py for the whole engine).
+
+Model FLOPs (``model_flops``; a matmul of m×k by k×n counts 2·m·k·n; recomputation is never
+counted, neither activation checkpointing's nor the attention backward's QKᵀ):
+
+  per block, L video tokens, M text tokens, width D, text width C, MLP width 4D, AdaLN rank r,
+  T token frames:
+    linear  = 2·L·(4·D² + 2·D² + 8·D²)        self-attn q,k,v,o; cross-attn q,o; MLP
+            + 2·M·2·C·D                        cross-attn k,v on the text
+            + 3·2·T·(D·r + r·3D)               AdaLN-LoRA (per frame, negligible)
+    attn    = 4·L²·D + 4·L·M·D                 QKᵀ and PV of self- and cross-attention
+  frozen base (fwd + input-gradient bwd):  2·linear + 3·attn per block (bwd: dX only; attention
+    backward = dQ, dK, dV, dP = 2× its forward), plus patch embedding and final layer (×2);
+  trained control block:  3·linear + 3·attn (bwd: dX and dW) + zero projection 3·2·L·D²;
+    control embeddings: patch embeddings and hint MLP (×3, hint input needs no gradient: ×2).
+
+Usage (on the GPU, from the repository root)::
+
+    python bench/train_step.py                      # everything, 7b, 56,320 and 14,080 tokens
+    python bench/train_step.py --flavor tiny --device cpu   # smoke test, a minute on a CPU
+
+Writes ``bench/results/train_step-<device>.json`` (or ``--out``) after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+common.ensure_ctrlpost_importable()
+
+from ctrlpost.engine import parallel  # noqa: E402
+from ctrlpost.models import ControlledDiT, DiT, Flavor, build_controlled_dit, get_flavor  # noqa: E402
+from ctrlpost.models.args import DiTArgs  # noqa: E402
+
+# Latent (T, H, W): 121 frames of 704x1280 (56,320 tokens) and 25 frames (14,080 tokens).
+LATENTS_7B = {56320: (16, 88, 160), 14080: (4, 88, 160)}
+LATENTS_TINY = {512: (2, 32, 32), 128: (2, 16, 16)}
+DEFAULT_BASE_VARIANTS = ("diffusers", "ctrlpost/selective/compile/cudnn", "diffusers/cudnn")
+DEFAULT_CONTROL_VARIANTS = ("ctrlpost/selective/compile/cudnn",)
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def block_flops(args: DiTArgs, tokens: int, frames: int) -> tuple[float, float]:
+    """(linear, attention) forward FLOPs of one DiT block (see the module docstring)."""
+    L, M, D, C, r = tokens, args.text_tokens, args.model_channels, args.text_dim, args.adaln_lora_dim
+    F = args.mlp_hidden
+    linear = 2 * L * (4 * D * D + 2 * D * D + 2 * D * F) + 2 * M * 2 * C * D
+    linear += 3 * 2 * frames * (D * r + r * 3 * D)
+    attention = 4 * L * L * D + 4 * L * M * D
+    return float(linear), float(attention)
+
+
+def model_flops(flavor: Flavor, tokens: int, frames: int, *, control: bool) -> dict[str, float]:
+    """Model FLOPs of the base part (fwd + input-grad bwd) and, if ``control``, of the trained
+    control branch (fwd + full bwd)."""
+    base = flavor.base
+    D = base.model_channels
+    linear, attention = block_flops(base, tokens, frames)
+    base_blocks = base.num_blocks * (2 * linear + 3 * attention)
+    base_io = 2 * (2 * tokens * base.patch_in_features * D
+                   + 2 * tokens * D * base.patch_volume * base.out_channels)
+    out = {"base": base_blocks + base_io}
+    if control:
+        c = flavor.control
+        c_linear, c_attention = block_flops(c.dit, tokens, frames)
+        blocks = c.num_blocks * (3 * c_linear + 3 * c_attention + 3 * 2 * tokens * D * D)
+        widths = (D, *c.hint_mlp_widths, D)
+        hint_mlp = sum(2 * tokens * a * b for a, b in zip(widths, widths[1:], strict=False))
+        embeds = 3 * (2 * tokens * c.dit.patch_in_features * D + hint_mlp)
+        embeds += 2 * 2 * tokens * c.hint_in_features * D
+        out["control"] = blocks + embeds
+    out["total"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def randomise_gates_(model: torch.nn.Module, std: float = 0.02) -> None:
+    """The reference init zeroes every AdaLN gate/shift/scale projection and the control
+    outputs, which would make every block an identity: give them small random values so the
+    output depends on every block (for the equivalence checks; timings do not care)."""
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "adaLN_modulation.2" in name or "zero_blocks" in name or (
+                    "input_hint_block" in name and param.ndim == 2):
+                noise = torch.randn(param.shape, generator=gen) * std
+                param.copy_(noise.to(param))
+
+
+def build_model(flavor: Flavor, device: torch.device, dtype: torch.dtype) -> ControlledDiT:
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = build_controlled_dit(flavor)
+    model = model.to(dtype=dtype)
+    model.to_empty(device=device)
+    model.init_weights()
+    randomise_gates_(model)
+    model.base.requires_grad_(False)
+    model.control.final_layer.requires_grad_(False)
+    return model
+
+
+def diffusers_key(name: str) -> str | None:
+    """ctrlpost base ``state_dict`` name → diffusers ``CosmosTransformer3DModel`` name."""
+    simple = {
+        "x_embedder.proj.1.weight": "patch_embed.proj.weight",
+        "t_embedder.1.linear_1.weight": "time_embed.t_embedder.linear_1.weight",
+        "t_embedder.1.linear_2.weight": "time_embed.t_embedder.linear_2.weight",
+        "affline_norm.weight": "time_embed.norm.weight",
+        "final_layer.linear.weight": "proj_out.weight",
+        "final_layer.adaLN_modulation.1.weight": "norm_out.linear_1.weight",
+        "final_layer.adaLN_modulation.2.weight": "norm_out.linear_2.weight",
+    }
+    if name in simple:
+        return simple[name]
+    if name.startswith("extra_pos_embedder."):
+        return "learnable_pos_embed." + name.removeprefix("extra_pos_embedder.")
+    if name == "pos_embedder.seq":
+        return None  # diffusers recomputes it
+    parts = name.split(".")
+    if parts[0] != "blocks":
+        raise KeyError(name)
+    index = int(parts[1].removeprefix("block"))
+    sub = int(parts[3])
+    rest = ".".join(parts[4:])
+    prefix = f"transformer_blocks.{index}."
+    if rest.startswith("adaLN_modulation."):
+        linear = {"1": "linear_1", "2": "linear_2"}[parts[5]]
+        return f"{prefix}norm{sub + 1}.{linear}.weight"
+    if sub == 2:
+        return prefix + {"block.layer1.weight": "ff.net.0.proj.weight",
+                         "block.layer2.weight": "ff.net.2.weight"}[rest]
+    attn = f"attn{sub + 1}."
+    return prefix + attn + {
+        "block.attn.to_q.0.weight": "to_q.weight", "block.attn.to_q.1.weight": "norm_q.weight",
+        "block.attn.to_k.0.weight": "to_k.weight", "block.attn.to_k.1.weight": "norm_k.weight",
+        "block.attn.to_v.0.weight": "to_v.weight", "block.attn.to_out.0.weight": "to_out.0.weight",
+    }[rest]
+
+
+def build_diffusers(base: DiT) -> torch.nn.Module:
+    """diffusers' Cosmos DiT at ``base``'s config holding ``base``'s own tensors (no copy)."""
+    from diffusers import CosmosTransformer3DModel
+    from diffusers.models.transformers import transformer_cosmos
+
+    if getattr(transformer_cosmos, "transforms", None) is None:  # no torchvision (CPU smoke)
+        transformer_cosmos.transforms = _NearestResize()
+    a = base.args
+    with torch.device("meta"):
+        model = CosmosTransformer3DModel(
+            in_channels=a.in_channels, out_channels=a.out_channels, num_attention_heads=a.num_heads,
+            attention_head_dim=a.head_dim, num_layers=a.num_blocks, mlp_ratio=a.mlp_ratio,
+            text_embed_dim=a.text_dim, adaln_lora_dim=a.adaln_lora_dim,
+            max_size=(a.max_frames, a.max_img_h, a.max_img_w),
+            patch_size=(a.patch_temporal, a.patch_spatial, a.patch_spatial),
+            rope_scale=(a.rope_t_ratio, a.rope_h_ratio, a.rope_w_ratio),
+            concat_padding_mask=True, extra_pos_embed_type="learnable")
+    state = {}
+    for name, tensor in base.state_dict().items():
+        key = diffusers_key(name)
+        if key is not None:
+            state[key] = tensor
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    model.enable_gradient_checkpointing()
+    return model
+
+
+class _NearestResize:
+    """Stand-in for ``torchvision.transforms`` (only ``functional.resize`` NEAREST is used)."""
+
+    class InterpolationMode:
+        NEAREST = "nearest"
+
+    class functional:  # noqa: N801
+        @staticmethod
+        def resize(x: torch.Tensor, size: list[int], interpolation: str) -> torch.Tensor:
+            return torch.nn.functional.interpolate(x, size=size, mode="nearest")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Variant:
+    """``impl[/ac][/compile][/backend]``, e.g. ``ctrlpost/selective/compile/cudnn``."""
+
+    impl: str
+    ac: str
+    compile: bool
+    attention: str
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        tokens = text.split("/")
+        impl = tokens[0]
+        if impl not in ("ctrlpost", "diffusers"):
+            raise ValueError(f"unknown implementation in {text!r}")
+        ac = "diffusers" if impl == "diffusers" else "selective"
+        compiled, attention = False, "default"
+        for token in tokens[1:]:
+            if token in ("full", "selective", "selective-all", "none"):
+                ac = token
+            elif token == "compile":
+                compiled = True
+            elif token in ("default", "cudnn", "flash", "efficient"):
+                attention = token
+            else:
+                raise ValueError(f"unknown option {token!r} in {text!r}")
+        if impl == "diffusers" and (compiled or ac != "diffusers"):
+            raise ValueError("diffusers runs as shipped: its own checkpointing, eager")
+        return cls(impl, ac, compiled, attention)
+
+    def __str__(self) -> str:
+        parts = [self.impl] + ([] if self.impl == "diffusers" else [self.ac])
+        parts += ["compile"] if self.compile else []
+        parts += [] if self.attention == "default" else [self.attention]
+        return "/".join(parts)
+
+
+_BACKENDS = {
+    "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+}
+
+
+@contextlib.contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """SDPA backend priority: ``name`` first, the others after it (a shape it refuses still
+    runs). ``default`` leaves torch's own order."""
+    if name == "default":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = getattr(SDPBackend, _BACKENDS[name])
+    order = [first] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                   SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
+    with sdpa_kernel(order, set_priority=True):
+        yield
+
+
+class Configurator:
+    """Switches ctrlpost's checkpointing mode and compilation in place between variants."""
+
+    def __init__(self, model: ControlledDiT) -> None:
+        self.model = model
+        self.state: tuple[str, bool, str] | None = None
+
+    def apply(self, variant: Variant) -> None:
+        state = (variant.ac, variant.compile, variant.attention)
+        if state == self.state:
+            return
+        blocks = [m for m in self.model.modules() if isinstance(m, parallel.DiTBlock)]
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+            block.__dict__.pop(parallel._MARK, None)
+            block._compiled_call_impl = None  # type: ignore[attr-defined]
+        if variant.compile or (self.state is not None and self.state[1]):
+            torch._dynamo.reset()
+        mode = "selective" if variant.ac == "selective-all" else variant.ac
+        parallel.apply_activation_checkpointing(self.model, mode)  # type: ignore[arg-type]
+        # "selective-all": the first selective policy, which kept cross-attention outputs too.
+        parallel._is_self_attention = (  # type: ignore[attr-defined]
+            (lambda args: True) if variant.ac == "selective-all" else _IS_SELF_ATTENTION)
+        if variant.compile:
+            parallel.apply_compile(self.model)
+        self.state = state
+
+
+_IS_SELF_ATTENTION = parallel._is_self_attention  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def make_inputs(flavor: Flavor, thw: tuple[int, int, int], device: torch.device,
+                dtype: torch.dtype) -> dict[str, Any]:
+    frames, height, width = thw
+    c = flavor.base.latent_channels
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    condition = torch.zeros(1, 1, frames, height, width, device=device, dtype=dtype)
+    condition[:, :, :1] = 1
+    return {
+        "x": randn(1, c, frames, height, width),
+        "c_noise": torch.tensor([0.25], device=device),
+        "text": randn(1, flavor.base.text_tokens, flavor.base.text_dim),
+        "hint": randn(1, c, frames, height, width),
+        "condition": condition,
+        "padding": torch.zeros(1, 1, 8 * height, 8 * width, device=device, dtype=dtype),
+        "fps": 24,
+        "target": randn(1, c, frames, height, width).float(),
+    }
+
+
+def base_forward(impl: str, model: ControlledDiT, diffusers_model: Any, x: torch.Tensor,
+                 batch: dict[str, Any]) -> torch.Tensor:
+    if impl == "diffusers":
+        return diffusers_model(hidden_states=x, timestep=batch["c_noise"],
+                               encoder_hidden_states=batch["text"], fps=batch["fps"],
+                               condition_mask=batch["condition"], padding_mask=batch["padding"],
+                               return_dict=False)[0]
+    fps = torch.tensor([float(batch["fps"])], device=x.device)
+    return model.base(x, batch["c_noise"], batch["text"],
+                      condition_mask_B_1_T_H_W=batch["condition"],
+                      padding_mask_B_1_H_W=batch["padding"], fps_B=fps)
+
+
+def base_step(impl: str, model: ControlledDiT, diffusers_model: Any,
+              batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen base: forward, MSE, backward to the input only. Returns (output, input grad)."""
+    x = batch["x"].detach().requires_grad_(True)
+    out = base_forward(impl, model, diffusers_model, x, batch)
+    loss = (out.float() - batch["target"]).square().mean()
+    loss.backward()
+    assert x.grad is not None
+    return out.detach(), x.grad
+
+
+def control_step(model: ControlledDiT, batch: dict[str, Any]) -> tuple[torch.Tensor, None]:
+    fps = torch.tensor([float(batch["fps"])], device=batch["x"].device)
+    out = model(batch["x"], batch["c_noise"], batch["text"], hint_B_C_T_H_W=batch["hint"],
+                condition_mask_B_1_T_H_W=batch["condition"],
+                padding_mask_B_1_H_W=batch["padding"], fps_B=fps)
+    loss = (out.float() - batch["target"]).square().mean()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return out.detach(), None
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """‖a − b‖ / ‖b‖ and max |a − b| / max |b| in float32."""
+    a, b = a.float(), b.float()
+    diff = a - b
+    return {"rel_l2": float(diff.norm() / b.norm().clamp_min(1e-30)),
+            "max_abs_over_max_ref": float(diff.abs().max() / b.abs().max().clamp_min(1e-30)),
+            "finite": bool(torch.isfinite(a).all())}
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.device = torch.device(args.device)
+        self.dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        self.flavor = get_flavor(args.flavor)
+        self.latents = LATENTS_7B if self.flavor.name == "7b" else LATENTS_TINY
+        self.record: dict[str, Any] = {
+            "benchmark": "train_step", "device": common.device_name(self.device),
+            "torch": torch.__version__, "date": common.now(), "flavor": self.flavor.name,
+            "dtype": args.dtype, "command": " ".join(sys.argv), "ceiling": [],
+            "attention": [], "equivalence": [], "base": [], "control": [], "errors": [],
+            "skipped": [], "flops_formula": __doc__.split("Model FLOPs")[1].split("Usage")[0],
+        }
+        try:
+            import diffusers
+
+            self.record["diffusers"] = diffusers.__version__
+        except ImportError:
+            self.record["diffusers"] = None
+        if self.device.type == "cuda":
+            self.record["cudnn"] = torch.backends.cudnn.version()
+        slug = common.slug(self.record["device"].split(" (")[0])
+        self.out = args.out or common.RESULTS / f"train_step-{slug}.json"
+        self.model: ControlledDiT | None = None
+        self.diffusers_model: Any = None
+        self.reference_outputs: dict[int, tuple[str, torch.Tensor, torch.Tensor]] = {}
+
+    # -- bookkeeping
+    def save(self) -> None:
+        self.record["elapsed_s"] = time.perf_counter() - self.t0
+        common.write_json(self.record, self.out)
+
+    def time_left(self, what: str) -> bool:
+        if self.args.deadline and time.perf_counter() - self.t0 > self.args.deadline:
+            self.record["skipped"].append(what)
+            print(f"skipped (deadline): {what}", flush=True)
+            return False
+        return True
+
+    def guarded(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # keep measuring the rest; the error is in the record
+            torch.cuda.empty_cache() if self.device.type == "cuda" else None
+            message = f"{type(exc).__name__}: {str(exc)[:400]}"
+            print(f"ERROR in {what}: {message}", flush=True)
+            traceback.print_exc(limit=4)
+            self.record["errors"].append({"what": what, "error": message})
+            return None
+        finally:
+            self.save()
+
+    # -- phases
+    def ceiling(self, when: str) -> None:
+        result = common.matmul_ceiling(self.device)
+        result["when"] = when
+        self.record["ceiling"].append(result)
+        print(f"matmul ceiling ({when}): {result['tflops_median']:.0f} TFLOP/s", flush=True)
+
+    def ceiling_rate(self) -> float:
+        rates = [c["tflops_median"] for c in self.record["ceiling"]]
+        return max(rates) if rates else float("nan")
+
+    def attention(self) -> None:
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        a = self.flavor.base
+        for tokens in self.sizes():
+            gen = torch.Generator(device=self.device).manual_seed(3)
+            q, k, v = (torch.randn(1, a.num_heads, tokens, a.head_dim, device=self.device,
+                                   dtype=self.dtype, generator=gen).requires_grad_(True)
+                       for _ in range(3))
+            grad = torch.randn_like(q)
+            outputs = {}
+            try:
+                choice = int(torch._fused_sdp_choice(q, k, v))
+            except Exception:  # noqa: BLE001
+                choice = -1
+            flops = 4 * tokens * tokens * a.model_channels
+            for backend in ("flash", "cudnn", "efficient"):
+                if self.device.type != "cuda" and backend != "flash":
+                    continue
+
+                def fwd() -> torch.Tensor:
+                    with attention_backend(backend), torch.no_grad():
+                        return sdpa(q, k, v)
+
+                def fwd_bwd() -> None:
+                    with attention_backend(backend):
+                        out = sdpa(q, k, v)
+                    out.backward(grad)
+                    q.grad = k.grad = v.grad = None
+
+                try:
+                    outputs[backend] = fwd()
+                    fwd_bwd()
+                    t_f = common.median([common.timed(fwd, self.device)[0] for _ in range(5)])
+                    t_fb = common.median([common.timed(fwd_bwd, self.device)[0] for _ in range(3)])
+                except Exception as exc:  # noqa: BLE001
+                    self.record["attention"].append({"tokens": tokens, "backend": backend,
+                                                     "error": str(exc)[:300]})
+                    continue
+                row = {"tokens": tokens, "backend": backend, "fwd_s": t_f, "fwd_bwd_s": t_fb,
+                       "fwd_tflops": flops / t_f / 1e12,
+                       "bwd_model_tflops": 2 * flops / (t_fb - t_f) / 1e12,
+                       "default_choice_id": choice}
+                if backend != "flash" and "flash" in outputs:
+                    row["vs_flash"] = rel_error(outputs[backend], outputs["flash"])
+                self.record["attention"].append(row)
+                print(f"attention {tokens} {backend}: fwd {t_f * 1e3:.1f} ms "
+                      f"({row['fwd_tflops']:.0f} TFLOP/s), fwd+bwd {t_fb * 1e3:.1f} ms", flush=True)
+            del q, k, v, grad, outputs
+        self.save()
+
+    def sizes(self) -> list[int]:
+        return [int(s) for s in self.args.sizes.split(",")] if self.args.sizes else list(
+            self.latents)
+
+    def ensure_models(self, need_diffusers: bool) -> None:
+        if self.model is None:
+            self.model = build_model(self.flavor, self.device, self.dtype)
+            self.configurator = Configurator(self.model)
+            count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+            self.record["base_params"] = count(self.model.base)
+            self.record["control_params"] = count(self.model.control)
+        if need_diffusers and self.diffusers_model is None:
+            self.diffusers_model = build_diffusers(self.model.base)
+
+    def measure(self, part: str, variant: Variant, tokens: int) -> None:
+        assert self.model is not None
+        thw = self.latents[tokens]
+        batch = make_inputs(self.flavor, thw, self.device, self.dtype)
+        if variant.impl == "ctrlpost":
+            self.configurator.apply(variant)
+        flops = model_flops(self.flavor, tokens, thw[0], control=part == "control")
+        work = flops["total"]
+        model, dm = self.model, self.diffusers_model
+        if part == "base":
+            def step() -> tuple[torch.Tensor, torch.Tensor | None]:
+                return base_step(variant.impl, model, dm, batch)
+        else:
+            def step() -> tuple[torch.Tensor, torch.Tensor | None]:
+                return control_step(model, batch)
+
+        repeats = self.args.repeats
+        warmup = self.args.warmup + (1 if variant.compile else 0)
+        common.reset_peak(self.device)
+        with attention_backend(variant.attention):
+            warm_times = []
+            first = None
+            for _ in range(warmup):
+                t, result = common.timed(step, self.device)
+                warm_times.append(t)
+                first = first or result
+                del result
+            times = []
+            for _ in range(repeats):
+                t, result = common.timed(step, self.device)
+                times.append(t)
+                del result
+        s = common.median(times)
+        row = {
+            "part": part, "variant": str(variant), "tokens": tokens,
+            "latent_B_C_T_H_W": [1, self.flavor.base.latent_channels, *thw],
+            "warmup_s": warm_times, "times_s": times, "s_per_step": s,
+            "model_flops": flops, "model_tflops": work / s / 1e12,
+            "ratio_to_matmul": work / s / 1e12 / self.ceiling_rate(),
+            **common.peak_memory(self.device),
+        }
+        if part == "base" and first is not None:
+            out, grad = first[0].float().cpu(), first[1].float().cpu()
+            ref = self.reference_outputs.get(tokens)
+            if ref is None:
+                self.reference_outputs[tokens] = (str(variant), out, grad)
+            else:
+                row["vs"] = ref[0]
+                row["output_vs_ref"] = rel_error(out, ref[1])
+                row["input_grad_vs_ref"] = rel_error(grad, ref[2])
+        self.record[part].append(row)
+        print(f"{part} {tokens} {variant}: {s:.3f} s/step, {row['model_tflops']:.0f} TFLOP/s "
+              f"({row['ratio_to_matmul']:.2f} of matmul), "
+              f"peak {row.get('peak_allocated_gib', float('nan')):.1f} GiB"
+              + (f", output vs {row['vs']}: {row['output_vs_ref']['rel_l2']:.2e}"
+                 if "vs" in row else ""), flush=True)
+        del batch, first
+        gc.collect()
+
+    def equivalence(self, tokens: int) -> None:
+        """Forward outputs of diffusers and ctrlpost (eager, torch's attention) on the same
+        weights and inputs, without gradients; and ctrlpost flash vs cuDNN as a noise floor."""
+        assert self.model is not None
+        thw = self.latents[tokens]
+        batch = make_inputs(self.flavor, thw, self.device, self.dtype)
+        self.configurator.apply(Variant.parse("ctrlpost/selective"))
+        with torch.no_grad():
+            ours = base_forward("ctrlpost", self.model, None, batch["x"], batch)
+            theirs = base_forward("diffusers", self.model, self.diffusers_model, batch["x"], batch)
+            row: dict[str, Any] = {"tokens": tokens,
+                                   "ctrlpost_vs_diffusers": rel_error(ours, theirs)}
+            if self.device.type == "cuda":
+                with attention_backend("cudnn"):
+                    ours_cudnn = base_forward("ctrlpost", self.model, None, batch["x"], batch)
+                row["ctrlpost_cudnn_vs_ctrlpost"] = rel_error(ours_cudnn, ours)
+            if self.device.type != "cuda" or self.dtype == torch.float32:
+                row["note"] = "float32 on CPU: differences are rounding only"
+        self.record["equivalence"].append(row)
+        print(f"equivalence {tokens}: {row}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flavor", default="7b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default=None,
+                        help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--sizes", help="tokens, comma separated (default: all of the flavor)")
+    parser.add_argument("--parts", default="ceiling,attention,equivalence,base,control")
+    parser.add_argument("--base-variants", default=",".join(DEFAULT_BASE_VARIANTS))
+    parser.add_argument("--control-variants", default=",".join(DEFAULT_CONTROL_VARIANTS))
+    parser.add_argument("--control-sizes", help="tokens for the control step (default: --sizes)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="seconds after which remaining measurements are skipped")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bf16" if args.device.startswith("cuda") else "fp32"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    parts = args.parts.split(",")
+    sizes = bench.sizes()
+    if "ceiling" in parts:
+        bench.guarded("ceiling", lambda: bench.ceiling("start"))
+    if "attention" in parts and bench.time_left("attention"):
+        bench.guarded("attention", bench.attention)
+    base_variants = [Variant.parse(v) for v in args.base_variants.split(",") if v]
+    need_diffusers = "equivalence" in parts or any(v.impl == "diffusers" for v in base_variants)
+    bench.guarded("build", lambda: bench.ensure_models(need_diffusers))
+    if bench.model is None:
+        return 1
+    if "equivalence" in parts and bench.time_left("equivalence"):
+        bench.guarded("equivalence", lambda: bench.equivalence(min(sizes)))
+    # Smaller size first (cheap, and it surfaces errors early), eager before compiled.
+    if "base" in parts:
+        for tokens in sorted(sizes):
+            for variant in base_variants:
+                if bench.time_left(f"base {tokens} {variant}"):
+                    bench.guarded(f"base {tokens} {variant}",
+                                  lambda t=tokens, v=variant: bench.measure("base", v, t))
+    if "control" in parts:
+        control_sizes = ([int(s) for s in args.control_sizes.split(",")] if args.control_sizes
+                         else sizes)
+        for tokens in sorted(control_sizes):
+            for text in args.control_variants.split(","):
+                variant = Variant.parse(text)
+                if bench.time_left(f"control {tokens} {variant}"):
+                    bench.guarded(f"control {tokens} {variant}",
+                                  lambda t=tokens, v=variant: bench.measure("control", v, t))
+    if "ceiling" in parts:
+        bench.guarded("ceiling end", lambda: bench.ceiling("end"))
+    summarise(bench)
+    return 0
+
+
+def summarise(bench: Bench) -> None:
+    record = bench.record
+    ceiling = bench.ceiling_rate()
+    rows: list[tuple[str, ...]] = []
+    for part in ("base", "control"):
+        for row in record[part]:
+            rows.append((part, f"{row['tokens']:,}", row["variant"], f"{row['s_per_step']:.3f}",
+                         f"{row['model_tflops']:.0f}", f"{row['ratio_to_matmul']:.3f}",
+                         f"{row.get('peak_allocated_gib', float('nan')):.1f}"))
+    print()
+    print(f"device {record['device']}, torch {record['torch']}, diffusers {record['diffusers']}, "
+          f"matmul ceiling {ceiling:.0f} TFLOP/s (max of start/end medians)")
+    common.print_table(rows, ("part", "tokens", "variant", "s/step", "TFLOP/s", "of matmul",
+                              "peak GiB"))
+    speedups = {}
+    for tokens in sorted({r["tokens"] for r in record["base"]}):
+        by = {r["variant"]: r["s_per_step"] for r in record["base"] if r["tokens"] == tokens}
+        if "diffusers" in by:
+            for name, s in by.items():
+                if name.startswith("ctrlpost"):
+                    speedups[f"{tokens} {name} vs diffusers"] = by["diffusers"] / s
+                    if "diffusers/cudnn" in by:
+                        speedups[f"{tokens} {name} vs diffusers/cudnn"] = by["diffusers/cudnn"] / s
+    record["speedups"] = speedups
+    for name, value in speedups.items():
+        print(f"speedup {name}: {value:.3f}x")
+    for row in record["equivalence"]:
+        print(f"equivalence {row['tokens']}: ctrlpost vs diffusers rel L2 "
+              f"{row['ctrlpost_vs_diffusers']['rel_l2']:.2e}")
+    for error in record["errors"]:
+        print(f"ERROR {error['what']}: {error['error'][:200]}")
+    if math.isnan(ceiling):
+        print("no ceiling measured")
+    bench.save()
+    print(f"wrote {bench.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
