@@ -124,8 +124,8 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = No
     table = [header, *rows] if header else rows
     widths = [max(len(str(r[i])) for r in table if i < len(r)) for i in range(len(table[0]))]
     for k, row in enumerate(table):
-        cells = [f"{str(row[0]):<{widths[0]}}"]
-        cells += [f"{str(c):>{widths[i + 1]}}" for i, c in enumerate(row[1:])]
+        cells = [f"{row[0]!s:<{widths[0]}}"]
+        cells += [f"{c!s:>{widths[i + 1]}}" for i, c in enumerate(row[1:])]
         print("  ".join(cells))
         if header and k == 0:
             print("  ".join("-" * w for w in widths))

@@ -11,6 +11,16 @@ GOP, like downloaded videos), or mp4v when that encoder is missing.
 
 Usage: python bench/loader.py [--clips 3] [--frames 130] [--workers 2];
 writes bench/results/loader-cpu.json and prints a table.
+
+Data-wait mode (``--wait-steps N``): the real DataLoader with the recipe's workers and prefetch
+(``--recipe``, default recipes/edge_hdvila.toml: 8 workers, prefetch 2) feeds a consumer that
+takes ``--step-s`` seconds per training step (sleeping: the GPU's time; the training process's
+own CPU use is one launch thread). Reports the time blocked in ``next()`` per step, its share of
+the step (first step apart: worker start-up happens once per run), and the loader's clips/s
+when nothing waits for it. Example (on the GPU box, whose CPUs are the ones training uses)::
+
+    python bench/loader.py --wait-steps 12 --step-s 13 --clips 4 --skip-compare \
+        --out bench/results/loader-wait-<machine>.json
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -166,12 +177,58 @@ def loader_rate(dataset: ClipDataset, workers: int, samples: int) -> float:
         return samples / (time.perf_counter() - start)
 
 
+def data_wait(dataset: ClipDataset, *, workers: int, prefetch: int, steps: int,
+              step_s: float) -> dict[str, Any]:
+    """Per-step seconds blocked in ``next()`` while the consumer spends ``step_s`` per step."""
+    waits = []
+    started = time.perf_counter()
+    with build_loader(dataset, rank=0, world_size=1, seed=0, num_workers=workers,
+                      prefetch_factor=prefetch) as batches:
+        for _ in range(steps):
+            fetched = time.perf_counter()
+            next(batches)
+            waits.append(time.perf_counter() - fetched)
+            time.sleep(step_s)
+        total = time.perf_counter() - started
+        # Throughput with nobody waiting: drain what is prefetched, then time fresh clips.
+        for _ in range(workers * prefetch):
+            next(batches)
+        fresh = max(2 * workers, 4)
+        t0 = time.perf_counter()
+        for _ in range(fresh):
+            next(batches)
+        rate = fresh / (time.perf_counter() - t0)
+    steady = waits[1:]
+    return {
+        "workers": workers, "prefetch_factor": prefetch, "steps": steps, "step_s": step_s,
+        "wait_s": waits, "first_wait_s": waits[0],
+        "steady_wait_fraction": sum(steady) / (sum(steady) + step_s * len(steady)),
+        "wait_fraction_incl_first": sum(waits) / (sum(waits) + step_s * len(waits)),
+        "wall_s": total, "clips_per_s_unthrottled": rate,
+        "clips_per_s_needed": 1 / step_s, "margin": rate * step_s,
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=2)
     parser.add_argument("--frames", type=int, default=130)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--wait-steps", type=int, default=0,
+                        help="data-wait mode: simulated training steps")
+    parser.add_argument("--step-s", type=float, default=14.0,
+                        help="seconds of GPU work per step in data-wait mode")
+    parser.add_argument("--recipe", default=str(Path(__file__).resolve().parents[1] / "recipes"
+                                                / "edge_hdvila.toml"),
+                        help="recipe whose data.num_workers / prefetch_factor are used")
+    parser.add_argument("--skip-compare", action="store_true",
+                        help="skip the per-frame reference comparison and stage times")
+    parser.add_argument("--out", type=Path, help="JSON path (default: results/loader-cpu.json)")
     args = parser.parse_args()
+    if args.wait_steps:
+        wait_mode(args)
+        return
     edge = registry.get_modality("edge")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -217,6 +274,46 @@ def main() -> None:
                   "torch threads",
         "torch": torch.__version__, "opencv": cv2.__version__,
         "date": dt.date.today().isoformat(), "figures": figures}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def wait_mode(args: argparse.Namespace) -> None:
+    from ctrlpost.recipe import load as load_recipe
+
+    recipe = load_recipe(args.recipe)
+    workers, prefetch = recipe.data.num_workers, recipe.data.prefetch_factor
+    edge = registry.get_modality("edge")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        made = time.perf_counter()
+        codec = make_dataset(root, args.clips, args.frames)
+        made = time.perf_counter() - made
+        dataset = ClipDataset(root, num_frames=NUM_FRAMES, resolution="720",
+                              generator=edge.build_generator(edge.validate_params({})),
+                              hint_key=edge.hint_key, seed=0, text_dim=1024)
+        load = os.getloadavg()[0]
+        one_clip = stage_times(dataset, 0, 1)
+        figures = data_wait(dataset, workers=workers, prefetch=prefetch, steps=args.wait_steps,
+                            step_s=args.step_s)
+    figures.update({"recipe": args.recipe, "clips": args.clips, "codec": codec,
+                    "source": f"{WIDTH}x{HEIGHT}", "frames_per_sample": NUM_FRAMES,
+                    "one_clip_stage_s": one_clip, "dataset_build_s": made,
+                    "load_average_at_start": load, "cpus": os.cpu_count()})
+    print(f"loader, {workers} workers, prefetch {prefetch}: "
+          f"{figures['clips_per_s_unthrottled']:.2f} clips/s unthrottled "
+          f"({figures['margin']:.1f}x what a {args.step_s:.1f} s step needs)")
+    print(f"data wait: first step {figures['first_wait_s']:.1f} s (worker start-up), then "
+          f"{100 * figures['steady_wait_fraction']:.2f}% of step time "
+          f"({100 * figures['wait_fraction_incl_first']:.2f}% counting the first step); "
+          f"waits {[round(w, 3) for w in figures['wait_s']]}")
+    out = args.out or Path(__file__).parent / "results" / "loader-wait.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "loader data wait",
+        "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "torch": torch.__version__, "opencv": cv2.__version__,
+        "date": dt.date.today().isoformat(), "command": " ".join(sys.argv),
+        "figures": figures}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import itertools
 import math
 import sys
 import time
@@ -54,7 +55,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402
+import _common as common
 
 common.ensure_ctrlpost_importable()
 
@@ -74,7 +75,8 @@ DEFAULT_CONTROL_VARIANTS = ("ctrlpost/selective/compile/cudnn",)
 
 def block_flops(args: DiTArgs, tokens: int, frames: int) -> tuple[float, float]:
     """(linear, attention) forward FLOPs of one DiT block (see the module docstring)."""
-    L, M, D, C, r = tokens, args.text_tokens, args.model_channels, args.text_dim, args.adaln_lora_dim
+    L, M, D = tokens, args.text_tokens, args.model_channels
+    C, r = args.text_dim, args.adaln_lora_dim
     F = args.mlp_hidden
     linear = 2 * L * (4 * D * D + 2 * D * D + 2 * D * F) + 2 * M * 2 * C * D
     linear += 3 * 2 * frames * (D * r + r * 3 * D)
@@ -97,7 +99,7 @@ def model_flops(flavor: Flavor, tokens: int, frames: int, *, control: bool) -> d
         c_linear, c_attention = block_flops(c.dit, tokens, frames)
         blocks = c.num_blocks * (3 * c_linear + 3 * c_attention + 3 * 2 * tokens * D * D)
         widths = (D, *c.hint_mlp_widths, D)
-        hint_mlp = sum(2 * tokens * a * b for a, b in zip(widths, widths[1:], strict=False))
+        hint_mlp = sum(2 * tokens * a * b for a, b in itertools.pairwise(widths))
         embeds = 3 * (2 * tokens * c.dit.patch_in_features * D + hint_mlp)
         embeds += 2 * 2 * tokens * c.hint_in_features * D
         out["control"] = blocks + embeds
@@ -206,7 +208,7 @@ class _NearestResize:
     class InterpolationMode:
         NEAREST = "nearest"
 
-    class functional:  # noqa: N801
+    class functional:
         @staticmethod
         def resize(x: torch.Tensor, size: list[int], interpolation: str) -> torch.Tensor:
             return torch.nn.functional.interpolate(x, size=size, mode="nearest")
@@ -237,7 +239,7 @@ class Variant:
                 ac = token
             elif token == "compile":
                 compiled = True
-            elif token in ("default", "cudnn", "flash", "efficient"):
+            elif token in ("default", "cudnn", "flash", "efficient", "best"):
                 attention = token
             else:
                 raise ValueError(f"unknown option {token!r} in {text!r}")
@@ -291,6 +293,10 @@ class Configurator:
             block._compiled_call_impl = None  # type: ignore[attr-defined]
         if variant.compile or (self.state is not None and self.state[1]):
             torch._dynamo.reset()
+            # One static graph per token count (no dynamic-shape kernels); a few graphs per
+            # shape: base blocks with/without an input gradient, trained control blocks.
+            torch._dynamo.config.automatic_dynamic_shapes = False
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
         mode = "selective" if variant.ac == "selective-all" else variant.ac
         parallel.apply_activation_checkpointing(self.model, mode)  # type: ignore[arg-type]
         # "selective-all": the first selective policy, which kept cross-attention outputs too.
@@ -405,6 +411,7 @@ class Bench:
         self.model: ControlledDiT | None = None
         self.diffusers_model: Any = None
         self.reference_outputs: dict[int, tuple[str, torch.Tensor, torch.Tensor]] = {}
+        self.truth: dict[int, torch.Tensor] = {}
 
     # -- bookkeeping
     def save(self) -> None:
@@ -446,7 +453,9 @@ class Bench:
         from torch.nn.functional import scaled_dot_product_attention as sdpa
 
         a = self.flavor.base
-        for tokens in self.sizes():
+        sizes = ([int(t) for t in self.args.attention_sizes.split(",")]
+                 if self.args.attention_sizes else self.sizes())
+        for tokens in sizes:
             gen = torch.Generator(device=self.device).manual_seed(3)
             q, k, v = (torch.randn(1, a.num_heads, tokens, a.head_dim, device=self.device,
                                    dtype=self.dtype, generator=gen).requires_grad_(True)
@@ -455,29 +464,37 @@ class Bench:
             outputs = {}
             try:
                 choice = int(torch._fused_sdp_choice(q, k, v))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 choice = -1
             flops = 4 * tokens * tokens * a.model_channels
-            for backend in ("flash", "cudnn", "efficient"):
+            for backend in ("flash", "cudnn", "efficient", "cudnn-model-layout"):
                 if self.device.type != "cuda" and backend != "flash":
                     continue
+                if backend == "cudnn-model-layout":  # [B, L, H, Dh] storage, as the model has
+                    q, k, v = (t.detach().transpose(1, 2).contiguous().transpose(1, 2)
+                               .requires_grad_(True) for t in (q, k, v))
 
-                def fwd() -> torch.Tensor:
-                    with attention_backend(backend), torch.no_grad():
-                        return sdpa(q, k, v)
+                name = backend.removesuffix("-model-layout")
 
-                def fwd_bwd() -> None:
-                    with attention_backend(backend):
-                        out = sdpa(q, k, v)
+                def fwd(name: str = name, qkv: tuple[torch.Tensor, ...] = (q, k, v)
+                        ) -> torch.Tensor:
+                    with attention_backend(name), torch.no_grad():
+                        return sdpa(*qkv)
+
+                def fwd_bwd(name: str = name, qkv: tuple[torch.Tensor, ...] = (q, k, v),
+                            grad: torch.Tensor = grad) -> None:
+                    with attention_backend(name):
+                        out = sdpa(*qkv)
                     out.backward(grad)
-                    q.grad = k.grad = v.grad = None
+                    for t in qkv:
+                        t.grad = None
 
                 try:
                     outputs[backend] = fwd()
                     fwd_bwd()
                     t_f = common.median([common.timed(fwd, self.device)[0] for _ in range(5)])
                     t_fb = common.median([common.timed(fwd_bwd, self.device)[0] for _ in range(3)])
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     self.record["attention"].append({"tokens": tokens, "backend": backend,
                                                      "error": str(exc)[:300]})
                     continue
@@ -490,7 +507,7 @@ class Bench:
                 self.record["attention"].append(row)
                 print(f"attention {tokens} {backend}: fwd {t_f * 1e3:.1f} ms "
                       f"({row['fwd_tflops']:.0f} TFLOP/s), fwd+bwd {t_fb * 1e3:.1f} ms", flush=True)
-            del q, k, v, grad, outputs
+            outputs.clear()  # free the outputs before the next size
         self.save()
 
     def sizes(self) -> list[int]:
@@ -507,8 +524,22 @@ class Bench:
         if need_diffusers and self.diffusers_model is None:
             self.diffusers_model = build_diffusers(self.model.base)
 
+    def resolve(self, variant: Variant) -> Variant:
+        """``best`` → the SDPA backend with the fastest self-attention fwd+bwd at the largest
+        size of the attention phase (torch's default order if that phase did not run)."""
+        if variant.attention != "best":
+            return variant
+        rows = [r for r in self.record["attention"] if "fwd_bwd_s" in r]
+        if not rows:
+            return Variant(variant.impl, variant.ac, variant.compile, "default")
+        largest = max(r["tokens"] for r in rows)
+        best = min((r for r in rows if r["tokens"] == largest), key=lambda r: r["fwd_bwd_s"])
+        return Variant(variant.impl, variant.ac, variant.compile,
+                       best["backend"].removesuffix("-model-layout"))
+
     def measure(self, part: str, variant: Variant, tokens: int) -> None:
         assert self.model is not None
+        variant = self.resolve(variant)
         thw = self.latents[tokens]
         batch = make_inputs(self.flavor, thw, self.device, self.dtype)
         if variant.impl == "ctrlpost":
@@ -550,6 +581,8 @@ class Bench:
         }
         if part == "base" and first is not None:
             out, grad = first[0].float().cpu(), first[1].float().cpu()
+            if tokens in self.truth:
+                row["output_vs_fp32"] = rel_error(out, self.truth[tokens])
             ref = self.reference_outputs.get(tokens)
             if ref is None:
                 self.reference_outputs[tokens] = (str(variant), out, grad)
@@ -563,12 +596,13 @@ class Bench:
               f"peak {row.get('peak_allocated_gib', float('nan')):.1f} GiB"
               + (f", output vs {row['vs']}: {row['output_vs_ref']['rel_l2']:.2e}"
                  if "vs" in row else ""), flush=True)
-        del batch, first
+        first = None  # free the outputs before the next variant
         gc.collect()
 
     def equivalence(self, tokens: int) -> None:
-        """Forward outputs of diffusers and ctrlpost (eager, torch's attention) on the same
-        weights and inputs, without gradients; and ctrlpost flash vs cuDNN as a noise floor."""
+        """Forward outputs of diffusers and ctrlpost (eager) on the same weights and inputs,
+        without gradients, and of a float32 copy of the base (the truth every base variant's
+        first output is compared with: TF32 matmuls, ~1e-3, ten times under bf16's error)."""
         assert self.model is not None
         thw = self.latents[tokens]
         batch = make_inputs(self.flavor, thw, self.device, self.dtype)
@@ -578,14 +612,38 @@ class Bench:
             theirs = base_forward("diffusers", self.model, self.diffusers_model, batch["x"], batch)
             row: dict[str, Any] = {"tokens": tokens,
                                    "ctrlpost_vs_diffusers": rel_error(ours, theirs)}
-            if self.device.type == "cuda":
-                with attention_backend("cudnn"):
-                    ours_cudnn = base_forward("ctrlpost", self.model, None, batch["x"], batch)
-                row["ctrlpost_cudnn_vs_ctrlpost"] = rel_error(ours_cudnn, ours)
-            if self.device.type != "cuda" or self.dtype == torch.float32:
-                row["note"] = "float32 on CPU: differences are rounding only"
+            truth = self.float32_truth(batch)
+            if truth is not None:
+                self.truth[tokens] = truth.float().cpu()
+                row["ctrlpost_vs_fp32"] = rel_error(ours, truth)
+                row["diffusers_vs_fp32"] = rel_error(theirs, truth)
+                row["fp32_truth"] = "float32 copy of the base, TF32 matmuls, SDPA float32"
         self.record["equivalence"].append(row)
         print(f"equivalence {tokens}: {row}", flush=True)
+
+    def float32_truth(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        assert self.model is not None
+        if self.dtype == torch.float32:
+            return None
+        with torch.device("meta"):
+            truth = DiT(self.flavor.base)
+        truth.to_empty(device=self.device)
+        truth.load_state_dict(self.model.base.state_dict())
+        fp32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+                for k, v in batch.items()}
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            fps = torch.tensor([float(batch["fps"])], device=self.device)
+            out = truth(fp32["x"], fp32["c_noise"], fp32["text"],
+                        condition_mask_B_1_T_H_W=fp32["condition"],
+                        padding_mask_B_1_H_W=fp32["padding"], fps_B=fps)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+            del truth
+            gc.collect()
+            torch.cuda.empty_cache()
+        return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -597,8 +655,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", help="tokens, comma separated (default: all of the flavor)")
     parser.add_argument("--parts", default="ceiling,attention,equivalence,base,control")
     parser.add_argument("--base-variants", default=",".join(DEFAULT_BASE_VARIANTS))
+    parser.add_argument("--base-variants-large",
+                        help="base variants for the largest size (default: --base-variants)")
     parser.add_argument("--control-variants", default=",".join(DEFAULT_CONTROL_VARIANTS))
     parser.add_argument("--control-sizes", help="tokens for the control step (default: --sizes)")
+    parser.add_argument("--attention-sizes",
+                        help="tokens for the attention phase (default: --sizes)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=0.0,
@@ -620,32 +682,47 @@ def main(argv: list[str] | None = None) -> int:
     if "attention" in parts and bench.time_left("attention"):
         bench.guarded("attention", bench.attention)
     base_variants = [Variant.parse(v) for v in args.base_variants.split(",") if v]
-    need_diffusers = "equivalence" in parts or any(v.impl == "diffusers" for v in base_variants)
+    need_diffusers = "equivalence" in parts or any(
+        v.impl == "diffusers"
+        for v in [*base_variants, *map(Variant.parse, filter(None, (args.base_variants_large
+                                                                    or "").split(",")))])
     bench.guarded("build", lambda: bench.ensure_models(need_diffusers))
     if bench.model is None:
         return 1
     if "equivalence" in parts and bench.time_left("equivalence"):
         bench.guarded("equivalence", lambda: bench.equivalence(min(sizes)))
-    # Smaller size first (cheap, and it surfaces errors early), eager before compiled.
-    if "base" in parts:
-        for tokens in sorted(sizes):
-            for variant in base_variants:
-                if bench.time_left(f"base {tokens} {variant}"):
-                    bench.guarded(f"base {tokens} {variant}",
-                                  lambda t=tokens, v=variant: bench.measure("base", v, t))
-    if "control" in parts:
-        control_sizes = ([int(s) for s in args.control_sizes.split(",")] if args.control_sizes
-                         else sizes)
-        for tokens in sorted(control_sizes):
+    # Smaller size first (cheap, and it surfaces errors early), eager before compiled; the
+    # control step of a size right after its base part.
+    large = [Variant.parse(v) for v in (args.base_variants_large or "").split(",") if v]
+    control_sizes = ([int(s) for s in args.control_sizes.split(",")] if args.control_sizes
+                     else sizes)
+    for tokens in sorted(set(sizes) | set(control_sizes)):
+        if "base" in parts and tokens in sizes:
+            chosen = large if large and tokens == max(sizes) else base_variants
+            for variant in chosen:
+                run_variant(bench, "base", variant, tokens)
+        if "control" in parts and tokens in control_sizes:
             for text in args.control_variants.split(","):
-                variant = Variant.parse(text)
-                if bench.time_left(f"control {tokens} {variant}"):
-                    bench.guarded(f"control {tokens} {variant}",
-                                  lambda t=tokens, v=variant: bench.measure("control", v, t))
+                run_variant(bench, "control", Variant.parse(text), tokens)
     if "ceiling" in parts:
         bench.guarded("ceiling end", lambda: bench.ceiling("end"))
     summarise(bench)
     return 0
+
+
+def run_variant(bench: Bench, part: str, variant: Variant, tokens: int) -> None:
+    """Measure; a compiled variant that fails on a non-flash backend is retried with flash."""
+    resolved = bench.resolve(variant)
+    what = f"{part} {tokens} {resolved}"
+    if not bench.time_left(what):
+        return
+    before = len(bench.record["errors"])
+    bench.guarded(what, lambda: bench.measure(part, resolved, tokens))
+    failed = len(bench.record["errors"]) > before
+    if failed and resolved.compile and resolved.attention not in ("flash", "default"):
+        retry = Variant(resolved.impl, resolved.ac, resolved.compile, "flash")
+        if bench.time_left(f"{part} {tokens} {retry}"):
+            bench.guarded(f"{part} {tokens} {retry}", lambda: bench.measure(part, retry, tokens))
 
 
 def summarise(bench: Bench) -> None:
@@ -654,6 +731,7 @@ def summarise(bench: Bench) -> None:
     rows: list[tuple[str, ...]] = []
     for part in ("base", "control"):
         for row in record[part]:
+            row["ratio_to_matmul"] = row["model_tflops"] / ceiling
             rows.append((part, f"{row['tokens']:,}", row["variant"], f"{row['s_per_step']:.3f}",
                          f"{row['model_tflops']:.0f}", f"{row['ratio_to_matmul']:.3f}",
                          f"{row.get('peak_allocated_gib', float('nan')):.1f}"))
@@ -675,8 +753,18 @@ def summarise(bench: Bench) -> None:
     for name, value in speedups.items():
         print(f"speedup {name}: {value:.3f}x")
     for row in record["equivalence"]:
-        print(f"equivalence {row['tokens']}: ctrlpost vs diffusers rel L2 "
-              f"{row['ctrlpost_vs_diffusers']['rel_l2']:.2e}")
+        print(f"equivalence {row['tokens']} (eager, no grad): ctrlpost vs diffusers rel L2 "
+              f"{row['ctrlpost_vs_diffusers']['rel_l2']:.2e}" + (
+                  f"; vs float32: ctrlpost {row['ctrlpost_vs_fp32']['rel_l2']:.2e}, diffusers "
+                  f"{row['diffusers_vs_fp32']['rel_l2']:.2e}" if "ctrlpost_vs_fp32" in row else ""))
+    for row in record["base"]:
+        if "output_vs_fp32" in row or "output_vs_ref" in row:
+            print(f"base {row['tokens']} {row['variant']}: output vs float32 "
+                  f"{row.get('output_vs_fp32', {}).get('rel_l2', float('nan')):.2e}, vs "
+                  f"{row.get('vs', '-')} "
+                  f"{row.get('output_vs_ref', {}).get('rel_l2', float('nan')):.2e}"
+                  f", input grad vs {row.get('vs', '-')} "
+                  f"{row.get('input_grad_vs_ref', {}).get('rel_l2', float('nan')):.2e}")
     for error in record["errors"]:
         print(f"ERROR {error['what']}: {error['error'][:200]}")
     if math.isnan(ceiling):

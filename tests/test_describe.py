@@ -307,6 +307,29 @@ def test_plot_writes_a_png(tmp_path: Path, repo: Path, control_state: Tensors) -
                                        "fidelity_edge_f1"]
 
 
+def test_run_lists_validation_strips_and_counts_training_records(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for step, names in ((0, ["a.png", "b.png"]), (10, ["a.png", "b.png"])):
+        folder = run / "validation" / f"step_{step:09d}"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"\x89PNG")
+        (folder / "scores.json").write_text("{}")
+    rows = [{"step": 0, "fidelity": {"f1": 0.5, "f1_noise": 0.4}, "validation_s": 2.0},
+            {"step": 10, "loss": 1.0, "lr": 1e-3, "grad_norm": 1.0},
+            {"step": 10, "fidelity": {"f1": 0.6, "f1_noise": 0.4}, "validation_s": 2.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = inspect_json(run)["run"]
+    assert summary["metrics"]["steps_logged"] == 1  # validation records are not steps
+    assert summary["metrics"]["extra"] == {"fidelity.f1": 0.6, "fidelity.f1_noise": 0.4,
+                                           "validation_s": 2.5}
+    assert summary["validation"]["steps"] == [0, 10]
+    assert [Path(p).name for p in summary["validation"]["strips"]["10"]] == ["a.png", "b.png"]
+    table = runner.invoke(app, ["inspect", str(run)]).output
+    assert "2 (steps 0, 10)" in table
+    assert str(run / "validation" / "step_000000010" / "b.png") in table
+
+
 # --- memory -------------------------------------------------------------------------------------
 
 

@@ -124,3 +124,23 @@ def test_resolved_dump_round_trips(repo: Path, name: str) -> None:
     text = recipes.dump_toml(rec)
     assert recipes.validate(tomllib.loads(text)) == rec
     assert "[[control]]" in text and "[control.params]" in text
+
+
+def test_validation_section_defaults_and_rules(tmp_path: Path, repo: Path) -> None:
+    rec = recipes.load(write(tmp_path, MINIMAL))
+    assert rec.validation.every_steps == 0  # off unless asked for
+    tiny = recipes.load(repo / "recipes" / "edge_tiny.toml")
+    assert tiny.validation.every_steps > 0 and tiny.validation.guidance == 0.0
+    edge = recipes.load(repo / "recipes" / "edge_hdvila.toml")
+    assert (edge.validation.every_steps, edge.validation.num_frames) == (500, 57)
+    cases = {
+        "validation.num_frames=20": ("validation.num_frames", "1 + 8k", "e.g. 17 or 25"),
+        "validation.num_frames=129": ("", "exceeds data.num_frames", ""),
+        "validation.condition_frames=16": ("", "below the clip's 16 latent frames", ""),
+        "validation.sampler='dpm'": ("validation.sampler", "'heun' or 'euler'", ""),
+    }
+    for override, (where, *needles) in cases.items():
+        with pytest.raises(RecipeInvalid) as info:
+            recipes.load(write(tmp_path, MINIMAL), [override])
+        (problem,) = info.value.problems
+        assert problem.path == where and all(n in problem.message for n in needles), problem

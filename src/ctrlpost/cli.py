@@ -137,7 +137,10 @@ def _root(
 
 @app.command(
     epilog="Examples:\n\n  ctrlpost verify recipes/edge_hdvila.toml\n\n"
-    "  ctrlpost verify recipes/edge_tiny.toml --set train.steps=10 --json",
+    "  ctrlpost verify recipes/edge_tiny.toml --set train.steps=10 --json\n\n"
+    "  ctrlpost verify recipes/edge_hdvila.toml --fidelity --clips my_clips "
+    "--control nvidia/Cosmos-Transfer1-7B/edge_control.pt --control RUN/checkpoints/"
+    "iter_000005000_ema_model.pt",
 )
 @user_errors
 def verify(
@@ -169,10 +172,30 @@ def verify(
         typer.Option("--gpu-memory", metavar="GiB", min=1.0,
                      help="Memory of one GPU for the layout stage."),
     ] = 80.0,
+    fidelity: Annotated[
+        bool,
+        typer.Option("--fidelity", help="Then generate the \\[validation] clips with the control "
+                     "checkpoint(s) and score them with the modality's fidelity metric "
+                     "(loads the model on this machine's device)."),
+    ] = False,
+    control: Annotated[
+        list[str] | None,
+        typer.Option("--control", metavar="PATH|none", show_default=False,
+                     help="Checkpoint scored by --fidelity (repeatable, implies it): a released "
+                     "*_control.pt, an exported iter_*_ema_model.pt, or 'none' (base alone); "
+                     "default: weights.control."),
+    ] = None,
+    clips: Annotated[
+        Path | None,
+        typer.Option("--clips", metavar="DIR", show_default=False,
+                     help="Folder of clips (videos/, t5_xxl/) scored by --fidelity (implies it); "
+                     "default: validation.root, else data.root."),
+    ] = None,
 ) -> None:
     """Check a recipe and everything it needs before a run; report every problem at once.
 
-    Exits 0 when nothing is wrong, 2 when something is.
+    With --fidelity, also score control checkpoints on your clips, e.g. the released branch
+    against your post-trained one. Exits 0 when nothing is wrong, 2 when something is.
     """
     from ctrlpost import preflight
 
@@ -183,12 +206,23 @@ def verify(
         return
     report = preflight.run(recipe, overrides or [], stages=_stage_names(stages, preflight.STAGES),
                            gpus=gpus, gpu_memory_gib=gpu_memory)
+    score = None
+    if (fidelity or control or clips) and report.ok:
+        from ctrlpost.engine.evaluate import score_fidelity
+
+        score = functools.partial(score_fidelity, recipe, overrides or [], controls=control or [],
+                                  clips=clips)
     if as_json:
-        typer.echo(json.dumps(report.to_json(), indent=2))
+        document = report.to_json()
+        if score is not None:
+            document["fidelity"] = score().to_json()
+        typer.echo(json.dumps(document, indent=2))
     else:
-        from ctrlpost.console import print_report
+        from ctrlpost.console import print_fidelity, print_report
 
         print_report(report)
+        if score is not None:
+            print_fidelity(score())
     ready = all(s.status == "ok" for s in report.stages if s.name in ("recipe", "plugins"))
     if preview is not None and ready:
         from ctrlpost import recipe as recipes

@@ -40,3 +40,48 @@ def print_params(modality: Any, schema: dict[str, Any]) -> None:
     for key, prop in schema.get("properties", {}).items():
         table.add_row(key, json.dumps(prop.get("default")), prop.get("description", ""))
     Console(highlight=False).print(table)
+
+
+def print_fidelity(report: Any) -> None:
+    """`verify --fidelity`: per clip, each checkpoint's headline score beside the clip's floor
+    (decoded noise) and ceiling (tokenizer reconstruction); then the mean and where the strips
+    are."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    metric = report.headline
+    if metric is None:
+        console.print("[yellow]this modality has no fidelity metric[/]: strips only, in "
+                      f"{escape(str(report.out_dir))}")
+        return
+    settings = ", ".join(f"{k} {v}" for k, v in report.settings.items())
+    table = Table(title=f"fidelity: {metric} (higher is better; {escape(settings)})",
+                  title_justify="left")
+    table.add_column("clip")
+    for checkpoint in report.checkpoints:
+        table.add_column(escape(checkpoint.label), justify="right", overflow="fold")
+    table.add_column("floor (noise)", justify="right", style="dim")
+    table.add_column("ceiling (tokenizer)", justify="right", style="dim")
+
+    def row(name: str, values: list[float | None], refs: dict[str, float]) -> list[str]:
+        cells = ["n/a" if v is None else f"{v:.3f}" for v in values]
+        return [escape(name), *cells, *(f"{refs[f'{metric}_{k}']:.3f}" if f"{metric}_{k}" in refs
+                                        else "n/a" for k in ("noise", "reconstruction"))]
+
+    for clip in report.clips:
+        values = [c.per_clip.get(clip, {}).get(metric) for c in report.checkpoints]
+        table.add_row(*row(clip, values, report.references.get(clip, {})))
+    means = [c.mean.get(metric) for c in report.checkpoints]
+    refs = {key: sum(r[key] for r in report.references.values()) / len(report.references)
+            for key in (f"{metric}_noise", f"{metric}_reconstruction")
+            if report.references and all(key in r for r in report.references.values())}
+    table.add_row(*row("mean", means, refs), style="bold")
+    console.print(table)
+    for checkpoint in report.checkpoints:
+        others = ", ".join(f"{k} {v:.3g}" for k, v in checkpoint.mean.items() if k != metric)
+        console.print(f"{escape(checkpoint.label)}: {len(checkpoint.per_clip)} clip(s) in "
+                      f"{checkpoint.seconds:.1f} s{'; ' + escape(others) if others else ''}")
+    console.print(f"strips (hint | generated | hint of generated | real) in "
+                  f"{escape(str(report.out_dir))}/<checkpoint>/", soft_wrap=True)

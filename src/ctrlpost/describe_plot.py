@@ -1,4 +1,7 @@
-"""`inspect RUN --plot OUT.png`: loss, learning rate, grad norm (and fidelity) against step.
+"""`inspect RUN --plot OUT.png`: loss, learning rate, grad norm and fidelity against step.
+
+Each fidelity value gets its panel; its references (``*_reconstruction``, the tokenizer's
+ceiling, and ``*_noise``, the floor) are drawn in the same panel as dashed and dotted lines.
 
 Drawn with matplotlib's object API on the Agg canvas, never ``pyplot``: no global figure state
 and no display backend, so it works on a headless node and inside tests.
@@ -16,12 +19,14 @@ from ctrlpost.errors import CtrlpostError
 
 HEADLINE = ("loss", "lr", "grad_norm")
 _LOG_SCALE = {"lr"}  # warm-up then decay spans decades
+REFERENCES = {"_reconstruction": ("ceiling (tokenizer)", "--"), "_noise": ("floor (noise)", ":")}
 
 
 def plot_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     """``name → (steps, values)`` for the headline metrics and every ``fidelity*`` column,
     keeping finite numbers only; metrics never logged are left out."""
-    names = [*HEADLINE, *sorted({k for row in rows for k in row if k.startswith("fidelity")})]
+    names = [*HEADLINE, *sorted({k for row in rows for k in row
+                                 if k.startswith("fidelity") and k != "fidelity_metric"})]
     series: dict[str, tuple[list[int], list[float]]] = {}
     for name in names:
         points = [
@@ -34,6 +39,16 @@ def plot_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[int], li
     return series
 
 
+def panels(series: dict[str, Any]) -> dict[str, list[str]]:
+    """Panel name → the series drawn in it: a reference joins the panel of its metric."""
+    grouped: dict[str, list[str]] = {}
+    for name in series:
+        base = next((name.removesuffix(suffix) for suffix in REFERENCES
+                     if name.endswith(suffix) and name.removesuffix(suffix) in series), name)
+        grouped.setdefault(base, []).append(name)
+    return grouped
+
+
 def plot_metrics(rows: Sequence[dict[str, Any]], out: Path, *, title: str) -> Path:
     """Draw one panel per metric, sharing the step axis, and write ``out`` atomically."""
     series = plot_series(rows)
@@ -43,13 +58,22 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: Path, *, title: str) -> Pa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(8.0, 2.2 * len(series) + 0.6), layout="constrained")
+    layout = panels(series)
+    figure = Figure(figsize=(8.0, 2.2 * len(layout) + 0.6), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (name, (steps, values)) in zip(axes, series.items(), strict=True):
-        ax.plot(steps, values, linewidth=1.2, marker="." if len(steps) < 50 else None)
+    axes = figure.subplots(len(layout), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (name, members) in zip(axes, layout.items(), strict=True):
+        for member in members:
+            steps, values = series[member]
+            label, style = next(((text, line) for suffix, (text, line) in REFERENCES.items()
+                                 if member == name + suffix), (None, "-"))
+            ax.plot(steps, values, style, linewidth=1.2 if label is None else 1.0,
+                    marker="." if label is None and len(steps) < 50 else None, label=label)
+        if len(members) > 1:
+            ax.legend(fontsize="small", loc="best")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
+        values = [v for member in members for v in series[member][1]]
         if name in _LOG_SCALE and min(values) > 0:
             ax.set_yscale("log")
     axes[-1].set_xlabel("step")

@@ -172,6 +172,10 @@ def print_run(report: RunReport, console: Console) -> None:
         table.add_row(escape(name), fmt_float(value))
     table.add_row("training states", _steps(run.complete_steps, run.incomplete_states))
     table.add_row("exports", escape(", ".join(run.exports) or "none"))
+    if run.validations:
+        steps = [step for step, _ in run.validations]
+        table.add_row("validations", f"{len(steps)} (steps {_step_list(steps)}); strips of "
+                                     f"step {steps[-1]:,} below")
     if run.versions:
         table.add_row("versions", escape(", ".join(f"{k} {v}" for k, v in run.versions.items())))
     for note in run.notes:
@@ -179,8 +183,18 @@ def print_run(report: RunReport, console: Console) -> None:
     if report.plot is not None:
         table.add_row("plot", escape(str(report.plot)))
     console.print(table)
+    strips = run.strips()
+    if strips:
+        console.print("[bold]validation strips[/] (hint | generated | hint of generated | real):")
+        for strip in strips:
+            console.print(f"  {escape(str(strip))}", soft_wrap=True)
     if report.checkpoint is not None:
         print_checkpoint(report.checkpoint, console)
+
+
+def _step_list(steps: list[int]) -> str:
+    shown = ", ".join(f"{s:,}" for s in steps[-6:])
+    return shown if len(steps) <= 6 else f"…, {shown}"
 
 
 def _steps(complete: tuple[int, ...], incomplete: tuple[str, ...]) -> str:

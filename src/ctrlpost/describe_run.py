@@ -1,9 +1,11 @@
 """What a training run leaves on disk, read back for `ctrlpost inspect`: no torch needed.
 
 A run directory holds ``recipe.toml`` (the resolved recipe), ``versions.json``, ``metrics.jsonl``
-(one JSON object per logged step) and ``checkpoints/`` with DCP training states
-``step_{N:09}/`` (complete once ``meta.json`` is in) and the exports
-``iter_{N:09}_{reg,ema}_model.pt``, each with an optional sidecar ``iter_{N:09}.json``.
+(one JSON object per logged step, plus one per validation with its ``fidelity`` table),
+``checkpoints/`` with DCP training states ``step_{N:09}/`` (complete once ``meta.json`` is in)
+and the exports ``iter_{N:09}_{reg,ema}_model.pt``, each with an optional sidecar
+``iter_{N:09}.json``, and ``validation/step_{N:09}/`` with a PNG strip per validation clip and
+``scores.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "recipe.toml"
 VERSIONS_FILE = "versions.json"
 CHECKPOINTS_DIR = "checkpoints"
+VALIDATION_DIR = "validation"
 DCP_COMPLETE_MARKER = "meta.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 EXPORT_NAME = re.compile(r"^(iter_(\d+))_(reg|ema)_model(_only)?\.pt$")
-_RUN_MARKERS = (METRICS_FILE, RECIPE_FILE, CHECKPOINTS_DIR)
+_RUN_MARKERS = (METRICS_FILE, RECIPE_FILE, CHECKPOINTS_DIR, VALIDATION_DIR)
 _HEADLINE = ("loss", "lr", "grad_norm", "samples_per_s")
 
 Row = dict[str, Any]
@@ -173,6 +176,7 @@ class RunSummary:
     incomplete_states: tuple[str, ...]
     exports: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    validations: tuple[tuple[int, tuple[str, ...]], ...] = ()  # (step, strip PNG names)
 
     @property
     def job(self) -> dict[str, Any]:
@@ -182,14 +186,26 @@ class RunSummary:
 
     @property
     def extra_columns(self) -> list[str]:
-        """Metric columns beyond the headline ones whose name starts with ``fidelity``."""
-        names = {key for row in self.rows for key in row if key.startswith("fidelity")}
+        """Metric columns beyond the headline ones: ``fidelity*`` and the validation cost."""
+        names = {key for row in self.rows for key in row
+                 if key.startswith("fidelity") and key != "fidelity_metric"}
+        if any("validation_s" in row for row in self.rows):
+            names.add("validation_s")
         return sorted(names)
+
+    def strips(self, step: int | None = None) -> list[Path]:
+        """The PNG strips of the validation at ``step`` (default: the latest)."""
+        if not self.validations:
+            return []
+        found = dict(self.validations)
+        chosen = max(found) if step is None else step
+        folder = self.path / VALIDATION_DIR / f"step_{chosen:09d}"
+        return [folder / name for name in found.get(chosen, ())]
 
     def metrics(self) -> dict[str, Any]:
         """Steps logged, first/last loss and the last of every headline and extra column."""
         out: dict[str, Any] = {
-            "steps_logged": len(self.rows),
+            "steps_logged": sum("loss" in row for row in self.rows),
             "first_step": self.rows[0]["step"] if self.rows else None,
             "last_step": self.rows[-1]["step"] if self.rows else None,
             "first_loss": first_value(self.rows, "loss"),
@@ -219,6 +235,11 @@ class RunSummary:
                 "incomplete": list(self.incomplete_states),
                 "exports": list(self.exports),
             },
+            "validation": {
+                "steps": [step for step, _ in self.validations],
+                "strips": {str(step): [str(self.path / VALIDATION_DIR / f"step_{step:09d}" / n)
+                                       for n in names] for step, names in self.validations},
+            },
             "recipe": self.recipe,
             "versions": self.versions,
             "notes": list(self.notes),
@@ -244,7 +265,21 @@ def summarize_run(path: Path) -> RunSummary:
         incomplete_states=tuple(incomplete),
         exports=tuple(exports),
         notes=tuple(notes),
+        validations=tuple(_list_validations(path / VALIDATION_DIR)),
     )
+
+
+def _list_validations(folder: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """``(step, strip names)`` of every ``validation/step_N/`` folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if entry.is_dir() and match:
+            strips = tuple(sorted(p.name for p in entry.glob("*.png") if p.is_file()))
+            found.append((int(match.group(1)), strips))
+    return sorted(found)
 
 
 def _list_checkpoints(folder: Path) -> tuple[list[int], list[str], list[str]]:

@@ -187,7 +187,15 @@ def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
         data.root, num_frames=data.num_frames, resolution=data.resolution,
         text_dim=get_flavor(ctx.recipe.model.flavor).base.text_dim, recipe=ctx.recipe_path,
     )
-    return [Problem("data", p.path, p.message) for p in problems], summary
+    found = [Problem("data", p.path, p.message) for p in problems]
+    root = ctx.recipe.validation.root
+    if ctx.recipe.validation.every_steps and root is not None:
+        from ctrlpost.data.dataset import list_clips
+
+        if not list_clips(root):
+            found.append(Problem("data", "validation.root", f"{root}/videos has no .mp4 clips; "
+                                 "fill it like data.root (videos/, then `ctrlpost embed`)"))
+    return found, summary
 
 
 def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:

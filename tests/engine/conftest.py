@@ -52,7 +52,7 @@ def run_dir(output: Path) -> Path:
 def losses(output: Path) -> dict[int, float]:
     path = run_dir(output) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["loss"] for r in records}
+    return {r["step"]: r["loss"] for r in records if "loss" in r}  # not validation records
 
 
 def run_cli(exe: Sequence[str], *args: str, env: dict[str, str]) -> None:

@@ -152,10 +152,19 @@ def fingerprint(hint: np.ndarray) -> tuple[str, list[list[int]]]:
     return digest, [hint[t, y, x].tolist() for t, y, x in PIXELS]
 
 
+# Other OpenCV releases known to give other bytes, and why (the pixels at PIXELS still hold).
+ALSO_ACCEPTED: dict[tuple[str, str], str] = {
+    # cv2 5.1.0: bilateralFilter rounds 1 of the 55,296 values of this hint one level lower.
+    ("very_low", "5.1.0"): "101e9b4fdbf82516d741c435210b8bcfc68a9d42ae01deeb7af55fc982db1f1e",
+}
+
+
 @pytest.mark.parametrize("name", list(PINNED))
 def test_hint_is_pinned(name: str) -> None:
     versions = f"cv2 {cv2.__version__}, torch {torch.__version__}"
-    assert fingerprint(pinned_hint(name)) == PINNED[name], f"blur/{name} changed ({versions})"
+    digest, pixels = PINNED[name]
+    digest = ALSO_ACCEPTED.get((name, cv2.__version__), digest)
+    assert fingerprint(pinned_hint(name)) == (digest, pixels), f"blur/{name} changed ({versions})"
 
 
 @pytest.mark.parametrize("preset", ["medium", "very_high"])

@@ -8,7 +8,8 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   caption. The T5 encoder masks padded keys and its relative position bias depends only on
   (query, key) offsets, so a real token's output does not depend on how much padding follows;
   the reference pads every caption to 512 and runs one per forward pass;
-* bf16 on GPU, fp32 on CPU, under ``torch.inference_mode``;
+* bf16 on GPU (plain matmul + softmax attention there), fp32 on CPU, under
+  ``torch.inference_mode``;
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -97,11 +98,16 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar reports the encoding
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    # transformers' SDPA path for T5 (its relative position bias becomes a dense float mask)
+    # was 1.41x slower than plain matmul + softmax for T5-11B on an H100 (bench/embed.py,
+    # bench/NOTES.md); on CPU it is the faster one.
+    attention: dict[str, Any] = {"attn_implementation": "eager"} if cuda else {}
     with _loading(name_or_path) as offline:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         model: Any = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype,
-                                                    local_files_only=offline)
+                                                    local_files_only=offline, **attention)
     tokenizer.padding_side = "right"  # trimming keeps the first L positions
     return TextEncoder(tokenizer, model.to(device).eval(), device, max_length)
 

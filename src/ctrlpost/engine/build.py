@@ -11,12 +11,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from ctrlpost.diffusion import EDMConfig, UncertaintyHead
+from ctrlpost.diffusion import EDMConfig, SamplerConfig, UncertaintyHead
 from ctrlpost.engine.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp
 from ctrlpost.models import (
     ControlledDiT,
@@ -31,6 +31,12 @@ from ctrlpost.models import (
 )
 from ctrlpost.models.tokenizer import VideoTokenizer
 from ctrlpost.recipe import Recipe
+
+if TYPE_CHECKING:
+    from ctrlpost.engine.ema import PowerEMA
+    from ctrlpost.engine.generate import ClipInputs, GenerationConfig
+    from ctrlpost.engine.scoring import Scorer
+    from ctrlpost.engine.validation import Validator
 
 TEMPORAL_COMPRESSION = 8
 SPATIAL_COMPRESSION = 8
@@ -180,3 +186,85 @@ def latent_shape(recipe: Recipe, flavor: Flavor) -> tuple[int, int, int, int]:
     width, height = buckets.bucket_size(recipe.data.resolution, 16, 9)
     return (flavor.base.latent_channels, latent_frames(recipe.data.num_frames),
             height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)
+
+
+def validation_frames(recipe: Recipe) -> int:
+    """Frames per validation clip (``validation.num_frames``, else ``data.num_frames``)."""
+    return recipe.validation.num_frames or recipe.data.num_frames
+
+
+def sampler_config(recipe: Recipe) -> SamplerConfig:
+    """The validation sampler: ``[validation]`` solver and guidance over the recipe's σ range."""
+    val = recipe.validation
+    return SamplerConfig(method=val.sampler, steps=val.steps, guidance=val.guidance,
+                         sigma_min=recipe.diffusion.sigma_min,
+                         sigma_max=recipe.diffusion.sigma_max)
+
+
+def generation_config(recipe: Recipe) -> GenerationConfig:
+    """How validation (and ``verify --fidelity``) generates clips."""
+    from ctrlpost.engine.generate import GenerationConfig
+
+    val = recipe.validation
+    return GenerationConfig(edm=edm_config(recipe), sampler=sampler_config(recipe),
+                            condition_frames=val.condition_frames, seed=val.seed,
+                            control_weight=recipe.control[0].weight)
+
+
+def validation_tokenizer(tokenizer: VideoTokenizer, num_frames: int) -> VideoTokenizer:
+    """``tokenizer`` working on chunks of ``num_frames`` pixel frames (same JIT modules; the
+    per-frame statistics are the first columns of the training ones)."""
+    latent = latent_frames(num_frames)
+    if tokenizer.pixel_chunk_frames == num_frames:
+        return tokenizer
+    return VideoTokenizer(
+        encoder=tokenizer.encoder, decoder=tokenizer.decoder,
+        mean_B_C_T_1_1=tokenizer.mean_B_C_T_1_1[:, :, :latent],
+        std_B_C_T_1_1=tokenizer.std_B_C_T_1_1[:, :, :latent], device=tokenizer.device,
+        dtype=tokenizer.dtype, pixel_chunk_frames=num_frames, latent_chunk_frames=latent,
+        spatial_compression=tokenizer.spatial_compression_factor,
+        max_encode_batch=tokenizer.max_encode_batch, max_decode_batch=tokenizer.max_decode_batch)
+
+
+def validation_clips(recipe: Recipe, flavor: Flavor, *,
+                     root: str | None = None) -> list[ClipInputs]:
+    """The fixed validation clips: the first ``validation.num_clips`` of ``root`` (default:
+    ``validation.root``, else ``data.root``) at the validation frames and resolution, drawn with
+    ``validation.seed``."""
+    from ctrlpost.data.dataset import build_dataset
+    from ctrlpost.engine.validation import load_clips
+
+    val = recipe.validation
+    data = recipe.data.model_copy(update={
+        "root": root or val.root or recipe.data.root, "num_frames": validation_frames(recipe),
+        "resolution": val.resolution or recipe.data.resolution})
+    dataset = build_dataset(data, recipe.control[0], seed=val.seed,
+                            text_dim=flavor.base.text_dim)
+    return load_clips(dataset, val.num_clips)
+
+
+def scorer(recipe: Recipe) -> Scorer:
+    """The recipe's modality and params, ready to score generated clips."""
+    from ctrlpost.engine.scoring import Scorer
+    from ctrlpost.modalities import registry
+
+    control = recipe.control[0]
+    modality = registry.get_modality(control.modality)
+    return Scorer(modality, registry.validate_params(modality, control.params))
+
+
+def build_validator(recipe: Recipe, runtime: Runtime, parts: ModelParts, ema: PowerEMA,
+                    tokenizer: VideoTokenizer) -> Validator | None:
+    """The run's validator, or None when ``validation.every_steps`` is 0."""
+    from ctrlpost.engine.validation import VALIDATION_DIR, ValidationConfig, Validator
+
+    val = recipe.validation
+    if val.every_steps == 0:
+        return None
+    cfg = ValidationConfig(every_steps=val.every_steps, at_start=val.at_start,
+                           strip_frames=val.strip_frames,
+                           out_dir=recipe.run_dir() / VALIDATION_DIR)
+    return Validator(cfg=cfg, generation=generation_config(recipe), model=parts.model, ema=ema,
+                     tokenizer=validation_tokenizer(tokenizer, validation_frames(recipe)),
+                     clips=validation_clips(recipe, parts.flavor), scorer=scorer(recipe),
+                     device=runtime.device, dtype=parts.compute_dtype)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,25 @@ class RunLogger:
         if r["skipped_steps"]:
             line += f"  skipped {r['skipped_steps']}"
         return line
+
+    def validation(self, step: int, record: Mapping[str, Any]) -> None:
+        """Log a validation: its own ``metrics.jsonl`` record (``step``, ``fidelity``,
+        ``validation_s``, ``validation_clips``), ``val/*`` TensorBoard scalars and a console line
+        that gives its cost."""
+        if not self.enabled:
+            return
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
+            self._jsonl.flush()
+        fidelity = record.get("fidelity", {})
+        if self._tb is not None:
+            for key, value in fidelity.items():
+                self._tb.add_scalar(f"val/{key}", value, step)
+            self._tb.add_scalar("val/seconds", record["validation_s"], step)
+            self._tb.flush()
+        scores = ", ".join(f"{key} {value:.3g}" for key, value in fidelity.items())
+        self.note(f"validation at step {step}: {scores or 'no fidelity metric'}; "
+                  f"{record['validation_clips']} clip(s) in {record['validation_s']:.1f} s")
 
     def note(self, message: str) -> None:
         """A one-off line from rank 0 (start, resume, save)."""

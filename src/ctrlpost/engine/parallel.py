@@ -88,7 +88,8 @@ def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
     ``"full"`` keeps only each block's input. ``"selective"`` also keeps the self-attention
     outputs and recomputes the rest (norms, modulation, projections, RoPE, cross-attention, MLP
     and GELU). ``"none"`` is a no-op. The block's ``forward`` is wrapped in place, so parameter
-    names and ``state_dict`` keys do not change. Apply before FSDP/compile; applying twice is an error.
+    names and ``state_dict`` keys do not change. Apply before FSDP/compile; applying twice is an
+    error.
     """
     if mode not in AC_MODES:
         raise ValueError(

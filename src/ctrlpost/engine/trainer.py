@@ -126,12 +126,16 @@ class Trainer:
                  optimizer: torch.optim.Optimizer, ema: PowerEMA, batches: Any,
                  state: TrainingState, device: torch.device, compute_dtype: torch.dtype,
                  checkpoints: Any, sidecar: Callable[[], dict[str, Any]],
-                 on_metrics: Callable[[StepMetrics], None]) -> None:
+                 on_metrics: Callable[[StepMetrics], None], validator: Any = None,
+                 on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+        """``validator`` (an :class:`ctrlpost.engine.validation.Validator`, optional) samples
+        and scores clips at its steps; ``on_validation(step, record)`` receives its results."""
         self.cfg, self.edm = cfg, edm
         self.model, self.logvar, self.tokenizer = model, logvar, tokenizer
         self.optimizer, self.ema, self.batches = optimizer, ema, batches
         self.state, self.device, self.dtype = state, device, compute_dtype
         self.checkpoints, self.sidecar, self.on_metrics = checkpoints, sidecar, on_metrics
+        self.validator, self.on_validation = validator, on_validation
         self.params = [p for p in model.control.parameters() if p.requires_grad]
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.stop = StopFlag()
@@ -142,10 +146,17 @@ class Trainer:
         """Train; save every N steps, at the end and on SIGTERM/SIGINT. Returns the final state."""
         self.stop.install()
         try:
+            if self.validator is not None and self.state.step == 0 and self.validator.cfg.at_start:
+                self.validate()
             while self.state.step < self.cfg.steps:
                 metrics = self.train_step()
                 self.on_metrics(metrics)
                 stop = self._agree(self.stop.requested)
+                if not stop and self.validator is not None and self.validator.cfg.due(
+                        self.state.step, last_step=self.cfg.steps):
+                    # Before the save: a run killed meanwhile resumes from an earlier
+                    # checkpoint and validates this step again, so no point of the curve is lost.
+                    stop = self.validate()
                 if self.state.step % self.cfg.save_every_steps == 0 or stop:
                     self.save()
                 if stop:
@@ -155,6 +166,14 @@ class Trainer:
         finally:
             self.stop.uninstall()
         return self.state
+
+    def validate(self) -> bool:
+        """Validate at the current step (collective); returns whether a stop was requested."""
+        record = self.validator.run(self.state.step,
+                                    should_stop=lambda: self._agree(self.stop.requested))
+        if record and self.on_validation is not None:
+            self.on_validation(self.state.step, record)
+        return self._agree(self.stop.requested)
 
     def train_step(self) -> StepMetrics:
         """One optimizer step over ``grad_accum_steps`` micro-batches."""

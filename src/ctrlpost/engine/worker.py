@@ -100,22 +100,26 @@ def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
         state = checkpoint.load(resume_from, control=parts.model.control, optimizer=optimizer,
                                 ema=ema)
     if runtime.is_main:
-        truncate_metrics(run_dir, after_step=state.step)
+        # A fresh start keeps nothing, not even a step-0 validation of an earlier attempt.
+        truncate_metrics(run_dir, after_step=state.step if resume_from is not None else -1)
     logger = RunLogger(run_dir, enabled=runtime.is_main, total_steps=recipe.train.steps,
                        every_steps=recipe.logging.every_steps, jsonl=recipe.logging.jsonl,
                        tensorboard=recipe.logging.tensorboard, device=runtime.device)
-    logger.note(_start_line(recipe, runtime, state, resume_from))
+    logger.note(_start_line(recipe, runtime, state, resume_from,
+                            validating=not options.synthetic))
+    validator = None
     if options.synthetic:
         tokenizer, batches = None, SyntheticLatents(recipe, parts, runtime)
     else:
         tokenizer = build.build_tokenizer(recipe, runtime, parts.compute_dtype)
         batches = build.build_batches(recipe, runtime, parts.flavor, state.data)
+        validator = build.build_validator(recipe, runtime, parts, ema, tokenizer)
     trainer = Trainer(
         cfg=loop_config(recipe), edm=build.edm_config(recipe), model=parts.model,
         logvar=parts.logvar, tokenizer=tokenizer, optimizer=optimizer, ema=ema, batches=batches,
         state=state, device=runtime.device, compute_dtype=parts.compute_dtype,
         checkpoints=checkpoints, sidecar=lambda: _sidecar(recipe, recipe_path),
-        on_metrics=logger,
+        on_metrics=logger, validator=validator, on_validation=logger.validation,
     )
     try:
         final = trainer.run()
@@ -200,10 +204,14 @@ def _write_run_files(run_dir: Path, recipe: Recipe) -> None:
 
 
 def _start_line(recipe: Recipe, runtime: build.Runtime, state: TrainingState,
-                resume_from: Path | None) -> str:
+                resume_from: Path | None, *, validating: bool) -> str:
     where = f"resumed from {resume_from} at step {state.step}" if resume_from else "fresh start"
+    val = recipe.validation
+    validation = (f"; validation every {val.every_steps} steps on {val.num_clips} clip(s) "
+                  f"({val.sampler} {val.steps} steps, guidance {val.guidance:g})"
+                  if val.every_steps and validating else "")
     return (f"training {recipe.job.name}: flavor {recipe.model.flavor}, {runtime.world_size} "
-            f"rank(s) on {runtime.device.type}, {recipe.train.steps} steps; {where}")
+            f"rank(s) on {runtime.device.type}, {recipe.train.steps} steps; {where}{validation}")
 
 
 def _setup_logging(run_dir: Path, rank: int) -> Path:
