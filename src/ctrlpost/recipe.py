@@ -85,6 +85,10 @@ class LocalSource(_Section):
     captions: str | None = Field(None, description="Captions file: csv or jsonl.")
 
 
+Texture = Literal["striped", "checkered", "dotted", "plain"]
+DEFAULT_TEXTURES: tuple[Texture, ...] = ("striped", "checkered", "dotted")
+
+
 class SyntheticSource(_Section):
     """Procedurally generated clips (moving shapes, camera pans) with captions."""
 
@@ -93,6 +97,10 @@ class SyntheticSource(_Section):
     height: int = Field(720, ge=16, description="Frame height in pixels.")
     frames: int = Field(130, ge=1, description="Frames per clip.")
     fps: float = Field(24.0, gt=0, description="Frames per second.")
+    textures: list[Texture] = Field(
+        default_factory=lambda: list(DEFAULT_TEXTURES), min_length=1,
+        description="Backgrounds drawn from per clip; 'plain' is a smooth gradient whose only "
+        "edges are the moving shape's (sparse edge hints).")
 
 
 class FetchOptions(_Section):

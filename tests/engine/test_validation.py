@@ -160,6 +160,43 @@ def test_verify_fidelity_scores_checkpoints_on_the_clips(workspace: Workspace,
     assert missing.exit_code == 2 and "nope.pt" in missing.output
 
 
+def released_layout_control(path: Path) -> Path:
+    """A tiny control branch whose zero blocks are not zero, in the released ``net.*`` layout."""
+    from ctrlpost.models import build_controlled_dit, get_flavor
+    from ctrlpost.models.state_dict import export_control_state_dict, save_checkpoint
+
+    torch.manual_seed(5)
+    control = build_controlled_dit(get_flavor("tiny")).control
+    with torch.no_grad():
+        for linear in control.zero_blocks.values():
+            linear.weight.normal_(0.0, 0.05)
+    return save_checkpoint(export_control_state_dict(control), path)
+
+
+def test_verify_fidelity_loads_a_released_layout_file_strictly(workspace: Workspace,
+                                                               tmp_path: Path) -> None:
+    sets = [f"weights.dir='{workspace.root / 'weights'}'", f"data.root='{workspace.root / 'data'}'",
+            f"job.output_root='{tmp_path}'", *CHEAP, "validation.num_clips=1"]
+    base = ["verify", str(TINY), "--stages", "recipe,plugins,weights",
+            *[a for s in sets for a in ("--set", s)]]
+    released = released_layout_control(tmp_path / "edge_control.pt")
+    result = CliRunner().invoke(app, [*base, "--control", "none", "--control", str(released),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    none, loaded = json.loads(result.output)["fidelity"]["checkpoints"]
+    assert (none["label"], loaded["label"]) == ("none", "edge_control")
+    assert loaded["path"] == str(released)
+    assert loaded["mean"] != none["mean"]  # the branch's residuals reach the generation
+    assert (run_dir(tmp_path) / "fidelity" / "edge_control" / "synthetic_00000.png").is_file()
+
+    state = torch.load(released, weights_only=True)
+    state["net.unexpected.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "tampered.pt")
+    tampered = CliRunner().invoke(app, [*base, "--control", str(tmp_path / "tampered.pt")])
+    assert tampered.exit_code == 2
+    assert "tampered.pt" in tampered.output and "net.unexpected.weight" in tampered.output
+
+
 # --- whole runs (slow) --------------------------------------------------------------------------
 
 

@@ -97,3 +97,34 @@ def test_scene_is_a_pure_function_of_seed_and_index() -> None:
     assert len(scenes) > 30
 
 
+
+
+def test_plain_backgrounds_leave_only_the_shape_edges(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    result = fetch.fetch_data(section(tmp_path, textures=["plain"], width=96, height=64),
+                              seed=3, num_videos=2)
+    assert all(r.status == "ok" for r in result.records)
+    for index in range(2):
+        scene = synthetic.draw_scene(3, index, ["plain"])
+        assert scene.texture == "plain" and "plain background" in scene.caption()
+        plain = next(synthetic.render(scene, np.random.default_rng(0), width=96, height=64,
+                                      frames=1))
+        textured = next(synthetic.render(
+            synthetic.draw_scene(3, index, ["striped"]), np.random.default_rng(0), width=96,
+            height=64, frames=1))
+        # The lowest thresholds of the edge presets: the shape's outline only, against a
+        # background whose own pattern fills the frame with edges.
+        edges = [int((cv2.Canny(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), 50, 100) > 0).sum())
+                 for f in (plain, textured)]
+        outline = 2 * 3.2 * (min(96, 64) // 5) * 2  # about two perimeters of the drawn shape
+        assert 0 < edges[0] < outline < edges[1], edges
+
+
+def test_the_default_textures_draw_the_same_scenes_as_before_plain_existed() -> None:
+    # Drawn by the source before `textures` existed: the embedded default's clips are unchanged.
+    assert [synthetic.draw_scene(0, i).texture for i in range(8)] == [
+        "striped", "dotted", "checkered", "striped", "checkered", "checkered", "dotted", "dotted"]
+    with pytest.raises(ValueError, match="textures"):
+        section(Path("x"), textures=["marble"])

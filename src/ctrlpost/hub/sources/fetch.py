@@ -113,7 +113,7 @@ def plan_source(data: DataSection, *, seed: int, num_videos: int | None = None,
     spec = data.synthetic
     return synthetic.plan(num_clips=num_videos or spec.num_clips, width=spec.width,
                           height=spec.height, frames=spec.frames, fps=spec.fps, seed=seed,
-                          num_frames=data.num_frames)
+                          num_frames=data.num_frames, textures=spec.textures)
 
 
 class _Runner:

@@ -1,6 +1,7 @@
 """The ``synthetic`` source: procedural clips with true captions, no network, no files needed.
 
-Each clip is a shape of one colour moving over a textured background while the camera pans,
+Each clip is a shape of one colour moving over a background (striped, checkered, dotted, or a
+plain gradient whose only edges are the shape's) while the camera pans,
 drawn with numpy and OpenCV and written as mp4v by OpenCV (fast; its wheel cannot write H.264).
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same ``[job].seed``
 gives byte-identical files, another seed gives other clips, and clips do not depend on each
@@ -30,6 +31,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("striped", "checkered", "dotted")
+"""The default backgrounds; ``"plain"`` (a smooth gradient) is also available."""
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1),
                                           "down": (0, 1)}
 PAN_STEP = 2
@@ -53,18 +55,19 @@ class Scene:
                 f"{self.texture} background while {camera}")
 
 
-def draw_scene(seed: int, index: int) -> Scene:
-    """The scene of clip ``index`` for ``seed``."""
+def draw_scene(seed: int, index: int, textures: Sequence[str] = TEXTURES) -> Scene:
+    """The scene of clip ``index`` for ``seed``, its background drawn from ``textures``."""
     rng = np.random.default_rng([seed, index])
     colour, background = rng.choice(sorted(COLOURS), size=2, replace=False)
     pans = [*sorted(DIRECTIONS), None]
     return Scene(shape=str(rng.choice(SHAPES)), colour=str(colour),
-                 motion=str(rng.choice(sorted(DIRECTIONS))), texture=str(rng.choice(TEXTURES)),
+                 motion=str(rng.choice(sorted(DIRECTIONS))),
+                 texture=str(rng.choice(list(textures))),
                  background=str(background), pan=pans[int(rng.integers(len(pans)))])
 
 
 def plan(*, num_clips: int, width: int, height: int, frames: int, fps: float, seed: int,
-         num_frames: int) -> Plan:
+         num_frames: int, textures: Sequence[str] = TEXTURES) -> Plan:
     """One unit per clip ``synthetic_00000`` ...; fails up front if clips would be too short."""
     if frames < num_frames:
         raise DataError(f"[data.synthetic].frames ({frames}) is below [data].num_frames "
@@ -72,14 +75,14 @@ def plan(*, num_clips: int, width: int, height: int, frames: int, fps: float, se
                         hint=f"--set data.synthetic.frames={num_frames}")
     units = []
     for index in range(num_clips):
-        scene = draw_scene(seed, index)
+        scene = draw_scene(seed, index, textures)
         clip_id = f"synthetic_{index:05d}"
         record = {"generator": "ctrlpost.synthetic", "seed": seed, "index": index,
                   "width": width, "height": height, "frames": frames, "fps": fps,
                   "scene": asdict(scene)}
         clip = ClipSpec(id=clip_id, caption=scene.caption(),
                         source=f"synthetic:seed={seed}:index={index}", record=record)
-        produce = functools.partial(_produce, seed=seed, index=index, width=width,
+        produce = functools.partial(_produce, scene=scene, seed=seed, index=index, width=width,
                                     height=height, frames=frames, fps=fps)
         units.append(Unit(name=clip_id, clips=(clip,), produce=produce))
     return Plan(units=tuple(units))
@@ -108,6 +111,10 @@ def render(scene: Scene, rng: np.random.Generator, *, width: int, height: int,
 def _texture(scene: Scene, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     base = np.array(COLOURS[scene.background], dtype=np.float32)
     period = int(rng.integers(6, 16))
+    if scene.texture == "plain":  # a gentle vertical gradient: no edges of its own
+        shade = np.linspace(0.55, 0.85, height, dtype=np.float32)[:, None, None]
+        grain = rng.normal(0.0, 2.0, size=(height, width, 1))  # too faint for any Canny threshold
+        return np.clip(base * shade + grain, 0, 255).astype(np.uint8)
     yy, xx = np.mgrid[0:height, 0:width]
     if scene.texture == "striped":
         mask = ((xx + yy) // period) % 2 == 0
@@ -147,11 +154,12 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], fps: float, *, width: in
         writer.release()
 
 
-def _produce(clips: Sequence[ClipSpec], workdir: Path, stop: threading.Event, *, seed: int,
-             index: int, width: int, height: int, frames: int, fps: float) -> UnitOutput:
+def _produce(clips: Sequence[ClipSpec], workdir: Path, stop: threading.Event, *, scene: Scene,
+             seed: int, index: int, width: int, height: int, frames: int,
+             fps: float) -> UnitOutput:
     (clip,) = clips
     rng = np.random.default_rng([seed, index, 1])  # texture draws, apart from the scene's
-    images = render(draw_scene(seed, index), rng, width=width, height=height, frames=frames)
+    images = render(scene, rng, width=width, height=height, frames=frames)
     out = workdir / f"{clip.id}.mp4"
     write_mp4(out, images, fps, width=width, height=height)
     return UnitOutput(files={clip.id: out})
