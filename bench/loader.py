@@ -209,6 +209,19 @@ def data_wait(dataset: ClipDataset, *, workers: int, prefetch: int, steps: int,
     }
 
 
+def edge_dataset(root: Path, clips: int, frames: int) -> tuple[ClipDataset, str, float]:
+    """720p clips written under ``root`` and the edge dataset over them: (dataset, codec,
+    seconds spent writing the clips)."""
+    edge = registry.get_modality("edge")
+    made = time.perf_counter()
+    codec = make_dataset(root, clips, frames)
+    made = time.perf_counter() - made
+    dataset = ClipDataset(root, num_frames=NUM_FRAMES, resolution="720",
+                          generator=edge.build_generator(edge.validate_params({})),
+                          hint_key=edge.hint_key, seed=0, text_dim=1024)
+    return dataset, codec, made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,20 +237,14 @@ def main() -> None:
                         help="recipe whose data.num_workers / prefetch_factor are used")
     parser.add_argument("--skip-compare", action="store_true",
                         help="skip the per-frame reference comparison and stage times")
-    parser.add_argument("--out", type=Path, help="JSON path (default: results/loader-cpu.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: results/loader-cpu.json, "
+                        "or results/loader-wait.json in data-wait mode)")
     args = parser.parse_args()
     if args.wait_steps:
         wait_mode(args)
         return
-    edge = registry.get_modality("edge")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        made = time.perf_counter()
-        codec = make_dataset(root, args.clips, args.frames)
-        made = time.perf_counter() - made
-        dataset = ClipDataset(root, num_frames=NUM_FRAMES, resolution="720",
-                              generator=edge.build_generator(edge.validate_params({})),
-                              hint_key=edge.hint_key, seed=0, text_dim=1024)
+        dataset, codec, made = edge_dataset(Path(tmp), args.clips, args.frames)
         keys = [(i, 0) for i in range(args.clips)]
         load = os.getloadavg()[0]
         stages = stage_times(dataset, 0, 1)  # also the warm-up (allocator, OpenCV pools)
@@ -267,7 +274,7 @@ def main() -> None:
               f"{1 / workers_rate:8.2f}")
     print("ctrlpost stages (s/clip): " + ", ".join(
         f"{k.removesuffix('_s')} {v:.2f}" for k, v in figures["ctrlpost_stage_s"].items()))
-    out = Path(__file__).parent / "results" / "loader-cpu.json"
+    out = args.out or Path(__file__).parent / "results" / "loader-cpu.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "device": f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} "
@@ -282,15 +289,8 @@ def wait_mode(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe)
     workers, prefetch = recipe.data.num_workers, recipe.data.prefetch_factor
-    edge = registry.get_modality("edge")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        made = time.perf_counter()
-        codec = make_dataset(root, args.clips, args.frames)
-        made = time.perf_counter() - made
-        dataset = ClipDataset(root, num_frames=NUM_FRAMES, resolution="720",
-                              generator=edge.build_generator(edge.validate_params({})),
-                              hint_key=edge.hint_key, seed=0, text_dim=1024)
+        dataset, codec, made = edge_dataset(Path(tmp), args.clips, args.frames)
         load = os.getloadavg()[0]
         one_clip = stage_times(dataset, 0, 1)
         figures = data_wait(dataset, workers=workers, prefetch=prefetch, steps=args.wait_steps,
