@@ -84,6 +84,34 @@ def test_plot_puts_references_in_their_metric_panel() -> None:
         "fidelity.f1": ["fidelity.f1", "fidelity.f1_noise", "fidelity.f1_reconstruction"]}
 
 
+def test_validation_record_goes_to_jsonl_and_tensorboard_with_the_strips(tmp_path: Path) -> None:
+    import cv2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ctrlpost.engine.metrics import RunLogger
+    from ctrlpost.engine.scoring import write_strip
+
+    strip = np.zeros((20, 30, 3), np.uint8)
+    strip[:, :10, 0] = 255  # a red band: the colour order survives the round trip
+    write_strip(tmp_path / "validation" / "step_000000010" / "clip_a.png", strip)
+    logger = RunLogger(tmp_path, enabled=True, total_steps=10, every_steps=5, jsonl=True,
+                       tensorboard=True, device=torch.device("cpu"))
+    logger.validation(10, {"fidelity": {"f1": 0.5}, "validation_s": 1.5, "validation_clips": 1})
+    logger.close()
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line) == {"step": 10, "fidelity": {"f1": 0.5}, "validation_s": 1.5,
+                                "validation_clips": 1}
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/f1")] == [(10, 0.5)]
+    assert [(e.step, e.value) for e in events.Scalars("val/seconds")] == [(10, 1.5)]
+    (image,) = events.Images("val_strips/clip_a")
+    encoded = np.frombuffer(image.encoded_image_string, np.uint8)
+    assert image.step == 10
+    np.testing.assert_array_equal(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1], strip)
+
+
 # --- the validator in this process -------------------------------------------------------------
 
 

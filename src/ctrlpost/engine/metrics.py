@@ -37,6 +37,7 @@ class RunLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, every_steps: int,
                  jsonl: bool, tensorboard: bool, device: torch.device) -> None:
         self.enabled = enabled
+        self.run_dir = run_dir
         self.total_steps = total_steps
         self.every_steps = every_steps
         self.device = device
@@ -127,10 +128,25 @@ class RunLogger:
             for key, value in fidelity.items():
                 self._tb.add_scalar(f"val/{key}", value, step)
             self._tb.add_scalar("val/seconds", record["validation_s"], step)
+            self._add_strips(step)
             self._tb.flush()
         scores = ", ".join(f"{key} {value:.3g}" for key, value in fidelity.items())
         self.note(f"validation at step {step}: {scores or 'no fidelity metric'}; "
                   f"{record['validation_clips']} clip(s) in {record['validation_s']:.1f} s")
+
+    def _add_strips(self, step: int) -> None:
+        """The step's PNG strips as TensorBoard images (``val_strips/<clip>``): every rank has
+        written its strips before the validation record reaches rank 0."""
+        import cv2
+
+        from ctrlpost.engine.validation import VALIDATION_DIR
+
+        folder = self.run_dir / VALIDATION_DIR / f"step_{step:09d}"
+        for path in sorted(folder.glob("*.png")):
+            image_H_W_C = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image_H_W_C is not None:
+                self._tb.add_image(f"val_strips/{path.stem}", image_H_W_C[..., ::-1].copy(),
+                                   step, dataformats="HWC")
 
     def note(self, message: str) -> None:
         """A one-off line from rank 0 (start, resume, save)."""
