@@ -1,7 +1,8 @@
 """`ctrlpost train` end to end on the tiny workspace: equivalence, learning, resume, signals.
 
-The default run keeps the 1-rank vs 2-rank equivalence and the export check (about a minute);
-resume, kill -9, SIGTERM and the overfit task run in `nox -s slow`.
+The default run (CI) keeps the 1-rank vs 2-rank equivalence, the export check and the multi-GPU
+logic on 4 gloo ranks (save at 4, resume at 2 and 1; about two minutes together); kill -9,
+SIGTERM, torchrun and the overfit task run in `nox -s slow`.
 """
 
 from __future__ import annotations
@@ -161,7 +162,6 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Worksp
     assert (committed[0] / "meta.json").is_file()
 
 
-@pytest.mark.slow
 def test_four_ranks_save_and_resume_at_two_and_one(workspace: Workspace, tmp_path: Path) -> None:
     """The multi-GPU logic on gloo: 4 ranks × 1 clip ≡ 2 ranks × 2 micro-batches ≡ 1 × 4."""
     four = ["--nproc", "4", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
