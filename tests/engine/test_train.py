@@ -7,6 +7,7 @@ SIGTERM, torchrun and the overfit task run in `nox -s slow`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import statistics
@@ -111,9 +112,10 @@ def wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-unty
         time.sleep(0.02)
 
 
-def started(workspace: Workspace, output: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(workspace.command(output, *args), env=workspace.env(), text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def started(workspace: Workspace, output: Path, *args: str,
+            marker: str = "CTRLPOST_TEST_MARK") -> subprocess.Popen[str]:
+    return subprocess.Popen(workspace.command(output, *args), env={**workspace.env(), marker: "1"},
+                            text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 @pytest.mark.slow
@@ -128,15 +130,54 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_losses(
         lambda: any(checkpoints.glob(".step_*.tmp")),
         lambda: len(list(checkpoints.glob("step_*"))) >= 4,
     ]
+    marker = f"CTRLPOST_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
     for moment in moments:
-        process = started(workspace, tmp_path, *args)
+        process = started(workspace, tmp_path, *args, marker=marker)
         wait_for(lambda: moment() or process.poll() is not None)  # noqa: B023
         process.kill()
         process.wait()
+        # Its data-loader workers (children of a fork server) leave with it.
+        wait_for(lambda: not marked_processes(marker), timeout=30.0)
         assert not any(p.name.startswith("step_") and not (p / "meta.json").exists()
                        for p in checkpoints.glob("step_*"))
     workspace.train(tmp_path, *args)
     assert_close(losses(tmp_path), losses(one_rank_run), range(1, 11), tol=0.0)
+
+
+def marked_processes(marker: str) -> list[str]:
+    """Command lines of the processes whose environment holds ``marker`` (Linux procfs)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                command = (environ.parent / "cmdline").read_bytes()
+                found.append(command.replace(b"\0", b" ").decode(errors="replace")[:120])
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_launcher_leaves_no_rank_or_loader_worker_behind(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Ranks and their data-loader workers go down with a SIGKILLed `ctrlpost train`; left
+    alone, they would train on unseen and write into the run folder."""
+    marker = f"CTRLPOST_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
+    command = workspace.command(tmp_path, "--nproc", "2", "--set", "train.steps=500",
+                                "--set", "validation.every_steps=0")
+    process = subprocess.Popen(command, env={**workspace.env(), marker: "1"}, text=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(losses_or_empty(tmp_path)) >= 1 or process.poll() is not None)
+        assert process.poll() is None
+        assert len(marked_processes(marker)) >= 5  # launcher, 2 ranks, their loader workers
+        process.kill()
+        process.wait()
+        wait_for(lambda: not marked_processes(marker), timeout=30.0)
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def losses_or_empty(output: Path) -> dict[int, float]:

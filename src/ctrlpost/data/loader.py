@@ -22,6 +22,7 @@ moves on to its next position; nothing is silently replaced by another sample's 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ctrlpost.data.dataset import BadSampleError, SampleKey
 from ctrlpost.errors import DataError
+from ctrlpost.processes import ProcessIdentity, watch_owner
 
 log = logging.getLogger("ctrlpost.data")
 
@@ -151,12 +153,15 @@ def _keep(item: Any) -> Any:
     return item
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, *, owner: ProcessIdentity) -> None:
     # Several workers share the cores; OpenCV's own threads would only oversubscribe them
     # (Canny on one 720p frame: 1.2 ms with 1 thread, 2.7 ms with 2). 0 = no pool at all.
     import cv2
 
     cv2.setNumThreads(0)
+    # A worker's parent is the fork server, which outlives a training process killed with
+    # SIGKILL; torch's own watchdog looks at the parent, so watch the training process.
+    watch_owner(owner)
 
 
 class TrainBatches:
@@ -286,7 +291,8 @@ def build_loader(
         prefetch_factor=prefetch_factor if workers else None,
         persistent_workers=workers,
         pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=functools.partial(_worker_init, owner=ProcessIdentity.current())
+        if workers else None,
         multiprocessing_context=start_method if workers else None,
     )
     return TrainBatches(loader, sampler, batch_size=batch_size, max_bad_samples=max_bad_samples,

@@ -27,6 +27,7 @@ from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.metrics import RunLogger, truncate_metrics
 from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.trainer import LoopConfig, Trainer
+from ctrlpost.processes import die_with_parent
 from ctrlpost.recipe import Recipe, dump_toml, load
 
 log = logging.getLogger("ctrlpost.engine")
@@ -43,6 +44,10 @@ class WorkerOptions:
 
 def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None:
     """Entry point of one rank (picklable: used by ``elastic_launch``)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # Started by our launcher or torchrun: go down with it, even when it is SIGKILLed. (Not
+        # for the in-process single rank, whose parent is the user's shell.)
+        die_with_parent()
     recipe = load(recipe_path, overrides)
     runtime = init_distributed(recipe.parallel.backend)
     run_dir = recipe.run_dir()

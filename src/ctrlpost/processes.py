@@ -1,0 +1,98 @@
+"""Keeping helper processes from outliving the process they work for.
+
+A process killed with SIGKILL cannot stop its children. Without a guard, ``kill -9`` of
+``ctrlpost train`` leaves its ranks training on, unseen, writing checkpoints into the run folder
+that a restarted run is about to use, and leaves each rank's data-loader workers holding memory.
+Two guards, both no-ops where the platform lacks what they need:
+
+* :func:`die_with_parent`: a rank asks the kernel (Linux ``PR_SET_PDEATHSIG``) for SIGKILL when
+  the launcher that started it dies;
+* :func:`watch_owner`: a data-loader worker, whose parent is a fork server rather than the rank,
+  polls the rank and leaves once it is gone (a zombie counts as gone, and a recycled pid is told
+  apart by its start time).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state first), or None without procfs or process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2, the command name, may itself hold spaces and parentheses.
+    return stat.rsplit(")", 1)[1].split()
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process, recognisable even after its pid is recycled.
+
+    Attributes:
+        pid: Its process id.
+        start: Its start time in clock ticks since boot (Linux), or None where unknown.
+    """
+
+    pid: int
+    start: str | None
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessIdentity:
+        """The process now running as ``pid``."""
+        fields = _stat_fields(pid)
+        return cls(pid, fields[19] if fields else None)
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        return cls.of(os.getpid())
+
+    def alive(self) -> bool:
+        """Whether the process still runs (not exited, not a zombie, not another one's pid)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else: the start time below decides
+        fields = _stat_fields(self.pid)
+        if fields is None:
+            return self.start is None
+        return fields[0] not in ("Z", "X") and (self.start is None or fields[19] == self.start)
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def watch_owner(owner: ProcessIdentity, *, interval_s: float = 2.0) -> threading.Thread:
+    """Start a daemon thread that ends this process (``os._exit(0)``) once ``owner`` is gone."""
+
+    def watch() -> None:
+        while owner.alive():
+            time.sleep(interval_s)
+        os._exit(0)
+
+    thread = threading.Thread(target=watch, name="ctrlpost-owner-watch", daemon=True)
+    thread.start()
+    return thread
