@@ -162,7 +162,8 @@ def test_kill_9_of_the_launcher_leaves_no_rank_or_loader_worker_behind(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     """Ranks and their data-loader workers go down with a SIGKILLed `ctrlpost train`; left
-    alone, they would train on unseen and write into the run folder."""
+    alone, they would train on unseen and write into the run folder. Meanwhile the folder is
+    locked against a second job."""
     marker = f"CTRLPOST_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
     command = workspace.command(tmp_path, "--nproc", "2", "--set", "train.steps=500",
                                 "--set", "validation.every_steps=0")
@@ -172,6 +173,11 @@ def test_kill_9_of_the_launcher_leaves_no_rank_or_loader_worker_behind(
         wait_for(lambda: len(losses_or_empty(tmp_path)) >= 1 or process.poll() is not None)
         assert process.poll() is None
         assert len(marked_processes(marker)) >= 5  # launcher, 2 ranks, their loader workers
+        # A second job on the same run folder is refused at once; the first is left alone.
+        second = workspace.train(tmp_path, "--nproc", "1", check=False)
+        assert second.returncode == 2 and process.poll() is None
+        assert f"error: another `ctrlpost train` is running in {run_dir(tmp_path)}" in \
+            second.stderr.splitlines()[0]
         process.kill()
         process.wait()
         wait_for(lambda: not marked_processes(marker), timeout=30.0)

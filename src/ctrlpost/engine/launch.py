@@ -7,6 +7,7 @@ processes → ``elastic_launch`` in-process. A failed rank becomes one line with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -14,8 +15,11 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from ctrlpost.errors import LaunchError
+from ctrlpost.errors import LaunchError, RecipeError
+from ctrlpost.locks import exclusive_lock
 from ctrlpost.recipe import Recipe
+
+RUN_LOCK = ".train.lock"
 
 
 def under_launcher() -> bool:
@@ -31,10 +35,26 @@ def launch(recipe: Recipe, recipe_path: str, overrides: Sequence[str], *, nproc:
     from ctrlpost.engine.worker import WorkerOptions, main
 
     options = WorkerOptions(synthetic=synthetic)
-    if under_launcher() or nproc == 1:
-        main(recipe_path, list(overrides), options)
-        return
-    _elastic(recipe, recipe_path, list(overrides), options, nproc=nproc)
+    # One job per run folder: the launching process (or global rank 0 under torchrun) holds it.
+    holds_lock = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(recipe.run_dir()) if holds_lock else contextlib.nullcontext():
+        if under_launcher() or nproc == 1:
+            main(recipe_path, list(overrides), options)
+        else:
+            _elastic(recipe, recipe_path, list(overrides), options, nproc=nproc)
+
+
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold ``<run>/.train.lock``: a second `ctrlpost train` of the same run fails at once
+    instead of interleaving its checkpoints and metrics with the first one's."""
+    return exclusive_lock(
+        run_dir / RUN_LOCK,
+        busy=lambda: RecipeError(f"another `ctrlpost train` is running in {run_dir}",
+                                 hint="wait for it (or stop it), or set job.name to start "
+                                 "another run"),
+        unwritable=lambda exc: RecipeError(f"cannot write the run folder {run_dir}: "
+                                           f"{exc.strerror}",
+                                           hint="set job.output_root to a writable folder"))
 
 
 def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: object, *,

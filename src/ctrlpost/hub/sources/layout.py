@@ -20,11 +20,11 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctrlpost.errors import DataError
+from ctrlpost.locks import exclusive_lock
 
 
 @dataclass(frozen=True)
@@ -84,33 +84,18 @@ class DatasetLayout:
             path.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def exclusive(root: Path) -> Iterator[None]:
+def exclusive(root: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``<root>/.fetch.lock`` so that a second fetch on the same folder fails at once.
 
     The OS releases the lock when the process dies, so a killed run never blocks the next one.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
-        yield
-        return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / ".fetch.lock", "w")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise DataError(f"cannot write the dataset folder {root}: {exc.strerror}",
-                        hint="set [data].root to a writable folder") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"another `ctrlpost fetch-data` is writing to {root}",
-                            hint="wait for it to finish, or use another [data].root") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return exclusive_lock(
+        root / ".fetch.lock",
+        busy=lambda: DataError(f"another `ctrlpost fetch-data` is writing to {root}",
+                               hint="wait for it to finish, or use another [data].root"),
+        unwritable=lambda exc: DataError(f"cannot write the dataset folder {root}: "
+                                         f"{exc.strerror}",
+                                         hint="set [data].root to a writable folder"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
