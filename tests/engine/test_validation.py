@@ -186,6 +186,10 @@ def test_verify_fidelity_scores_checkpoints_on_the_clips(workspace: Workspace,
     assert strips == ["synthetic_00000.png", "synthetic_00001.png"]
     missing = CliRunner().invoke(app, [*base, "--control", "nope.pt"])
     assert missing.exit_code == 2 and "nope.pt" in missing.output
+    (tmp_path / "empty" / "videos").mkdir(parents=True)
+    empty = CliRunner().invoke(app, [*base, "--clips", str(tmp_path / "empty")])
+    assert empty.exit_code == 2
+    assert f"error: --clips {tmp_path / 'empty'}: no videos/*.mp4 there" in empty.output
 
 
 def released_layout_control(path: Path) -> Path:

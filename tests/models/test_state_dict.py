@@ -128,6 +128,16 @@ def test_wrong_file_lists_a_few_keys_and_counts_the_rest(
     assert info.value.hint is not None and "right file" in info.value.hint
 
 
+class Payload:
+    """Unpickling this would create ``path``: a stand-in for code hidden in a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (str(self.path), "ran"))  # type: ignore[return-value]
+
+
 def test_missing_and_unreadable_files_are_weights_errors(
     tmp_path: Path, control: ControlNet
 ) -> None:
@@ -136,8 +146,15 @@ def test_missing_and_unreadable_files_are_weights_errors(
     assert info.value.hint and "fetch-weights" in info.value.hint
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read checkpoint"):
+    with pytest.raises(WeightsError, match=r"cannot read checkpoint: not a torch file of plain "
+                       r"tensors$") as unreadable:
         load_control_checkpoint(garbage, control)
+    assert "weights_only" not in str(unreadable.value) + str(unreadable.value.hint)
+    marker = tmp_path / "executed"
+    torch.save({"net.x": Payload(marker)}, tmp_path / "payload.pt")
+    with pytest.raises(WeightsError, match="not a torch file of plain tensors"):
+        load_control_checkpoint(tmp_path / "payload.pt", control)
+    assert not marker.exists()  # refused before anything ran
     nested = write(tmp_path / "training.pt", {"model": {"a": torch.zeros(1)}, "ema": None})  # type: ignore[dict-item]
     with pytest.raises(WeightsError, match="not a flat"):
         load_control_checkpoint(nested, control)

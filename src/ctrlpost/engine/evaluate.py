@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctrlpost.errors import WeightsError
+from ctrlpost.errors import DataError, WeightsError
 from ctrlpost.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def evaluate(recipe: Recipe, *, controls: Sequence[str] = (), clips_root: str | 
     from ctrlpost.engine import build, worker
 
     resolved = resolve_controls(recipe, controls)
+    if clips_root is not None:
+        check_clips_folder(clips_root)
     out_dir = out_dir or recipe.run_dir() / FIDELITY_DIR
     without_control = recipe.model_copy(update={
         "weights": recipe.weights.model_copy(update={"control": None})})
@@ -131,6 +133,16 @@ def evaluate(recipe: Recipe, *, controls: Sequence[str] = (), clips_root: str | 
     return FidelityReport(headline=scorer.headline, clips=[c.name for c in clips],
                           references=session.references, checkpoints=checkpoints,
                           out_dir=out_dir, settings=settings)
+
+
+def check_clips_folder(root: str) -> None:
+    """Fail before any weights load when ``--clips`` names a folder without clips."""
+    from ctrlpost.data.dataset import list_clips
+
+    if not list_clips(root):
+        raise DataError(f"--clips {root}: no videos/*.mp4 there",
+                        hint="lay it out like data.root (videos/ and t5_xxl/; make t5_xxl/ "
+                        "with `ctrlpost embed RECIPE --set data.root=<folder>`)")
 
 
 def score_fidelity(recipe_path: str | Path, overrides: Sequence[str], *,

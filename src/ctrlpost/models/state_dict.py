@@ -100,7 +100,13 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 raise
             # Files written with the legacy (non-zip) serialisation cannot be memory-mapped.
             raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+    except pickle.UnpicklingError as exc:  # torch's refusal names an unsafe workaround: not ours
+        raise WeightsError(
+            f"{path}: cannot read checkpoint: not a torch file of plain tensors",
+            hint="pass a released base_model.pt / *_control.pt or an exported iter_*_model.pt; "
+            "objects other than tensors are never unpickled",
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"{path}: cannot read checkpoint: {first_line}") from exc
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
