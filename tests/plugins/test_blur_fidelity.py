@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ctrlpost.modalities import sample_rng
+import ctrlpost_blur
+from ctrlpost.modalities import registry, sample_rng
 from ctrlpost_blur import BLUR, BlurFidelity, BlurParams, build_generator, psnr
 from ctrlpost_blur.fidelity import MAX_PSNR_DB
 
@@ -28,7 +29,7 @@ def test_the_clip_itself_scores_the_maximum_and_noise_scores_low() -> None:
     generator = build_generator(params)
     drawn = generator.draw(sample_rng(0, 0, 1))
     hint = generator.render(frames, drawn)
-    metric = BLUR.build_fidelity(params)  # type: ignore[misc]
+    metric = registry.fidelity_metric(BLUR, params)  # through the installed plugin's hook
     assert isinstance(metric, BlurFidelity)
     assert metric.score(frames, hint, drawn) == {"psnr": MAX_PSNR_DB}
     noise = np.random.default_rng(0).integers(0, 256, frames.shape, dtype=np.uint8)
@@ -38,5 +39,6 @@ def test_the_clip_itself_scores_the_maximum_and_noise_scores_low() -> None:
     assert 35.0 < metric.score(shifted, hint, drawn)["psnr"] < MAX_PSNR_DB
 
 
-def test_descriptor_names_its_headline() -> None:
-    assert BLUR.fidelity_metric == "psnr" and BLUR.has_fidelity
+def test_the_metric_names_its_headline() -> None:
+    assert BlurFidelity.headline == "psnr"
+    assert ctrlpost_blur.ctrlpost_fidelity_metric(modality="edge", params=BlurParams()) is None

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ctrlpost.modalities import sample_rng
+import ctrlpost_edge
+from ctrlpost.modalities import registry, sample_rng
 from ctrlpost_edge import EDGE, EdgeFidelity, EdgeParams, build_generator, edge_f1
 from ctrlpost_edge.fidelity import disk
 
@@ -91,15 +92,16 @@ def test_generated_frames_equal_to_the_clip_score_one() -> None:
     generator = build_generator(params)
     drawn = generator.draw(sample_rng(0, 0, 3))
     hint = generator.render(frames, drawn)
-    metric = EDGE.build_fidelity(params)  # type: ignore[misc]
+    metric = registry.fidelity_metric(EDGE, params)  # through the installed plugin's hook
     assert isinstance(metric, EdgeFidelity)
     assert metric.score(frames, hint, drawn) == {"f1": 1.0, "precision": 1.0, "recall": 1.0}
     noise = np.random.default_rng(0).integers(0, 256, frames.shape, dtype=np.uint8)
     assert metric.score(noise, hint, drawn)["precision"] < 0.6
 
 
-def test_descriptor_names_its_headline_and_the_tolerance_is_a_param() -> None:
-    assert EDGE.fidelity_metric == "f1" and EDGE.has_fidelity
+def test_the_metric_names_its_headline_and_the_tolerance_is_a_param() -> None:
+    assert EdgeFidelity.headline == "f1"
+    assert ctrlpost_edge.ctrlpost_fidelity_metric(modality="blur", params=EdgeParams()) is None
     assert EdgeParams().fidelity_tolerance == 2
     assert EdgeParams(fidelity_tolerance=0).fidelity_tolerance == 0
     with pytest.raises(ValidationError):

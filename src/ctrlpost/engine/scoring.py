@@ -69,13 +69,14 @@ class Scorer:
     _metric: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.modality.build_fidelity is not None:
-            self._metric = self.modality.build_fidelity(self.params)
+        from ctrlpost.modalities import registry
+
+        self._metric = registry.fidelity_metric(self.modality, self.params)
 
     @property
     def headline(self) -> str | None:
         """Name of the metric's headline value, or None when the modality has no metric."""
-        return self.modality.fidelity_metric or None
+        return self._metric.headline if self._metric is not None else None
 
     def score(self, frames_T_H_W_C: np.ndarray, clip: ClipInputs) -> dict[str, float]:
         """The fidelity values of ``frames`` (bucket-sized uint8 RGB) against the clip's hint;

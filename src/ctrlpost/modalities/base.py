@@ -4,9 +4,10 @@ A hint generator works in two steps so that its randomness is explicit and testa
 ``draw(rng)`` picks the per-clip random parameters (one draw per clip, as the reference does),
 ``render(frames, drawn)`` applies them to every frame deterministically.
 
-A fidelity metric (optional) scores how well generated frames follow the hint they were generated
-from; validation during training and ``ctrlpost verify --fidelity`` report it. A modality without
-one still trains; its validation then shows samples but no metric.
+A fidelity metric (optional, supplied through the ``ctrlpost_fidelity_metric`` hook) scores how
+well generated frames follow the hint they were generated from; validation during training and
+``ctrlpost verify --fidelity`` report it. A modality without one still trains; its validation
+then shows samples but no metric.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ class HintGenerator(Protocol):
 
 
 class FidelityMetric(Protocol):
-    """Scores generated frames against their hint; every value is "higher is better"."""
+    """Scores generated frames against their hint; every value is "higher is better".
+
+    ``headline`` names the value of ``score`` that sums the metric up (e.g. ``"f1"``): the one
+    validation plots against its floor and ceiling.
+    """
+
+    headline: str
 
     def score(self, generated_T_H_W_C: np.ndarray, hint_T_H_W_C: np.ndarray,
               drawn: Mapping[str, Any]) -> Mapping[str, float]:
@@ -46,9 +53,7 @@ class FidelityMetric(Protocol):
 class Modality:
     """What a plugin tells ctrlpost about one control modality.
 
-    ``build_generator`` and ``build_fidelity`` receive a validated instance of
-    ``params_model``. ``fidelity_metric`` names the headline value of the fidelity metric's
-    ``score`` (e.g. ``"f1"``); it is required when ``build_fidelity`` is given.
+    ``build_generator`` receives a validated instance of ``params_model``.
     """
 
     name: str
@@ -58,13 +63,6 @@ class Modality:
     hint_channels: int = 3
     hint_key: str = ""
     presets: tuple[str, ...] = field(default_factory=tuple)
-    build_fidelity: Callable[[Any], FidelityMetric] | None = None
-    fidelity_metric: str = ""
-
-    def __post_init__(self) -> None:
-        if self.build_fidelity is not None and not self.fidelity_metric:
-            raise ValueError(f"modality {self.name!r}: build_fidelity needs fidelity_metric, "
-                             "the name of its headline value")
 
     def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""
@@ -76,11 +74,6 @@ class Modality:
         """Draw and render a hint in one call."""
         generator = self.build_generator(params)
         return generator.render(frames_T_H_W_C, generator.draw(rng))
-
-    @property
-    def has_fidelity(self) -> bool:
-        """Whether the plugin provides a fidelity metric."""
-        return self.build_fidelity is not None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

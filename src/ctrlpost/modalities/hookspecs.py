@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pluggy
 
-from ctrlpost.modalities.base import Modality
+from ctrlpost.modalities.base import FidelityMetric, Modality
 
 PROJECT = "ctrlpost"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -16,8 +18,16 @@ class ModalitySpec:
 
     @hookspec
     def ctrlpost_register_modalities(self) -> list[Modality]:  # type: ignore[empty-body]
-        """Return the control modalities this plugin provides.
+        """Return the control modalities this plugin provides."""
 
-        A ``Modality`` may carry a fidelity metric (``build_fidelity`` + ``fidelity_metric``):
-        validation and ``ctrlpost verify --fidelity`` then score generated clips with it.
+    @hookspec(firstresult=True)
+    def ctrlpost_fidelity_metric(  # type: ignore[empty-body]
+        self, modality: str, params: Any
+    ) -> FidelityMetric | None:
+        """The fidelity metric of modality ``modality`` with its validated ``params``, or None
+        when this plugin has none for it.
+
+        Validation and ``ctrlpost verify --fidelity`` score generated clips with it. The first
+        answer that is not None wins, and the plugin registered last is asked first, so a plugin
+        may also supply (or replace) the metric of another plugin's modality.
         """

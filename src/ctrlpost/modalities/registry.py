@@ -16,7 +16,7 @@ import pluggy
 
 from ctrlpost.errors import PluginError
 from ctrlpost.modalities import hookspecs
-from ctrlpost.modalities.base import Modality
+from ctrlpost.modalities.base import FidelityMetric, Modality
 
 
 def build_plugin_manager(*, load_entrypoints: bool = True) -> pluggy.PluginManager:
@@ -108,6 +108,14 @@ def origin_of(name: str, manager: pluggy.PluginManager | None = None) -> str:
         if modality.name == name:
             return origin
     raise PluginError(f"unknown modality {name!r}")
+
+
+def fidelity_metric(modality: Modality, params: Any,
+                    manager: pluggy.PluginManager | None = None) -> FidelityMetric | None:
+    """The fidelity metric a plugin supplies for ``modality`` (validated ``params``), or None."""
+    metric: FidelityMetric | None = (manager or plugin_manager()).hook.ctrlpost_fidelity_metric(
+        modality=modality.name, params=params)
+    return metric
 
 
 def validate_params(modality: Modality, raw: Mapping[str, Any]) -> Any:

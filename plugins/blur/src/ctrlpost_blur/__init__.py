@@ -36,8 +36,6 @@ BLUR = Modality(
     hint_channels=3,
     hint_key="control_input_vis",
     presets=PRESETS,
-    build_fidelity=build_fidelity,
-    fidelity_metric="psnr",
 )
 
 
@@ -45,3 +43,9 @@ BLUR = Modality(
 def ctrlpost_register_modalities() -> list[Modality]:
     """Provide the ``blur`` modality."""
     return [BLUR]
+
+
+@hookimpl
+def ctrlpost_fidelity_metric(modality: str, params: BlurParams) -> BlurFidelity | None:
+    """The ``blur`` metric (PSNR of the re-blurred frames) for the ``blur`` modality."""
+    return build_fidelity(params) if modality == BLUR.name else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass(frozen=True)
 class BlurFidelity:
     """The ``blur`` fidelity metric (see the module docstring); higher is better."""
+
+    headline: ClassVar[str] = "psnr"
 
     params: BlurParams
 

@@ -25,8 +25,6 @@ EDGE = Modality(
     hint_channels=3,
     hint_key="control_input_edge",
     presets=PRESETS,
-    build_fidelity=build_fidelity,
-    fidelity_metric="f1",
 )
 
 
@@ -34,3 +32,9 @@ EDGE = Modality(
 def ctrlpost_register_modalities() -> list[Modality]:
     """Provide the ``edge`` modality."""
     return [EDGE]
+
+
+@hookimpl
+def ctrlpost_fidelity_metric(modality: str, params: EdgeParams) -> EdgeFidelity | None:
+    """The ``edge`` metric (edge F1) for the ``edge`` modality."""
+    return build_fidelity(params) if modality == EDGE.name else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -68,6 +68,8 @@ def _share(hits: np.ndarray, total: int, *, other: int) -> float:
 @dataclass(frozen=True)
 class EdgeFidelity:
     """The ``edge`` fidelity metric (see the module docstring); higher is better."""
+
+    headline: ClassVar[str] = "f1"
 
     params: EdgeParams
 
