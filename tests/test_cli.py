@@ -118,6 +118,9 @@ def test_modalities_lists_plugins() -> None:
     rows = json.loads(result.output)
     assert [r["name"] for r in rows] == ["blur", "edge"]
     assert rows[1]["from"].startswith("ctrlpost-edge")
+    assert [r["fidelity"] for r in rows] == ["psnr", "f1"]  # the headline of each plugin's metric
+    table = runner.invoke(app, ["modalities"])
+    assert table.exit_code == 0 and "fidelity" in table.output and "psnr" in table.output
     one = runner.invoke(app, ["modalities", "edge", "--json"])
     assert "preset" in json.loads(one.output)["params"]["properties"]
     unknown = runner.invoke(app, ["modalities", "edgy"])

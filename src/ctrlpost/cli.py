@@ -278,7 +278,8 @@ def modalities(
     found = registry.installed_modalities()
     rows: list[dict[str, Any]] = [
         {"name": m.name, "from": registry.origin_of(m.name), "hint_key": m.hint_key,
-         "presets": list(m.presets), "summary": m.summary}
+         "presets": list(m.presets), "fidelity": registry.fidelity_headline(m),
+         "summary": m.summary}
         for m in found.values()
     ]
     if as_json:
@@ -287,9 +288,10 @@ def modalities(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "from", "presets", "summary")
+    table = Table("name", "from", "presets", "fidelity", "summary")
     for row in rows:
-        table.add_row(row["name"], row["from"], ", ".join(row["presets"]), row["summary"])
+        table.add_row(row["name"], row["from"], ", ".join(row["presets"]),
+                      row["fidelity"] or "-", row["summary"])
     Console(highlight=False).print(table)
 
 

@@ -118,6 +118,20 @@ def fidelity_metric(modality: Modality, params: Any,
     return metric
 
 
+def fidelity_headline(modality: Modality,
+                      manager: pluggy.PluginManager | None = None) -> str | None:
+    """The headline value of the modality's fidelity metric at default params (for listings),
+    or None without a metric (or when its params have no defaults)."""
+    from pydantic import ValidationError
+
+    try:
+        params = modality.validate_params({})
+    except ValidationError:
+        return None
+    metric = fidelity_metric(modality, params, manager)
+    return metric.headline if metric is not None else None
+
+
 def validate_params(modality: Modality, raw: Mapping[str, Any]) -> Any:
     """Validate ``raw`` with the modality's params model; errors name the modality."""
     from pydantic import ValidationError
