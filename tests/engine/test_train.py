@@ -209,6 +209,24 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Worksp
     assert (committed[0] / "meta.json").is_file()
 
 
+def test_synthetic_latents_resume_and_regroup_like_real_data(workspace: Workspace,
+                                                            tmp_path: Path) -> None:
+    """`train --synthetic` (the benchmarks' mode) draws from (seed, step, global index) too:
+    saved at 2 ranks, resumed at 1 rank with 2 accumulated micro-batches, the losses continue."""
+    common = ["--synthetic", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
+              "--set", "logging.every_steps=1"]
+    workspace.train(tmp_path / "two", "--nproc", "2", *common)
+    reference = losses(tmp_path / "two")
+    assert sorted(reference) == [1, 2, 3, 4]
+    resumed = tmp_path / "one"
+    checkpoints = run_dir(resumed) / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copytree(run_dir(tmp_path / "two") / "checkpoints" / "step_000000002",
+                    checkpoints / "step_000000002")
+    workspace.train(resumed, "--nproc", "1", *common, "--set", "train.grad_accum_steps=2")
+    assert_close(losses(resumed), reference, range(3, 5), tol=1e-5)
+
+
 def test_four_ranks_save_and_resume_at_two_and_one(workspace: Workspace, tmp_path: Path) -> None:
     """The multi-GPU logic on gloo: 4 ranks × 1 clip ≡ 2 ranks × 2 micro-batches ≡ 1 × 4."""
     four = ["--nproc", "4", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",

@@ -8,7 +8,6 @@ or, when the recipe names none, initialised from the base as the reference does.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,13 +101,33 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     model.to_empty(device=runtime.device)
     logvar = UncertaintyHead().to(runtime.device)
     if random_weights:
-        torch.manual_seed(recipe.job.seed)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="DTensor random operators")
-            model.init_weights()
+        _random_weights(recipe, flavor, model, logvar, runtime, compute_dtype)
     else:
         _load_weights(recipe, flavor, model, logvar)
     return ModelParts(flavor=flavor, model=model, logvar=logvar, compute_dtype=compute_dtype)
+
+
+def _random_weights(recipe: Recipe, flavor: Flavor, model: ControlledDiT,
+                    logvar: UncertaintyHead, runtime: Runtime, compute_dtype: torch.dtype) -> None:
+    """Random weights (benchmarks), the same on every rank and world size: the whole model is
+    initialised on rank 0 from ``job.seed`` (on its device: seconds for 7b), then broadcast
+    into the shards. Initialising the shards in place would draw per-rank numbers, so a run
+    resumed on another world size would meet another base."""
+    base_state: dict[str, torch.Tensor] = {}
+    control_state: dict[str, torch.Tensor] = {}
+    if runtime.rank == 0:
+        torch.manual_seed(recipe.job.seed)
+        with torch.device(runtime.device):
+            whole = build_controlled_dit(flavor)
+        whole.init_weights()
+        whole.base.to(compute_dtype)
+        base_state, control_state = whole.base.state_dict(), whole.control.state_dict()
+        del whole
+    options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model.base, base_state, options=options)  # type: ignore[arg-type]
+    set_model_state_dict(model.control, control_state, options=options)  # type: ignore[arg-type]
+    torch.manual_seed(recipe.job.seed)  # the small logvar head: drawn alike on every rank
+    logvar.load_state_dict(UncertaintyHead().state_dict())
 
 
 def _load_weights(recipe: Recipe, flavor: Flavor, model: ControlledDiT,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -31,6 +32,7 @@ from ctrlpost.processes import die_with_parent
 from ctrlpost.recipe import Recipe, dump_toml, load
 
 log = logging.getLogger("ctrlpost.engine")
+_SYNTHETIC_STREAM = 0x5EED  # keeps synthetic clips apart from the trainer's noise draws
 PACKAGES = ("ctrlpost", "ctrlpost-edge", "ctrlpost-blur", "torch", "transformers", "numpy",
             "opencv-python-headless", "pydantic")
 
@@ -114,7 +116,8 @@ def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
                             validating=not options.synthetic))
     validator = None
     if options.synthetic:
-        tokenizer, batches = None, SyntheticLatents(recipe, parts, runtime)
+        tokenizer = None
+        batches: Any = SyntheticLatents(recipe, parts, runtime, start_step=state.step)
     else:
         tokenizer = build.build_tokenizer(recipe, runtime, parts.compute_dtype)
         batches = build.build_batches(recipe, runtime, parts.flavor, state.data)
@@ -151,24 +154,40 @@ def loop_config(recipe: Recipe) -> LoopConfig:
 
 class SyntheticLatents:
     """Endless random latent batches of the recipe's geometry (benchmarks: no data, no
-    tokenizer). Seeded per rank so ranks see different clips."""
+    tokenizer).
 
-    def __init__(self, recipe: Recipe, parts: build.ModelParts, runtime: build.Runtime) -> None:
+    Micro-batch ``k`` of optimizer step ``s`` on rank ``r`` of ``W`` is drawn from a generator
+    seeded with ``(seed, s, k·W + r)`` on a stream of its own, like the trainer's noise: a
+    resumed run draws what the uninterrupted one drew, and the same global batch on another
+    world size (with ``grad_accum_steps`` making up the difference) holds the same clips.
+    """
+
+    def __init__(self, recipe: Recipe, parts: build.ModelParts, runtime: build.Runtime, *,
+                 start_step: int) -> None:
         channels, frames, height, width = build.latent_shape(recipe, parts.flavor)
         self.shape = (recipe.train.batch_size, channels, frames, height, width)
         self.text_shape = (recipe.train.batch_size, parts.flavor.base.text_tokens,
                            parts.flavor.base.text_dim)
         self.device, self.dtype = runtime.device, parts.compute_dtype
         self.sigma_data = recipe.diffusion.sigma_data
-        self.generator = torch.Generator(device=runtime.device).manual_seed(
-            recipe.job.seed * 1000 + runtime.rank)
+        self.seed, self.accum = recipe.job.seed, recipe.train.grad_accum_steps
+        self.rank, self.world = runtime.rank, runtime.world_size
+        self.start_step, self.drawn = start_step, 0
 
     def __iter__(self) -> SyntheticLatents:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        step, micro = divmod(self.drawn, self.accum)
+        self.drawn += 1
+        sequence = np.random.SeedSequence([self.seed, self.start_step + step,
+                                           micro * self.world + self.rank],
+                                          spawn_key=(_SYNTHETIC_STREAM,))
+        value = int(sequence.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
+        generator = torch.Generator(device=self.device).manual_seed(value)
+
         def normal(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.randn(shape, generator=self.generator, device=self.device)
+            return torch.randn(shape, generator=generator, device=self.device)
 
         B, _, _, H, W = self.shape
         pixels = (B, 1, H * build.SPATIAL_COMPRESSION, W * build.SPATIAL_COMPRESSION)
