@@ -22,7 +22,7 @@ Usage (from the repository root)::
         --set 'parallel.activation_checkpointing="full"'
     python bench/scaling.py recipes/edge_tiny.toml --gpus 2 --steps 4 --resume-steps 2  # CPU
 
-Writes ``bench/results/scaling-<recipe>-<N>gpu-<device>.json`` (or ``--out``).
+Writes ``bench/results/scaling-<recipe>-<N>proc-<device>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     name = common.device_name(device)
-    out = args.out or common.RESULTS / (f"scaling-{Path(args.recipe).stem}-{args.gpus}gpu-"
+    out = args.out or common.RESULTS / (f"scaling-{Path(args.recipe).stem}-{args.gpus}proc-"
                                         f"{common.slug(name.split(' (')[0])}.json")
     record: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
     record.update({"benchmark": "scaling", "recipe": args.recipe, "overrides": args.overrides,
