@@ -126,6 +126,9 @@ def _random_weights(recipe: Recipe, flavor: Flavor, model: ControlledDiT,
     options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=True)
     set_model_state_dict(model.base, base_state, options=options)  # type: ignore[arg-type]
     set_model_state_dict(model.control, control_state, options=options)  # type: ignore[arg-type]
+    del base_state, control_state
+    if runtime.device.type == "cuda":
+        torch.cuda.empty_cache()  # the whole copy is gone: give its blocks back before training
     torch.manual_seed(recipe.job.seed)  # the small logvar head: drawn alike on every rank
     logvar.load_state_dict(UncertaintyHead().state_dict())
 
