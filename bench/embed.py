@@ -316,8 +316,18 @@ def main(argv: list[str] | None = None) -> int:
         common.write_json(record, out_path)
 
     if args.profile:
-        record["profile"] = profile_pass(TextEncoder(tokenizer, bf16, device, MAX_LENGTH),
-                                         mixes["mixed"], first, device)
+        # Profile the attention ctrlpost embed uses on this device (the first --attn if given):
+        # kernel time far below wall time would mean the GPU waits on the host.
+        default_impl = bf16.config._attn_implementation
+        bf16.config._attn_implementation = next(filter(None, args.attn.split(",")), default_impl)
+        try:
+            record["profile"] = profile_pass(TextEncoder(tokenizer, bf16, device, MAX_LENGTH),
+                                             mixes["mixed"], first, device)
+            record["profile"]["attention"] = bf16.config._attn_implementation
+        except Exception as exc:
+            record["errors"].append({"variant": "profile", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            bf16.config._attn_implementation = default_impl
         common.write_json(record, out_path)
 
     record["elapsed_s"] = time.perf_counter() - t0
