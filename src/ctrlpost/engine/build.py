@@ -110,7 +110,7 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
 def _random_weights(recipe: Recipe, flavor: Flavor, model: ControlledDiT,
                     logvar: UncertaintyHead, runtime: Runtime, compute_dtype: torch.dtype) -> None:
     """Random weights (benchmarks), the same on every rank and world size: the whole model is
-    initialised on rank 0 from ``job.seed`` (on its device: seconds for 7b), then broadcast
+    initialised on rank 0 from ``job.seed`` (on its own device, not the CPU), then broadcast
     into the shards. Initialising the shards in place would draw per-rank numbers, so a run
     resumed on another world size would meet another base."""
     base_state: dict[str, torch.Tensor] = {}
