@@ -32,10 +32,8 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ import _common as common
 common.ensure_ctrlpost_importable()
 
 import torch  # noqa: E402
+from train_recipe import train_synthetic  # noqa: E402
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                 "NVSHMEM_DISABLE_NVLS": "1"}
@@ -61,18 +60,11 @@ def train(recipe: str, output: Path, *, gpus: int, steps: int, accum: int, save_
     sets = [f"job.output_root='{output}'", f"train.steps={steps}",
             f"train.grad_accum_steps={accum}", f"checkpoint.every_steps={save_every}",
             "logging.every_steps=1", "logging.tensorboard=false", *overrides]
-    command = [sys.executable, "-m", "ctrlpost", "train", recipe, "--synthetic",
-               "--nproc", str(gpus), *[a for s in sets for a in ("--set", s)]]
-    print("$", " ".join(command), flush=True)
     env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1"}
-    start = time.perf_counter()
-    done = subprocess.run(command, env=env, text=True, capture_output=True, check=False)
-    wall = time.perf_counter() - start
+    done, records, wall = train_synthetic(recipe, sets, nproc=gpus, output=output, env=env)
     if done.returncode != 0:
         raise SystemExit(f"train failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
                          f"{done.stderr[-3000:]}")
-    lines = (run_dir(output) / "metrics.jsonl").read_text().splitlines()
-    records = [r for r in map(json.loads, lines) if "loss" in r]
     steady = [r for r in records if r["step"] > 2] or records
     return {
         "gpus": gpus, "grad_accum_steps": accum, "steps": steps, "wall_s": wall,

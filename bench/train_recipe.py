@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +33,20 @@ def ctrlpost(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     command = [sys.executable, "-m", "ctrlpost", *args]
     print("$", " ".join(command), flush=True)
     return subprocess.run(command, env=env, text=True, capture_output=True, check=False)
+
+
+def train_synthetic(
+    recipe: str, sets: list[str], *, nproc: int, output: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]], float]:
+    """`ctrlpost train RECIPE --synthetic` with ``--set`` overrides ``sets`` (which must put the
+    run under ``output``): the finished process, its step records and its wall time."""
+    set_args = [a for s in sets for a in ("--set", s)]
+    start = time.perf_counter()
+    run = ctrlpost("train", recipe, *set_args, "--synthetic", "--nproc", str(nproc), env=env)
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for f in output.rglob("metrics.jsonl")
+               for line in f.read_text().splitlines() if line.strip()]
+    return run, [r for r in records if "loss" in r], wall
 
 
 def device_name() -> str:
@@ -62,14 +77,9 @@ def main() -> None:
     layout = ctrlpost("verify", args.recipe, *set_args, "--stages", "recipe,layout", "--json",
                       "--gpus", str(args.nproc), env=env)
     estimate = json.loads(layout.stdout) if layout.stdout.strip().startswith("{") else {}
-    start = time.perf_counter()
-    run = ctrlpost("train", args.recipe, *set_args, "--synthetic", "--nproc", str(args.nproc),
-                   env=env)
-    wall = time.perf_counter() - start
+    run, records, wall = train_synthetic(args.recipe, sets, nproc=args.nproc, output=scratch,
+                                         env=env)
     print(run.stdout[-6000:], run.stderr[-4000:], sep="\n")
-    metrics_files = list(scratch.rglob("metrics.jsonl"))
-    records = [json.loads(line) for f in metrics_files for line in f.read_text().splitlines()
-               if line.strip()]
     steady = [r["step_s"] for r in records if r["step"] > 2]
     layout_stage = next((s for s in estimate.get("stages", []) if s["name"] == "layout"), {})
     result = {

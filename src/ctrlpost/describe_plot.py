@@ -25,8 +25,7 @@ REFERENCES = {"_reconstruction": ("ceiling (tokenizer)", "--"), "_noise": ("floo
 def plot_series(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
     """``name → (steps, values)`` for the headline metrics and every ``fidelity*`` column,
     keeping finite numbers only; metrics never logged are left out."""
-    names = [*HEADLINE, *sorted({k for row in rows for k in row
-                                 if k.startswith("fidelity") and k != "fidelity_metric"})]
+    names = [*HEADLINE, *sorted({k for row in rows for k in row if k.startswith("fidelity")})]
     series: dict[str, tuple[list[int], list[float]]] = {}
     for name in names:
         points = [

@@ -187,8 +187,7 @@ class RunSummary:
     @property
     def extra_columns(self) -> list[str]:
         """Metric columns beyond the headline ones: ``fidelity*`` and the validation cost."""
-        names = {key for row in self.rows for key in row
-                 if key.startswith("fidelity") and key != "fidelity_metric"}
+        names = {key for row in self.rows for key in row if key.startswith("fidelity")}
         if any("validation_s" in row for row in self.rows):
             names.add("validation_s")
         return sorted(names)

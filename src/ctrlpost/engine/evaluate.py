@@ -122,6 +122,10 @@ def evaluate(recipe: Recipe, *, controls: Sequence[str] = (), clips_root: str | 
                            strip_frames=recipe.validation.strip_frames)
         checkpoints = [session.score_checkpoint(label, path, out_dir / label)
                        for label, path in resolved]
+        # Each clip's floor and ceiling depend on the tokenizer only: once, whatever the count
+        # of checkpoints, and outside their timings.
+        references = {clip.name: scorer.references(clip, tokenizer, seed=recipe.validation.seed)
+                      for clip in clips}
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
@@ -131,7 +135,7 @@ def evaluate(recipe: Recipe, *, controls: Sequence[str] = (), clips_root: str | 
                 "num_frames": build.validation_frames(recipe),
                 "resolution": val.resolution or recipe.data.resolution}
     return FidelityReport(headline=scorer.headline, clips=[c.name for c in clips],
-                          references=session.references, checkpoints=checkpoints,
+                          references=references, checkpoints=checkpoints,
                           out_dir=out_dir, settings=settings)
 
 
@@ -170,7 +174,6 @@ class _Session:
                  strip_frames: int) -> None:
         self.parts, self.tokenizer, self.clips, self.scorer = parts, tokenizer, clips, scorer
         self.runtime, self.generation, self.strip_frames = runtime, generation, strip_frames
-        self.references: dict[str, dict[str, float]] = {}
 
     def score_checkpoint(self, label: str, path: Path | None, folder: Path) -> CheckpointScores:
         from dataclasses import replace
@@ -189,9 +192,6 @@ class _Session:
             frames = generate(self.parts.model, self.tokenizer, clip, cfg=generation,
                               device=self.runtime.device, dtype=self.parts.compute_dtype)
             scores = self.scorer.score(frames, clip)
-            if clip.name not in self.references:
-                self.references[clip.name] = self.scorer.references(
-                    clip, self.tokenizer, seed=self.generation.seed)
             per_clip[clip.name] = scores
             if self.runtime.is_main:
                 image = self.scorer.strip(frames, clip, frames=self.strip_frames,

@@ -24,6 +24,7 @@ from ctrlpost.diffusion import (
     sample,
     x0_from_latent,
 )
+from ctrlpost.engine.seeding import seeded_generator
 from ctrlpost.models import ControlledDiT
 from ctrlpost.models.tokenizer import VideoTokenizer
 
@@ -85,9 +86,7 @@ class GenerationConfig:
 
 def clip_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of clip ``index``: a pure function of ``(seed, index)``."""
-    sequence = np.random.SeedSequence([seed, index], spawn_key=(_GENERATION_STREAM,))
-    value = int(sequence.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
-    return torch.Generator(device=device).manual_seed(value)
+    return seeded_generator([seed, index], device, stream=_GENERATION_STREAM)
 
 
 def to_model_range(frames_C_T_H_W: torch.Tensor, device: torch.device,

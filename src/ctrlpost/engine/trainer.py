@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
@@ -26,6 +25,7 @@ from ctrlpost.engine import checkpoint
 from ctrlpost.engine.checkpoint import TrainingState
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.optim import lr_factor, set_lr
+from ctrlpost.engine.seeding import seeded_generator
 from ctrlpost.errors import LaunchError
 from ctrlpost.models import ControlledDiT
 from ctrlpost.models.tokenizer import VideoTokenizer
@@ -98,8 +98,7 @@ class StopFlag:
 
 def micro_generator(seed: int, step: int, index: int, device: torch.device) -> torch.Generator:
     """The generator of global micro-batch ``index`` of optimizer step ``step``."""
-    value = np.random.SeedSequence([seed, step, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(value) & ((1 << 63) - 1))
+    return seeded_generator([seed, step, index], device)
 
 
 def to_batch(raw: Mapping[str, Any], *, tokenizer: VideoTokenizer | None, device: torch.device,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -27,6 +26,7 @@ from ctrlpost.engine.checkpoint import TrainingState
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.metrics import RunLogger, truncate_metrics
 from ctrlpost.engine.optim import build_optimizer
+from ctrlpost.engine.seeding import seeded_generator
 from ctrlpost.engine.trainer import LoopConfig, Trainer
 from ctrlpost.processes import die_with_parent
 from ctrlpost.recipe import Recipe, dump_toml, load
@@ -180,11 +180,9 @@ class SyntheticLatents:
     def __next__(self) -> dict[str, Any]:
         step, micro = divmod(self.drawn, self.accum)
         self.drawn += 1
-        sequence = np.random.SeedSequence([self.seed, self.start_step + step,
-                                           micro * self.world + self.rank],
-                                          spawn_key=(_SYNTHETIC_STREAM,))
-        value = int(sequence.generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
-        generator = torch.Generator(device=self.device).manual_seed(value)
+        generator = seeded_generator(
+            [self.seed, self.start_step + step, micro * self.world + self.rank], self.device,
+            stream=_SYNTHETIC_STREAM)
 
         def normal(shape: tuple[int, ...]) -> torch.Tensor:
             return torch.randn(shape, generator=generator, device=self.device)
