@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,28 +27,39 @@ def encoder(tiny_t5: Path) -> embed.TextEncoder:
     return embed.load_text_encoder(str(tiny_t5), device=torch.device("cpu"))
 
 
-def reference_encode(enc: embed.TextEncoder, caption: str) -> np.ndarray:
+@pytest.fixture(scope="module")
+def reference_model(tiny_t5: Path) -> Any:
+    """transformers' own T5 encoder on the same files: what the reference script runs."""
+    from transformers import T5EncoderModel
+
+    return T5EncoderModel.from_pretrained(str(tiny_t5)).eval()
+
+
+def reference_encode(enc: embed.TextEncoder, model: Any, caption: str) -> np.ndarray:
     """The reference script: one caption, padded to 512, zero beyond the length, trimmed."""
     batch = enc.tokenizer([caption], padding="max_length", truncation=True, max_length=512,
                           return_tensors="pt")
     with torch.no_grad():
-        hidden = enc.model(input_ids=batch["input_ids"],
-                           attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).last_hidden_state
     length = int(batch["attention_mask"].sum())
     hidden[0, length:] = 0
     return hidden[0].to(torch.float16).numpy()[:length]
 
 
-def test_batched_equals_one_at_a_time_padded_to_512(encoder: embed.TextEncoder) -> None:
+def test_batched_equals_one_at_a_time_padded_to_512(encoder: embed.TextEncoder,
+                                                    reference_model: Any) -> None:
     lengths = encoder.token_lengths(CAPTIONS)
     assert max(lengths) == 512 and min(lengths) >= 2
     batches = embed.length_batches(lengths, batch_size=4)
     got: dict[int, np.ndarray] = {}
-    for batch in batches:
-        for i, emb in zip(batch, encoder.encode([CAPTIONS[i] for i in batch]), strict=True):
+    encoded = encoder.encode_batches([CAPTIONS[i] for i in batch] for batch in batches)
+    for batch, embeddings in zip(batches, encoded, strict=True):
+        for i, emb in zip(batch, embeddings, strict=True):
             got[i] = emb
+    assert len(got) == len(CAPTIONS)
     for i, caption in enumerate(CAPTIONS):
-        want = reference_encode(encoder, caption)
+        want = reference_encode(encoder, reference_model, caption)
         assert got[i].dtype == np.float16 and got[i].shape == want.shape == (lengths[i], 32)
         diff = np.abs(got[i].astype(np.float32) - want.astype(np.float32)).max()
         assert diff <= 1e-3, (caption[:30], diff)
@@ -64,12 +76,13 @@ def write_captions(root: Path, captions: dict[str, str]) -> None:
 
 
 def test_rerun_skips_done_and_replaces_invalid(tmp_path: Path, encoder: embed.TextEncoder,
+                                               reference_model: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     captions = {f"c{i}": c for i, c in enumerate(CORPUS[:5])}
     write_captions(tmp_path, {**captions, "blank": "  \n"})
     calls: list[int] = []
-    original = embed.TextEncoder.encode
-    monkeypatch.setattr(embed.TextEncoder, "encode",
+    original = embed.TextEncoder._launch
+    monkeypatch.setattr(embed.TextEncoder, "_launch",
                         lambda self, caps: calls.append(len(caps)) or original(self, caps))
     loads: list[str] = []
     monkeypatch.setattr(embed, "load_text_encoder",
@@ -82,7 +95,8 @@ def test_rerun_skips_done_and_replaces_invalid(tmp_path: Path, encoder: embed.Te
     assert calls == [2, 2, 1]
     for stem, caption in captions.items():
         saved = text.read_embedding(text.embedding_path(tmp_path, stem), dim=32)
-        np.testing.assert_allclose(saved, reference_encode(encoder, caption), atol=1e-3, rtol=0)
+        np.testing.assert_allclose(saved, reference_encode(encoder, reference_model, caption),
+                                   atol=1e-3, rtol=0)
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "t5_xxl").iterdir()}
     (tmp_path / "t5_xxl" / "c3.pickle").write_bytes(b"garbage")

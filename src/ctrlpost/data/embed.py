@@ -8,8 +8,9 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   caption. The T5 encoder masks padded keys and its relative position bias depends only on
   (query, key) offsets, so a real token's output does not depend on how much padding follows;
   the reference pads every caption to 512 and runs one per forward pass;
-* bf16 on GPU (plain matmul + softmax attention there), fp32 on CPU, under
-  ``torch.inference_mode``;
+* a lean forward of the same weights (:mod:`ctrlpost.data.t5`): bf16 matrix products on GPU
+  around a float32 residual stream, fp32 on CPU, under ``torch.inference_mode``; the next batch
+  is queued on the GPU while the previous one is written;
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from ctrlpost.data import text
 from ctrlpost.data.dataset import META_DIR
+from ctrlpost.data.t5 import T5Encoder
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
 
 
@@ -35,33 +37,72 @@ class TextEncoder:
     """A T5 encoder and its tokenizer, ready to turn captions into trimmed embeddings."""
 
     tokenizer: Any
-    model: Any
+    network: T5Encoder
     device: torch.device
     max_length: int
 
     @property
     def dim(self) -> int:
         """Hidden width D of the embeddings."""
-        return int(self.model.config.d_model)
+        return self.network.dim
 
     def token_lengths(self, captions: Sequence[str]) -> list[int]:
         """Tokens per caption after truncation, EOS included (= the saved L)."""
         ids = self.tokenizer(list(captions), truncation=True, max_length=self.max_length)
         return [len(x) for x in ids["input_ids"]]
 
-    @torch.inference_mode()
     def encode(self, captions: Sequence[str]) -> list[np.ndarray]:
         """float16 ``[L_i, D]`` per caption: last hidden state, padding zeroed and trimmed."""
+        return next(self.encode_batches([captions]))
+
+    def encode_batches(self, batches: Iterable[Sequence[str]]) -> Iterator[list[np.ndarray]]:
+        """:meth:`encode` of each batch in turn, with the next batch already queued on the
+        device while the host copies out and hands over the previous one (so the GPU does
+        not wait for tokenizing, pickling or writing)."""
+        in_flight: _Launched | None = None
+        for captions in batches:
+            launched = self._launch(captions)
+            if in_flight is not None:
+                yield in_flight.collect()
+            in_flight = launched
+        if in_flight is not None:
+            yield in_flight.collect()
+
+    @torch.inference_mode()
+    def _launch(self, captions: Sequence[str]) -> _Launched:
+        # Lengths padded to a multiple of 8 keep the matrix shapes tensor-core friendly; the
+        # extra keys are masked and the extra rows trimmed, so no output changes.
         batch = self.tokenizer(list(captions), padding="longest", truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
-        ids_B_L = batch["input_ids"].to(self.device)
-        mask_B_L = batch["attention_mask"].to(self.device)
-        hidden_B_L_D = self.model(input_ids=ids_B_L, attention_mask=mask_B_L).last_hidden_state
+                               max_length=self.max_length, pad_to_multiple_of=8,
+                               return_tensors="pt")
+        ids_B_L = batch["input_ids"].to(self.device, non_blocking=True)
+        mask_B_L = batch["attention_mask"]
+        mask_on_device_B_L = mask_B_L.to(self.device, non_blocking=True)
+        hidden_B_L_D = self.network(ids_B_L, mask_on_device_B_L)
         # The reference zeroes every position at or beyond the caption's length before the cast.
-        hidden_B_L_D = hidden_B_L_D * mask_B_L[..., None].to(hidden_B_L_D.dtype)
-        out_B_L_D = hidden_B_L_D.to(torch.float16).cpu().numpy()
-        lengths = mask_B_L.sum(dim=1).tolist()
-        return [np.ascontiguousarray(out_B_L_D[i, :n]) for i, n in enumerate(lengths)]
+        out_B_L_D = (hidden_B_L_D * mask_on_device_B_L[..., None]).to(torch.float16)
+        cuda = self.device.type == "cuda"
+        host_B_L_D = torch.empty(out_B_L_D.shape, dtype=torch.float16, pin_memory=cuda)
+        host_B_L_D.copy_(out_B_L_D, non_blocking=cuda)
+        done = torch.cuda.Event() if cuda else None
+        if done is not None:
+            done.record()
+        return _Launched(host_B_L_D, mask_B_L.sum(dim=1).tolist(), done)
+
+
+@dataclass(frozen=True)
+class _Launched:
+    """One batch queued on the device: its host buffer fills when ``done`` fires."""
+
+    host_B_L_D: torch.Tensor
+    lengths: list[int]
+    done: torch.cuda.Event | None
+
+    def collect(self) -> list[np.ndarray]:
+        if self.done is not None:
+            self.done.synchronize()
+        out_B_L_D = self.host_B_L_D.numpy()
+        return [np.ascontiguousarray(out_B_L_D[i, :n]) for i, n in enumerate(self.lengths)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,18 +139,18 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar reports the encoding
-    cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
-    # transformers' SDPA path for T5 (its relative position bias becomes a dense float mask)
-    # was 1.41x slower than plain matmul + softmax for T5-11B on an H100 (bench/embed.py,
-    # bench/NOTES.md); on CPU it is the faster one.
-    attention: dict[str, Any] = {"attn_implementation": "eager"} if cuda else {}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with _loading(name_or_path) as offline:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         model: Any = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype,
-                                                    local_files_only=offline, **attention)
+                                                    local_files_only=offline)
+    try:
+        network = T5Encoder.from_transformers(model.to(device), dtype)
+    except ValueError as exc:
+        raise WeightsError(f"{name_or_path}: {exc}",
+                           hint="use a T5 encoder with a ReLU or gated feed-forward") from None
     tokenizer.padding_side = "right"  # trimming keeps the first L positions
-    return TextEncoder(tokenizer, model.to(device).eval(), device, max_length)
+    return TextEncoder(tokenizer, network, device, max_length)
 
 
 def model_dim(name_or_path: str) -> int:
@@ -189,14 +230,15 @@ def embed_captions(root: str | Path, encoder: TextEncoder, captions: dict[str, s
     """Encode ``captions`` (stem → text) and write their pickles; returns how many.
 
     Each batch is written as soon as it is encoded (atomically), so an interrupted run loses at
-    most one batch.
+    most the two batches in flight.
     """
     stems = list(captions)
     texts = [captions[s] for s in stems]
     if not stems:
         return 0
-    for batch in length_batches(encoder.token_lengths(texts), batch_size):
-        embeddings = encoder.encode([texts[i] for i in batch])
+    batches = length_batches(encoder.token_lengths(texts), batch_size)
+    encoded = encoder.encode_batches([texts[i] for i in batch] for batch in batches)
+    for batch, embeddings in zip(batches, encoded, strict=True):
         for i, embedding_L_D in zip(batch, embeddings, strict=True):
             text.write_embedding(text.embedding_path(root, stems[i]), embedding_L_D)
         if on_batch is not None:

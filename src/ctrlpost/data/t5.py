@@ -1,0 +1,186 @@
+"""The T5 encoder forward that `embed` runs: transformers' ``T5EncoderModel`` numbers, leaner.
+
+transformers' T5 layer is written for training and decoding too: per layer it issues about forty
+small operations (three q/k/v products, a position-bias add and float32 softmax outside the
+attention kernel, casts back and forth) and keeps the residual stream in the weights' dtype. Here
+the weights are the same tensors, read once from a loaded ``T5EncoderModel``, and each layer is
+
+* one RMS norm in float32 on a float32 residual stream and float32 token embeddings (a bf16
+  stream adds its own rounding to the products' error against a float32 encoder),
+* one fused q/k/v product, attention with the relative position bias plus key padding as an
+  additive float32 bias (T5 does not scale the scores),
+* one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
+
+Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation; on CUDA
+the two products that update the residual stream write float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class T5Block:
+    """One encoder layer's weights, laid out for :func:`encode`."""
+
+    attn_norm_D: torch.Tensor
+    qkv_weight: torch.Tensor  # [3·H·Dk, D]: q, k and v stacked
+    out_weight: torch.Tensor  # [D, H·Dk]
+    ff_norm_D: torch.Tensor
+    in_weight: torch.Tensor  # [F, D], or [2F, D] (gate then linear) when gated
+    ff_out_weight: torch.Tensor  # [D, F]
+
+
+@dataclass(frozen=True)
+class T5Encoder:
+    """A T5 encoder stack ready to run; build it with :meth:`from_transformers`."""
+
+    embedding_V_D: torch.Tensor  # float32
+    position_bias_buckets_H: torch.Tensor  # [num_buckets, H], float32
+    blocks: tuple[T5Block, ...]
+    final_norm_D: torch.Tensor
+    heads: int
+    head_dim: int
+    num_buckets: int
+    max_distance: int
+    eps: float
+    gated: bool
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    compute_dtype: torch.dtype
+    attention: str = "eager"  # "eager" (products + float32 softmax) or "sdpa"
+
+    @property
+    def dim(self) -> int:
+        """Hidden width D of the outputs."""
+        return int(self.embedding_V_D.shape[1])
+
+    @classmethod
+    def from_transformers(cls, model: Any, compute_dtype: torch.dtype, *,
+                          attention: str = "eager") -> T5Encoder:
+        """Take the weights of a loaded ``T5EncoderModel`` (on its device, cast to
+        ``compute_dtype``; norms and the position bias table in float32)."""
+        from transformers.activations import ACT2FN
+
+        config = model.config
+        if config.is_gated_act is False and config.dense_act_fn != "relu":
+            raise ValueError(f"unsupported T5 feed-forward {config.feed_forward_proj!r}")
+
+        def low(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(compute_dtype)
+
+        def full(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().float()
+
+        blocks = []
+        for block in model.encoder.block:
+            attn, ff = block.layer[0], block.layer[1]
+            sa, dense = attn.SelfAttention, ff.DenseReluDense
+            qkv = torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]).detach().to(compute_dtype)
+            if config.is_gated_act:
+                in_weight = torch.cat([dense.wi_0.weight, dense.wi_1.weight]).detach()
+            else:
+                in_weight = dense.wi.weight
+            blocks.append(T5Block(full(attn.layer_norm.weight), qkv, low(sa.o.weight),
+                                  full(ff.layer_norm.weight), low(in_weight),
+                                  low(dense.wo.weight)))
+        bias = model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+        return cls(
+            embedding_V_D=full(model.shared.weight), position_bias_buckets_H=full(bias),
+            blocks=tuple(blocks), final_norm_D=full(model.encoder.final_layer_norm.weight),
+            heads=config.num_heads, head_dim=config.d_kv,
+            num_buckets=config.relative_attention_num_buckets,
+            max_distance=config.relative_attention_max_distance, eps=config.layer_norm_epsilon,
+            gated=bool(config.is_gated_act), activation=ACT2FN[config.dense_act_fn],
+            compute_dtype=compute_dtype, attention=attention)
+
+    def __call__(self, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
+        """float32 ``[B, L, D]`` last hidden state (padded positions hold garbage)."""
+        return encode(self, ids_B_L, mask_B_L)
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
+                              device: torch.device) -> torch.Tensor:
+    """``[L, L]`` bucket of each (query, key) offset, bidirectional as in T5's encoder: half
+    the buckets per direction, exact offsets below a quarter of them, then log-spaced up to
+    ``max_distance`` (farther offsets share the last bucket)."""
+    position = torch.arange(length, device=device)
+    offset_L_L = position[None, :] - position[:, None]  # key − query
+    half = num_buckets // 2
+    exact = half // 2
+    distance = offset_L_L.abs()
+    spread = torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
+    far = (exact + (spread * (half - exact)).long()).clamp(max=half - 1)
+    return (offset_L_L > 0).long() * half + torch.where(distance < exact, distance, far)
+
+
+def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Additive ``[B, H, L, L]`` score bias: relative position bias, the lowest finite
+    ``dtype`` value on padded keys (finite, so even an all-padding row stays a number)."""
+    length = mask_B_L.shape[1]
+    buckets_L_L = relative_position_buckets(length, encoder.num_buckets, encoder.max_distance,
+                                            mask_B_L.device)
+    bias_H_L_L = encoder.position_bias_buckets_H[buckets_L_L].permute(2, 0, 1)
+    lowest = torch.finfo(dtype).min
+    padding_B_L = (1.0 - mask_B_L.float()) * lowest
+    bias_B_H_L_L = bias_H_L_L[None] + padding_B_L[:, None, None, :]
+    return bias_B_H_L_L.clamp(min=lowest).to(dtype)
+
+
+def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           bias_B_H_L_L: torch.Tensor) -> torch.Tensor:
+    """Unscaled softmax attention over ``[B, H, L, Dk]`` with an additive bias."""
+    if encoder.attention == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_B_H_L_L, scale=1.0)
+    # Products in the compute dtype on tensor cores, the softmax in float32: cheaper than the
+    # float32 fallback SDPA takes with a dense bias (bench/NOTES.md).
+    scores_B_H_L_L = torch.matmul(q, k.transpose(-1, -2)).float() + bias_B_H_L_L
+    weights_B_H_L_L = torch.softmax(scores_B_H_L_L, dim=-1).to(v.dtype)
+    return torch.matmul(weights_B_H_L_L, v)
+
+
+def residual_update(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` in float32 for the residual stream; on CUDA the product writes float32
+    itself (no rounding of the update to the compute dtype, no separate cast)."""
+    if x.is_cuda and x.dtype != torch.float32:
+        out_2d = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
+        return out_2d.view(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight).float()
+
+
+def rms_norm(x: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
+    """T5's norm (no mean subtraction, no bias), in float32."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight_D
+
+
+def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
+    """The encoder stack over one batch; see the module docstring for the layout."""
+    batch, length = ids_B_L.shape
+    low = encoder.compute_dtype
+    heads, head_dim = encoder.heads, encoder.head_dim
+    bias_dtype = low if encoder.attention == "sdpa" else torch.float32
+    bias_B_H_L_L = attention_bias(encoder, mask_B_L, bias_dtype)
+    hidden_B_L_D = encoder.embedding_V_D[ids_B_L].float()
+    for block in encoder.blocks:
+        x = rms_norm(hidden_B_L_D, block.attn_norm_D, encoder.eps).to(low)
+        qkv = F.linear(x, block.qkv_weight).view(batch, length, 3, heads, head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dk]
+        attended = attend(encoder, q, k, v, bias_B_H_L_L)
+        attended_B_L_HD = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
+        hidden_B_L_D = hidden_B_L_D + residual_update(attended_B_L_HD, block.out_weight)
+        x = rms_norm(hidden_B_L_D, block.ff_norm_D, encoder.eps).to(low)
+        inner = F.linear(x, block.in_weight)
+        if encoder.gated:
+            gate, linear = inner.chunk(2, dim=-1)
+            inner = encoder.activation(gate) * linear
+        else:
+            inner = torch.relu_(inner)
+        hidden_B_L_D = hidden_B_L_D + residual_update(inner, block.ff_out_weight)
+    return rms_norm(hidden_B_L_D, encoder.final_norm_D, encoder.eps)
