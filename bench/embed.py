@@ -226,6 +226,7 @@ def profile_pass(encoder: TextEncoder, captions: Sequence[str], batch_size: int,
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
+    ctrlpost_pass(encoder, captions, batch_size)  # warm-up: compiles what it compiles
     common.synchronize(device)
     with profile(activities=activities) as prof:
         wall, _ = common.timed(lambda: ctrlpost_pass(encoder, captions, batch_size), device)
@@ -255,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16,lean-sdpa,transformers-eager",
                         help="extra variants at the first batch size: lean-fp16, lean-sdpa, "
-                             "lean-compiled, transformers-eager, transformers-sdpa")
+                             "lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
+                             "transformers-eager, transformers-sdpa")
     parser.add_argument("--max-tokens", default="", help="extra variants: token budgets")
     parser.add_argument("--simple", action="store_true", help="also time simple batching")
     parser.add_argument("--profile", action="store_true", help="profile one pass (kernels)")
+    parser.add_argument("--profile-network", default="lean", help="network to profile")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -320,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         "lean": lambda: T5Encoder.from_transformers(bf16, low),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
         "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),
+        "lean-cudnn": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn"),
+        "lean-flex": lambda: T5Encoder.from_transformers(bf16, low, attention="flex"),
+        "lean-fp16-flex": lambda: T5Encoder.from_transformers(fp32, torch.float16,
+                                                              attention="flex"),
         "lean-compiled": lambda: compiled(T5Encoder.from_transformers(bf16, low)),
         "transformers-eager": lambda: TransformersNetwork(bf16, "eager"),
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),
@@ -384,9 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             record["sdpa_backends"] = sdpa_backends(config, device)
         # Kernel time far below wall time would mean the GPU waits on the host.
         try:
-            network = T5Encoder.from_transformers(bf16, low)
+            network = networks[args.profile_network]()
             record["profile"] = profile_pass(TextEncoder(tokenizer, network, device, MAX_LENGTH),
                                              mixes["mixed"], first, device)
+            record["profile"]["network"] = args.profile_network
         except Exception as exc:
             record["errors"].append({"variant": "profile", "error": f"{type(exc).__name__}: {exc}"})
         common.write_json(record, out_path)

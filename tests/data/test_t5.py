@@ -51,7 +51,7 @@ def test_position_buckets_match_transformers(length: int, buckets: int, distance
 
 
 @pytest.mark.parametrize(("feed_forward", "attention"), [("relu", "eager"), ("gated-gelu", "eager"),
-                                                         ("relu", "sdpa")])
+                                                         ("relu", "sdpa"), ("relu", "flex")])
 def test_float32_forward_equals_transformers_on_padded_batch(feed_forward: str,
                                                               attention: str) -> None:
     model = transformers_t5(feed_forward)

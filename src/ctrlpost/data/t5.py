@@ -17,6 +17,7 @@ the two products that update the residual stream write float32.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class T5Encoder:
     gated: bool
     activation: Callable[[torch.Tensor], torch.Tensor]
     compute_dtype: torch.dtype
-    attention: str = "eager"  # "eager" (products + float32 softmax) or "sdpa"
+    attention: str = "eager"  # one of ATTENTION: "eager" = products + float32 softmax
 
     @property
     def dim(self) -> int:
@@ -69,6 +70,8 @@ class T5Encoder:
         from transformers.activations import ACT2FN
 
         config = model.config
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention {attention!r}: choose one of {ATTENTION}")
         if config.is_gated_act is False and config.dense_act_fn != "relu":
             raise ValueError(f"unsupported T5 feed-forward {config.feed_forward_proj!r}")
 
@@ -120,30 +123,71 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
     return (offset_L_L > 0).long() * half + torch.where(distance < exact, distance, far)
 
 
-def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """Additive ``[B, H, L, L]`` score bias: relative position bias, the lowest finite
-    ``dtype`` value on padded keys (finite, so even an all-padding row stays a number)."""
+@dataclass(frozen=True)
+class AttentionBias:
+    """What is added to the scores: T5's relative position bias, and a large negative value on
+    padded keys (finite, so even an all-padding row stays a number)."""
+
+    position_H_L_L: torch.Tensor  # float32
+    padding_B_L: torch.Tensor  # float32: 0 on real keys, float32's lowest on padding
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The whole ``[B, H, L, L]`` bias in ``dtype``."""
+        lowest = torch.finfo(dtype).min
+        bias_B_H_L_L = self.position_H_L_L[None] + self.padding_B_L[:, None, None, :]
+        return bias_B_H_L_L.clamp(min=lowest).to(dtype)
+
+
+def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor) -> AttentionBias:
+    """The relative position bias of this length and the key padding of this batch."""
     length = mask_B_L.shape[1]
     buckets_L_L = relative_position_buckets(length, encoder.num_buckets, encoder.max_distance,
                                             mask_B_L.device)
-    bias_H_L_L = encoder.position_bias_buckets_H[buckets_L_L].permute(2, 0, 1)
-    lowest = torch.finfo(dtype).min
-    padding_B_L = (1.0 - mask_B_L.float()) * lowest
-    bias_B_H_L_L = bias_H_L_L[None] + padding_B_L[:, None, None, :]
-    return bias_B_H_L_L.clamp(min=lowest).to(dtype)
+    position_H_L_L = encoder.position_bias_buckets_H[buckets_L_L].permute(2, 0, 1).contiguous()
+    padding_B_L = (1.0 - mask_B_L.float()) * torch.finfo(torch.float32).min
+    return AttentionBias(position_H_L_L, padding_B_L)
+
+
+ATTENTION = ("eager", "sdpa", "cudnn", "flex")
 
 
 def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-           bias_B_H_L_L: torch.Tensor) -> torch.Tensor:
+           bias: AttentionBias, dense_bias: torch.Tensor | None) -> torch.Tensor:
     """Unscaled softmax attention over ``[B, H, L, Dk]`` with an additive bias."""
+    if encoder.attention == "flex":
+        return _flex_attention(q, k, v, bias)
+    assert dense_bias is not None
     if encoder.attention == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias_B_H_L_L, scale=1.0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
+    if encoder.attention == "cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
     # Products in the compute dtype on tensor cores, the softmax in float32: cheaper than the
     # float32 fallback SDPA takes with a dense bias (bench/NOTES.md).
-    scores_B_H_L_L = torch.matmul(q, k.transpose(-1, -2)).float() + bias_B_H_L_L
+    scores_B_H_L_L = torch.matmul(q, k.transpose(-1, -2)).float() + dense_bias
     weights_B_H_L_L = torch.softmax(scores_B_H_L_L, dim=-1).to(v.dtype)
     return torch.matmul(weights_B_H_L_L, v)
+
+
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    bias: AttentionBias) -> torch.Tensor:
+    position_H_L_L, padding_B_L = bias.position_H_L_L, bias.padding_B_L
+
+    def add_bias(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+                 kv_idx: torch.Tensor) -> torch.Tensor:
+        return score + position_H_L_L[h, q_idx, kv_idx] + padding_B_L[b, kv_idx]
+
+    out: torch.Tensor = _compiled_flex()(q, k, v, score_mod=add_bias, scale=1.0)
+    return out
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., Any]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def residual_update(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -153,6 +197,16 @@ def residual_update(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out_2d = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
         return out_2d.view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight).float()
+
+
+def linear_relu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``relu(x @ weight.T)``; on CUDA the ReLU runs in the product's epilogue (cuBLASLt)
+    instead of as a pass over the ``[tokens, d_ff]`` output."""
+    if x.is_cuda:
+        zero_bias = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
+        out_2d = torch._addmm_activation(zero_bias, x.reshape(-1, x.shape[-1]), weight.t())
+        return out_2d.view(*x.shape[:-1], weight.shape[0])
+    return torch.relu_(F.linear(x, weight))
 
 
 def rms_norm(x: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
@@ -165,22 +219,22 @@ def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) ->
     batch, length = ids_B_L.shape
     low = encoder.compute_dtype
     heads, head_dim = encoder.heads, encoder.head_dim
-    bias_dtype = low if encoder.attention == "sdpa" else torch.float32
-    bias_B_H_L_L = attention_bias(encoder, mask_B_L, bias_dtype)
+    bias = attention_bias(encoder, mask_B_L)
+    dense_bias = (None if encoder.attention == "flex" else
+                  bias.dense(torch.float32 if encoder.attention == "eager" else low))
     hidden_B_L_D = encoder.embedding_V_D[ids_B_L].float()
     for block in encoder.blocks:
         x = rms_norm(hidden_B_L_D, block.attn_norm_D, encoder.eps).to(low)
         qkv = F.linear(x, block.qkv_weight).view(batch, length, 3, heads, head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dk]
-        attended = attend(encoder, q, k, v, bias_B_H_L_L)
+        attended = attend(encoder, q, k, v, bias, dense_bias)
         attended_B_L_HD = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
         hidden_B_L_D = hidden_B_L_D + residual_update(attended_B_L_HD, block.out_weight)
         x = rms_norm(hidden_B_L_D, block.ff_norm_D, encoder.eps).to(low)
-        inner = F.linear(x, block.in_weight)
         if encoder.gated:
-            gate, linear = inner.chunk(2, dim=-1)
+            gate, linear = F.linear(x, block.in_weight).chunk(2, dim=-1)
             inner = encoder.activation(gate) * linear
         else:
-            inner = torch.relu_(inner)
+            inner = linear_relu(x, block.in_weight)
         hidden_B_L_D = hidden_B_L_D + residual_update(inner, block.ff_out_weight)
     return rms_norm(hidden_B_L_D, encoder.final_norm_D, encoder.eps)
