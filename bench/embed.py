@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ctrlpost batch sizes to time; the first is the recipe default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16,lean-sdpa,transformers-eager",
-                        help="extra variants at the first batch size: lean-fp16, lean-sdpa, "
+                        help="extra variants at the first batch size: lean-unfused, lean-fp16, "
+                             "lean-sdpa, "
                              "lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
                              "transformers-eager, transformers-sdpa")
     parser.add_argument("--max-tokens", default="", help="extra variants: token budgets")
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     networks: dict[str, Callable[[], Any]] = {
         "lean": lambda: T5Encoder.from_transformers(bf16, low),
+        "lean-unfused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=False),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
         "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),
         "lean-cudnn": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn"),

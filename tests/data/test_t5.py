@@ -51,7 +51,9 @@ def test_position_buckets_match_transformers(length: int, buckets: int, distance
 
 
 @pytest.mark.parametrize(("feed_forward", "attention"), [("relu", "eager"), ("gated-gelu", "eager"),
-                                                         ("relu", "sdpa"), ("relu", "flex")])
+                                                         ("relu", "sdpa"),
+                                                         pytest.param("relu", "flex",
+                                                                      marks=pytest.mark.slow)])
 def test_float32_forward_equals_transformers_on_padded_batch(feed_forward: str,
                                                               attention: str) -> None:
     model = transformers_t5(feed_forward)

@@ -11,8 +11,9 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
   additive float32 bias (T5 does not scale the scores),
 * one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
 
-Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation; on CUDA
-the two products that update the residual stream write float32.
+Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation. On CUDA
+the two products that update the residual stream add into it in float32 themselves, the score
+product adds the bias and writes float32, and the ReLU runs in its product's epilogue.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class T5Encoder:
     activation: Callable[[torch.Tensor], torch.Tensor]
     compute_dtype: torch.dtype
     attention: str = "eager"  # one of ATTENTION: "eager" = products + float32 softmax
+    fused_products: bool = True  # on CUDA: bias, residual add and ReLU inside the products
 
     @property
     def dim(self) -> int:
@@ -64,7 +66,7 @@ class T5Encoder:
 
     @classmethod
     def from_transformers(cls, model: Any, compute_dtype: torch.dtype, *,
-                          attention: str = "eager") -> T5Encoder:
+                          attention: str = "eager", fused_products: bool = True) -> T5Encoder:
         """Take the weights of a loaded ``T5EncoderModel`` (on its device, cast to
         ``compute_dtype``; norms and the position bias table in float32)."""
         from transformers.activations import ACT2FN
@@ -101,7 +103,7 @@ class T5Encoder:
             num_buckets=config.relative_attention_num_buckets,
             max_distance=config.relative_attention_max_distance, eps=config.layer_norm_epsilon,
             gated=bool(config.is_gated_act), activation=ACT2FN[config.dense_act_fn],
-            compute_dtype=compute_dtype, attention=attention)
+            compute_dtype=compute_dtype, attention=attention, fused_products=fused_products)
 
     def __call__(self, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
         """float32 ``[B, L, D]`` last hidden state (padded positions hold garbage)."""
@@ -166,8 +168,16 @@ def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
     # Products in the compute dtype on tensor cores, the softmax in float32: cheaper than the
     # float32 fallback SDPA takes with a dense bias (bench/NOTES.md).
-    scores_B_H_L_L = torch.matmul(q, k.transpose(-1, -2)).float() + dense_bias
-    weights_B_H_L_L = torch.softmax(scores_B_H_L_L, dim=-1).to(v.dtype)
+    batch, heads, length, head_dim = q.shape
+    if encoder.fused_products and q.is_cuda and q.dtype != torch.float32:
+        # One kernel for q·kᵀ + bias, written in float32 (no cast, no separate add).
+        scores = torch.baddbmm(dense_bias.view(batch * heads, length, length),
+                               q.reshape(batch * heads, length, head_dim),
+                               k.reshape(batch * heads, length, head_dim).transpose(1, 2),
+                               out_dtype=torch.float32).view(batch, heads, length, length)
+    else:
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() + dense_bias
+    weights_B_H_L_L = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(weights_B_H_L_L, v)
 
 
@@ -190,19 +200,21 @@ def _compiled_flex() -> Callable[..., Any]:
     return torch.compile(flex_attention, dynamic=True)
 
 
-def residual_update(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` in float32 for the residual stream; on CUDA the product writes float32
-    itself (no rounding of the update to the compute dtype, no separate cast)."""
-    if x.is_cuda and x.dtype != torch.float32:
-        out_2d = torch.mm(x.reshape(-1, x.shape[-1]), weight.t(), out_dtype=torch.float32)
-        return out_2d.view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight).float()
+def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
+                fused: bool) -> torch.Tensor:
+    """``hidden + x @ weight.T`` on the float32 residual stream; on CUDA one product that adds
+    into and writes float32 (no rounding of the update to the compute dtype, no extra pass)."""
+    if fused and x.is_cuda and x.dtype != torch.float32:
+        out_2d = torch.addmm(hidden.reshape(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1]),
+                             weight.t(), out_dtype=torch.float32)
+        return out_2d.view(hidden.shape)
+    return hidden + F.linear(x, weight).float()
 
 
-def linear_relu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, *, fused: bool) -> torch.Tensor:
     """``relu(x @ weight.T)``; on CUDA the ReLU runs in the product's epilogue (cuBLASLt)
     instead of as a pass over the ``[tokens, d_ff]`` output."""
-    if x.is_cuda:
+    if fused and x.is_cuda:
         zero_bias = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
         out_2d = torch._addmm_activation(zero_bias, x.reshape(-1, x.shape[-1]), weight.t())
         return out_2d.view(*x.shape[:-1], weight.shape[0])
@@ -218,7 +230,7 @@ def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) ->
     """The encoder stack over one batch; see the module docstring for the layout."""
     batch, length = ids_B_L.shape
     low = encoder.compute_dtype
-    heads, head_dim = encoder.heads, encoder.head_dim
+    heads, head_dim, fused = encoder.heads, encoder.head_dim, encoder.fused_products
     bias = attention_bias(encoder, mask_B_L)
     dense_bias = (None if encoder.attention == "flex" else
                   bias.dense(torch.float32 if encoder.attention == "eager" else low))
@@ -229,12 +241,13 @@ def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) ->
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dk]
         attended = attend(encoder, q, k, v, bias, dense_bias)
         attended_B_L_HD = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
-        hidden_B_L_D = hidden_B_L_D + residual_update(attended_B_L_HD, block.out_weight)
+        hidden_B_L_D = add_product(hidden_B_L_D, attended_B_L_HD, block.out_weight,
+                                   fused=fused)
         x = rms_norm(hidden_B_L_D, block.ff_norm_D, encoder.eps).to(low)
         if encoder.gated:
             gate, linear = F.linear(x, block.in_weight).chunk(2, dim=-1)
             inner = encoder.activation(gate) * linear
         else:
-            inner = linear_relu(x, block.in_weight)
-        hidden_B_L_D = hidden_B_L_D + residual_update(inner, block.ff_out_weight)
+            inner = linear_relu(x, block.in_weight, fused=fused)
+        hidden_B_L_D = add_product(hidden_B_L_D, inner, block.ff_out_weight, fused=fused)
     return rms_norm(hidden_B_L_D, encoder.final_norm_D, encoder.eps)
