@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="ctrlpost batch sizes to time; the first is the recipe default")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16,lean-sdpa,transformers-eager",
-                        help="extra variants at the first batch size: lean-unfused, lean-fp16, "
+                        help="extra variants at the first batch size: lean-fused, lean-fp16, "
                              "lean-sdpa, "
                              "lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
                              "transformers-eager, transformers-sdpa")
@@ -322,13 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     networks: dict[str, Callable[[], Any]] = {
         "lean": lambda: T5Encoder.from_transformers(bf16, low),
-        "lean-unfused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=False),
+        "lean-fused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=True),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
         "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),
         "lean-cudnn": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn"),
-        "lean-flex": lambda: T5Encoder.from_transformers(bf16, low, attention="flex"),
+        "lean-flex": lambda: T5Encoder.from_transformers(bf16, low, attention="flex",
+                                                         fused_products=True),
         "lean-fp16-flex": lambda: T5Encoder.from_transformers(fp32, torch.float16,
-                                                              attention="flex"),
+                                                              attention="flex",
+                                                              fused_products=True),
         "lean-compiled": lambda: compiled(T5Encoder.from_transformers(bf16, low)),
         "transformers-eager": lambda: TransformersNetwork(bf16, "eager"),
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),

@@ -90,7 +90,8 @@ def test_unsupported_feed_forward_is_refused() -> None:
 @pytest.mark.gpu
 def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5: Any) -> None:
     """`embed`'s GPU path: bf16 lean forward within bf16 error of transformers' float32 model,
-    and batches queued ahead give the same arrays as one batch at a time."""
+    and batches queued ahead give the same arrays as one batch at a time; the same for the
+    fused products with every attention implementation."""
     from transformers import T5EncoderModel
 
     from ctrlpost.data import embed
@@ -113,3 +114,14 @@ def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5:
         n = got.shape[0]
         error = relative_l2(torch.from_numpy(got).float(), want[row, :n])
         assert error < 1e-2, (row, error)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    for attention in t5.ATTENTION:
+        fused = t5.T5Encoder.from_transformers(truth.to(device).to(torch.bfloat16),
+                                               torch.bfloat16, attention=attention,
+                                               fused_products=True)
+        with torch.no_grad():
+            hidden = fused(ids, mask).cpu()
+        for row in range(4):
+            n = int(mask[row].sum())
+            error = relative_l2(hidden[row, :n], want[row, :n])
+            assert error < 1e-2, (attention, row, error)

@@ -11,9 +11,9 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
   additive float32 bias (T5 does not scale the scores),
 * one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
 
-Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation. On CUDA
-the two products that update the residual stream add into it in float32 themselves, the score
-product adds the bias and writes float32, and the ReLU runs in its product's epilogue.
+Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation; on CUDA
+the two products that update the residual stream write float32. ``fused_products`` (CUDA) also
+moves the residual adds, the score bias and the ReLU into the products themselves.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class T5Encoder:
     activation: Callable[[torch.Tensor], torch.Tensor]
     compute_dtype: torch.dtype
     attention: str = "eager"  # one of ATTENTION: "eager" = products + float32 softmax
-    fused_products: bool = True  # on CUDA: bias, residual add and ReLU inside the products
+    fused_products: bool = False  # on CUDA: bias, residual add and ReLU inside the products
 
     @property
     def dim(self) -> int:
@@ -66,7 +66,7 @@ class T5Encoder:
 
     @classmethod
     def from_transformers(cls, model: Any, compute_dtype: torch.dtype, *,
-                          attention: str = "eager", fused_products: bool = True) -> T5Encoder:
+                          attention: str = "eager", fused_products: bool = False) -> T5Encoder:
         """Take the weights of a loaded ``T5EncoderModel`` (on its device, cast to
         ``compute_dtype``; norms and the position bias table in float32)."""
         from transformers.activations import ACT2FN
@@ -202,12 +202,15 @@ def _compiled_flex() -> Callable[..., Any]:
 
 def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
                 fused: bool) -> torch.Tensor:
-    """``hidden + x @ weight.T`` on the float32 residual stream; on CUDA one product that adds
-    into and writes float32 (no rounding of the update to the compute dtype, no extra pass)."""
-    if fused and x.is_cuda and x.dtype != torch.float32:
-        out_2d = torch.addmm(hidden.reshape(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1]),
-                             weight.t(), out_dtype=torch.float32)
-        return out_2d.view(hidden.shape)
+    """``hidden + x @ weight.T`` on the float32 residual stream. On CUDA the product writes
+    float32 (no rounding of the update to the compute dtype); ``fused`` also adds into the
+    stream inside the product instead of in a separate pass."""
+    if x.is_cuda and x.dtype != torch.float32:
+        hidden_2d, x_2d = hidden.reshape(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1])
+        if fused:
+            return torch.addmm(hidden_2d, x_2d, weight.t(),
+                               out_dtype=torch.float32).view(hidden.shape)
+        return hidden + torch.mm(x_2d, weight.t(), out_dtype=torch.float32).view(hidden.shape)
     return hidden + F.linear(x, weight).float()
 
 
