@@ -49,7 +49,7 @@ import _common as common
 
 common.ensure_ctrlpost_importable()
 
-from ctrlpost.data.embed import TextEncoder, length_batches  # noqa: E402
+from ctrlpost.data.embed import TextEncoder, lean_network, length_batches  # noqa: E402
 from ctrlpost.data.t5 import T5Encoder, encode  # noqa: E402
 
 T5_11B = dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128,
@@ -321,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
 
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     networks: dict[str, Callable[[], Any]] = {
-        "lean": lambda: T5Encoder.from_transformers(bf16, low),
+        "lean": lambda: lean_network(bf16),
+        "lean-fp16-cudnn": lambda: T5Encoder.from_transformers(fp32, torch.float16,
+                                                               attention="cudnn",
+                                                               fused_products=True),
         "lean-fused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=True),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
         "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),

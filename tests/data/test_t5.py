@@ -115,7 +115,7 @@ def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5:
         error = relative_l2(torch.from_numpy(got).float(), want[row, :n])
         assert error < 1e-2, (row, error)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    for attention in t5.ATTENTION:
+    for attention in ("eager", "sdpa", "cudnn"):  # flex needs head dim >= 16 (tiny: 8)
         fused = t5.T5Encoder.from_transformers(truth.to(device).to(torch.bfloat16),
                                                torch.bfloat16, attention=attention,
                                                fused_products=True)
