@@ -124,6 +124,12 @@ def test_no_captions_and_bad_device_and_missing_model(tmp_path: Path) -> None:
     assert "fetch-weights" in (info.value.hint or "")
 
 
+def test_cpu_network_is_float32_with_plain_attention(encoder: embed.TextEncoder) -> None:
+    assert encoder.network.compute_dtype == torch.float32
+    assert (encoder.network.attention, encoder.network.fused_products) == ("eager", False)
+    assert not embed.cudnn_attention_runs(torch.device("cpu"), 64)
+
+
 def test_resolve_model_prefers_the_weights_folder(tmp_path: Path) -> None:
     (tmp_path / "org" / "t5").mkdir(parents=True)
     assert embed.resolve_model("org/t5", weights_dir=tmp_path) == str(tmp_path / "org" / "t5")

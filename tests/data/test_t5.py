@@ -101,6 +101,7 @@ def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5:
     device = torch.device("cuda")
     encoder = embed.load_text_encoder(str(tiny_t5), device=device)
     assert encoder.network.compute_dtype == torch.bfloat16
+    assert (encoder.network.attention, encoder.network.fused_products) == ("cudnn", True)
     captions = ["a red car drives down the road at night", "hi", "a cat", "zebra quartz"] * 3
     batches = [captions[i:i + 4] for i in range(0, len(captions), 4)]
     queued = [emb for out in encoder.encode_batches(batches) for emb in out]

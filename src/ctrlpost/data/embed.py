@@ -8,9 +8,10 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   caption. The T5 encoder masks padded keys and its relative position bias depends only on
   (query, key) offsets, so a real token's output does not depend on how much padding follows;
   the reference pads every caption to 512 and runs one per forward pass;
-* a lean forward of the same weights (:mod:`ctrlpost.data.t5`): bf16 matrix products on GPU
-  around a float32 residual stream, fp32 on CPU, under ``torch.inference_mode``; the next batch
-  is queued on the GPU while the previous one is written;
+* a lean forward of the same weights (:mod:`ctrlpost.data.t5`): on GPU bf16 products around a
+  float32 residual stream, cuDNN attention with the position bias, the residual adds and ReLU
+  inside the products; fp32 on CPU; the next batch is queued on the GPU while the previous one
+  is written (T5-11B on an H200: 97x the reference's captions/s, bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -156,12 +157,29 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
 def lean_network(model: Any) -> T5Encoder:
     """`embed`'s forward of a loaded ``T5EncoderModel``, on the model's device. On CUDA: bf16
     products with the residual adds, score bias and ReLU fused into them, and cuDNN attention
-    with the dense position bias (the fastest of the variants in bench/NOTES.md); on CPU:
-    float32, plain products and softmax."""
-    if model.device.type == "cuda":
-        return T5Encoder.from_transformers(model, torch.bfloat16, attention="cudnn",
-                                           fused_products=True)
-    return T5Encoder.from_transformers(model, torch.float32)
+    with the dense position bias where this GPU and build run it (the fastest of the variants in
+    bench/NOTES.md), else plain products and float32 softmax; on CPU: float32, plain ops."""
+    if model.device.type != "cuda":
+        return T5Encoder.from_transformers(model, torch.float32)
+    attention = "cudnn" if cudnn_attention_runs(model.device, model.config.d_kv) else "eager"
+    return T5Encoder.from_transformers(model, torch.bfloat16, attention=attention,
+                                       fused_products=True)
+
+
+def cudnn_attention_runs(device: torch.device, head_dim: int) -> bool:
+    """Whether cuDNN's fused attention takes a bf16 call with a dense additive bias here."""
+    if device.type != "cuda":
+        return False
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.zeros(1, 2, 8, head_dim, device=device, dtype=torch.bfloat16)
+    bias = torch.zeros(1, 2, 8, 8, device=device, dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias)
+    except RuntimeError:
+        return False
+    return True
 
 
 def model_dim(name_or_path: str) -> int:
