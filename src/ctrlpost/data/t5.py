@@ -7,8 +7,10 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
 
 * one RMS norm in float32 on a float32 residual stream and float32 token embeddings (a bf16
   stream adds its own rounding to the products' error against a float32 encoder),
-* one fused q/k/v product, attention with the relative position bias plus key padding as an
-  additive float32 bias (T5 does not scale the scores),
+* one fused q/k/v product, then attention with the relative position bias plus key padding
+  added to the unscaled scores: ``eager`` (two products, float32 bias and softmax), ``cudnn`` /
+  ``sdpa`` (one fused kernel with the dense bias in the compute dtype) or ``flex``
+  (FlexAttention with the bias as a score modifier),
 * one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
 
 Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation; on CUDA
