@@ -177,7 +177,7 @@ def cudnn_attention_runs(device: torch.device, head_dim: int) -> bool:
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias)
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError):  # "No available kernel" and its kin
         return False
     return True
 
