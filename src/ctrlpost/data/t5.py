@@ -89,9 +89,9 @@ class T5Encoder:
         for block in model.encoder.block:
             attn, ff = block.layer[0], block.layer[1]
             sa, dense = attn.SelfAttention, ff.DenseReluDense
-            qkv = torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]).detach().to(compute_dtype)
+            qkv = low(torch.cat([sa.q.weight, sa.k.weight, sa.v.weight]))
             if config.is_gated_act:
-                in_weight = torch.cat([dense.wi_0.weight, dense.wi_1.weight]).detach()
+                in_weight = torch.cat([dense.wi_0.weight, dense.wi_1.weight])
             else:
                 in_weight = dense.wi.weight
             blocks.append(T5Block(full(attn.layer_norm.weight), qkv, low(sa.o.weight),
