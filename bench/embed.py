@@ -4,17 +4,20 @@
   default), one caption per call, padded to 512 tokens, outputs zeroed past the caption, cast
   to float16 and trimmed. Every call does the same 512-token work, so its rate is measured on a
   sample (``--reference-captions`` per repetition, 3 repetitions) and holds for any caption mix.
-* **ctrlpost**: :class:`ctrlpost.data.embed.TextEncoder` exactly as ``ctrlpost embed`` runs it
-  (captions sorted by token length, batches of ``data.embed.batch_size`` padded to their
-  longest caption, the lean forward of :mod:`ctrlpost.data.t5` in bf16, the next batch queued
-  while the last is copied out), over all ``--captions``; plus variants: batch sizes, float16
-  products, ``torch.compile``, token budgets, transformers' own ``T5EncoderModel`` (bf16, eager
-  or SDPA attention) in the same loop, and "simple batched" (batches of 32 in caption order,
-  padded to the longest) for comparison with the issue's figure.
+* **ctrlpost**: :func:`ctrlpost.data.embed.encode_captions` exactly as ``ctrlpost embed`` runs
+  it (captions tokenized once on a background thread, sorted by length within chunks, batches
+  of at most ``data.embed.batch_size`` captions and ``data.embed.batch_tokens`` tokens packed
+  end to end, the lean forward of :mod:`ctrlpost.data.t5` with float16 products and the
+  packed attention kernel, the next batch queued while the last is copied out), over all
+  ``--captions``; plus variants: bf16 products, padded batches with cuDNN attention, token
+  budgets, other attention paths, transformers' own ``T5EncoderModel`` (bf16, eager or SDPA
+  attention) in the same loop, "simple batched" (batches of 32 in caption order, padded to
+  the longest), and ``--kernel-sweep`` (the attention kernel's tile settings on one layer).
 
 Weights: ``T5EncoderModel`` at google-t5/t5-11b's config (d_model 1024, d_ff 65536, 128 heads of
 128, 24 layers, ReLU MLP), random (transformers' own init, seed 0), built on the device; the
-float32 model is the reference's, the bf16 copy is cast from it. No tokenizer can be downloaded
+float32 model is the reference's, the float16 and bf16 copies are rounded from it (what loading
+the float32 checkpoint with ``dtype=`` gives). No tokenizer can be downloaded
 on the GPU box: captions are drawn from a word list whose words are one token each of
 ``ctrlpost.hub.tiny.caption_tokenizer`` (a T5-like WordPiece: EOS appended, pad 0, EOS 1), so
 token counts are exact. Writing the pickles is left out of both sides.
@@ -49,7 +52,7 @@ import _common as common
 
 common.ensure_ctrlpost_importable()
 
-from ctrlpost.data.embed import TextEncoder, lean_network, length_batches  # noqa: E402
+from ctrlpost.data.embed import TextEncoder, encode_captions, lean_network  # noqa: E402
 from ctrlpost.data.t5 import T5Encoder, encode  # noqa: E402
 
 T5_11B = dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128,
@@ -79,6 +82,8 @@ def make_captions(tokenizer: Any, count: int, *, median: float, seed: int) -> li
 class TransformersNetwork:
     """transformers' ``T5EncoderModel`` behind the call :class:`TextEncoder` makes."""
 
+    packed = False
+
     def __init__(self, model: Any, attention: str) -> None:
         self.model, self.attention = model, attention
         self.dim = model.config.d_model
@@ -90,6 +95,16 @@ class TransformersNetwork:
             return self.model(input_ids=ids_B_L, attention_mask=mask_B_L).last_hidden_state
         finally:
             self.model.config._attn_implementation = default
+
+
+def cast_copy(model: Any, dtype: torch.dtype) -> Any:
+    """A copy of ``model`` with every weight rounded once to ``dtype`` (what loading the
+    float32 checkpoint with ``dtype=`` gives)."""
+    with torch.device("meta"):
+        copy = type(model)(model.config).eval()
+    copy = copy.to_empty(device=model.device).to(dtype)
+    copy.load_state_dict(model.state_dict())
+    return copy.requires_grad_(False)
 
 
 def build_encoders(config: dict[str, Any], device: torch.device) -> tuple[Any, Any]:
@@ -124,31 +139,20 @@ def reference_embed(model: Any, tokenizer: Any, caption: str, device: torch.devi
     return out[0, : int(lengths[0])]
 
 
-def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Longest first, each batch as many captions as keep (count × longest) ≤ ``max_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
 def ctrlpost_pass(encoder: TextEncoder, captions: Sequence[str], batch_size: int, *,
                   sort: bool = True, max_tokens: int = 0) -> dict[int, np.ndarray]:
-    """``ctrlpost embed``'s loop minus the pickle writes (or, unsorted, "simple batched")."""
-    out: dict[int, np.ndarray] = {}
-    if max_tokens:
-        batches = token_batches(encoder.token_lengths(list(captions)), max_tokens)
-    elif sort:
-        batches = length_batches(encoder.token_lengths(list(captions)), batch_size)
+    """``ctrlpost embed``'s loop minus the pickle writes: batches of at most ``batch_size``
+    captions and ``max_tokens`` tokens (0: no token limit); unsorted, "simple batched"."""
+    if sort:
+        batches = encode_captions(encoder, captions, max_captions=batch_size,
+                                  max_tokens=max_tokens or batch_size * MAX_LENGTH)
     else:
-        batches = [list(range(i, min(i + batch_size, len(captions))))
-                   for i in range(0, len(captions), batch_size)]
-    encoded = encoder.encode_batches([captions[i] for i in batch] for batch in batches)
-    for batch, embeddings in zip(batches, encoded, strict=True):
+        plan = [list(range(i, min(i + batch_size, len(captions))))
+                for i in range(0, len(captions), batch_size)]
+        batches = zip(plan, encoder.encode_batches(
+            encoder.tokenize([captions[i] for i in batch]) for batch in plan), strict=True)
+    out: dict[int, np.ndarray] = {}
+    for batch, embeddings in batches:
         for i, emb in zip(batch, embeddings, strict=True):
             out[i] = emb
     return out
@@ -219,17 +223,96 @@ def sdpa_backends(config: dict[str, Any], device: torch.device) -> dict[str, str
     return out
 
 
+KERNEL_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (128, 32))
+
+
+def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int,
+                 batch_tokens: int, device: torch.device) -> dict[str, Any]:
+    """One layer's attention over all captions, batch by batch as ``embed`` groups them: the
+    packed kernel in each tile and launch setting, and cuDNN on the same batches padded (dense
+    bf16 bias); milliseconds per layer, and the bytes a perfect kernel has to move (q, k, v in,
+    the output out)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ctrlpost.data.embed import length_batches
+    from ctrlpost.data.packed_attention import packed_attention
+
+    heads, head_dim = config["num_heads"], config["d_kv"]
+    batches = [[lengths[i] for i in batch] for batch in
+               length_batches(lengths, max_captions=batch_size, max_tokens=batch_tokens)]
+    inputs = []
+    for batch in batches:
+        lengths_S = torch.tensor(batch, dtype=torch.int32)
+        starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+        inputs.append((torch.randn(sum(batch), 3 * heads * head_dim, device=device,
+                                   dtype=torch.bfloat16),
+                       torch.randn(heads, 2 * max(batch) - 1, device=device),
+                       starts_S.to(device), lengths_S.to(device), max(batch)))
+
+    def layer_ms(run: Callable[[], Any]) -> float:
+        run()
+        times = [common.timed(run, device)[0] * 1e3 for _ in range(5)]
+        return common.median(times)
+
+    rows: list[dict[str, Any]] = []
+    for (block_m, block_n) in KERNEL_TILES:
+        for warps, stages in ((4, 2), (4, 3), (8, 3)):
+            for heads_inner in (True, False):
+                setting = {"block_m": block_m, "block_n": block_n, "warps": warps,
+                           "stages": stages, "heads_inner": heads_inner}
+                try:
+                    ms = layer_ms(lambda setting=setting: [
+                        packed_attention(qkv, bias, starts, lens, max_length=longest,
+                                         heads=heads, head_dim=head_dim, **setting)
+                        for qkv, bias, starts, lens, longest in inputs])
+                    rows.append({**setting, "ms_per_layer": ms})
+                except Exception as exc:
+                    rows.append({**setting, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+    padded = []
+    for batch in batches:
+        longest = max(batch)
+        qkv = torch.randn(len(batch), longest, 3, heads, head_dim, device=device,
+                          dtype=torch.bfloat16)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        row = -(-longest // 8) * 8
+        bias = torch.randn(len(batch), heads, longest, row, device=device,
+                           dtype=torch.bfloat16)[..., :longest]
+        padded.append((q, k, v, bias))
+
+    def cudnn() -> None:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            for q, k, v, bias in padded:
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                                                 scale=1.0)
+
+    cudnn_ms = layer_ms(cudnn)
+    tokens = sum(sum(batch) for batch in batches)
+    moved = tokens * heads * head_dim * 2 * 4
+    ok = sorted((r for r in rows if "ms_per_layer" in r), key=lambda r: r["ms_per_layer"])
+    for r in ok[:8]:
+        print(f"kernel {r['block_m']:3d}x{r['block_n']:3d} warps {r['warps']} stages "
+              f"{r['stages']} heads inner {r['heads_inner']}: {r['ms_per_layer']:.2f} ms/layer "
+              f"({moved / r['ms_per_layer'] / 1e6:.0f} GB/s)", flush=True)
+    print(f"cuDNN padded: {cudnn_ms:.2f} ms/layer; {len(batches)} batches, {tokens} tokens",
+          flush=True)
+    return {"batches": len(batches), "tokens": tokens, "bytes_moved_per_layer": moved,
+            "cudnn_padded_ms_per_layer": cudnn_ms, "packed": rows}
+
+
 def profile_pass(encoder: TextEncoder, captions: Sequence[str], batch_size: int,
-                 device: torch.device) -> dict[str, Any]:
+                 max_tokens: int, device: torch.device) -> dict[str, Any]:
     """Kernel time vs wall time of one pass, and the costliest kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
-    ctrlpost_pass(encoder, captions, batch_size)  # warm-up: compiles what it compiles
+    def one_pass() -> Any:
+        return ctrlpost_pass(encoder, captions, batch_size, max_tokens=max_tokens)
+
+    one_pass()  # warm-up: compiles what it compiles
     common.synchronize(device)
     with profile(activities=activities) as prof:
-        wall, _ = common.timed(lambda: ctrlpost_pass(encoder, captions, batch_size), device)
+        wall, _ = common.timed(one_pass, device)
     events = prof.key_averages()
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     top = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
@@ -251,17 +334,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-captions", type=int, default=24,
                         help="captions per timed repetition of the reference way (3 repetitions)")
     parser.add_argument("--median-tokens", type=float, default=64.0)
-    parser.add_argument("--batch-sizes", default="32,64,128",
-                        help="ctrlpost batch sizes to time; the first is the recipe default")
+    parser.add_argument("--batch-sizes", default="128",
+                        help="most captions per batch; the first is the recipe default")
+    parser.add_argument("--batch-tokens", type=int, default=4096,
+                        help="most tokens per batch (the recipe default) for every variant "
+                             "but the --max-tokens ones")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--networks", default="lean-fp16,lean-sdpa,transformers-eager",
-                        help="extra variants at the first batch size: lean-fused, lean-fp16, "
-                             "lean-sdpa, "
-                             "lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
+    parser.add_argument("--networks", default="lean-fp16-cudnn,transformers-eager",
+                        help="extra variants with the default batching: lean-bf16, "
+                             "lean-fp16-cudnn, "
+                             "lean-fp16-loaded, lean-cudnn-padded, "
+                             "lean-efficient, lean-fused, lean-fp16, "
+                             "lean-sdpa, lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
                              "transformers-eager, transformers-sdpa")
     parser.add_argument("--max-tokens", default="", help="extra variants: token budgets")
+    parser.add_argument("--budget-networks", default="lean",
+                        help="networks timed with each token budget")
+    parser.add_argument("--pad-multiples", default="1",
+                        help="pad each --max-tokens batch to a multiple of these (one variant "
+                             "each)")
     parser.add_argument("--simple", action="store_true", help="also time simple batching")
     parser.add_argument("--profile", action="store_true", help="profile one pass (kernels)")
+    parser.add_argument("--kernel-sweep", action="store_true",
+                        help="time the packed attention kernel's settings on one layer")
     parser.add_argument("--profile-network", default="lean", help="network to profile")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -321,10 +416,19 @@ def main(argv: list[str] | None = None) -> int:
 
     low = torch.bfloat16 if device.type == "cuda" else torch.float32
     networks: dict[str, Callable[[], Any]] = {
-        "lean": lambda: lean_network(bf16),
+        "lean": lambda: lean_network(cast_copy(fp32, torch.float16) if device.type == "cuda"
+                                     else fp32),
+        "lean-bf16": lambda: lean_network(bf16),
         "lean-fp16-cudnn": lambda: T5Encoder.from_transformers(fp32, torch.float16,
                                                                attention="cudnn",
                                                                fused_products=True),
+        "lean-cudnn-padded": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn",
+                                                                 fused_products=True),
+        "lean-efficient": lambda: T5Encoder.from_transformers(bf16, low, attention="efficient",
+                                                              fused_products=True),
+        "lean-fp16-loaded": lambda: T5Encoder.from_transformers(
+            cast_copy(fp32, torch.float16), torch.float16, attention="cudnn",
+            fused_products=True),
         "lean-fused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=True),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
         "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),
@@ -339,32 +443,38 @@ def main(argv: list[str] | None = None) -> int:
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),
     }
     first = int(args.batch_sizes.split(",")[0])
+    default = {"batch": first, "max_tokens": args.batch_tokens, "pad": 1}
     variants: list[dict[str, Any]] = []
     for k, size in enumerate(int(b) for b in args.batch_sizes.split(",")):
         label = "ctrlpost (recipe default)" if k == 0 else "ctrlpost"
-        variants.append({"label": f"{label} batch {size}", "batch": size, "network": "lean"})
+        variants.append({**default, "label": f"{label} batch {size}, <= {args.batch_tokens} "
+                         "tokens", "batch": size, "network": "lean"})
     for net in filter(None, args.networks.split(",")):
-        variants.append({"label": f"{net} batch {first}", "batch": first, "network": net})
-    for budget in filter(None, args.max_tokens.split(",")):
-        variants.append({"label": f"ctrlpost batches of <= {budget} tokens", "batch": first,
-                         "max_tokens": int(budget), "network": "lean"})
+        variants.append({**default, "label": f"{net}", "network": net})
+    for net in args.budget_networks.split(","):
+        for budget in filter(None, args.max_tokens.split(",")):
+            for multiple in (int(m) for m in args.pad_multiples.split(",")):
+                variants.append({**default, "label": f"{net} batches of <= {budget} tokens, "
+                                 f"padded to {multiple}", "max_tokens": int(budget),
+                                 "pad": multiple, "network": net})
     if args.simple:
         variants.append({"label": "simple batched batch 32 (unsorted)", "batch": 32,
-                         "sort": False, "network": "lean"})
-    variants.append({"label": f"ctrlpost batch {first}", "batch": first, "mix": "long",
+                         "sort": False, "pad": 8, "network": "lean"})
+    variants.append({**default, "label": "ctrlpost (recipe default)", "mix": "long",
                      "network": "lean"})
 
     built: dict[str, Any] = {}
     for v in variants:
         label, mix, size = v["label"], v.get("mix", "mixed"), v["batch"]
         sort, budget, net = v.get("sort", True), v.get("max_tokens", 0), v["network"]
+        pad = v["pad"]
         captions = mixes[mix]
         try:
             if net not in built:
                 built.clear()  # one extra weight copy at a time
                 gc.collect()
                 built[net] = networks[net]()
-            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH)
+            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH, pad)
 
             def one_pass(encoder: TextEncoder = encoder, captions: list[str] = captions,
                          size: int = size, sort: bool = sort, budget: int = budget) -> Any:
@@ -380,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(lengths_by_mix[mix])
         flops = 2 * (params - config["vocab_size"] * config["d_model"]) * tokens
         row = {"variant": label, "network": net, "batch_size": size, "max_tokens": budget,
+               "pad_multiple": pad,
                "sorted": sort, "warm_up_s": warm_s, "times_s": times, "captions_per_s": rate,
                "vs_reference": rate / ref_rate, "real_tokens": tokens,
                "dense_tflops_on_real_tokens": flops * rate / args.captions / 1e12}
@@ -393,6 +504,15 @@ def main(argv: list[str] | None = None) -> int:
         common.write_json(record, out_path)
     built.clear()
 
+    if args.kernel_sweep:
+        try:
+            record["kernel_sweep"] = kernel_sweep(config, lengths_by_mix["mixed"], first,
+                                                  args.batch_tokens, device)
+        except Exception as exc:
+            record["errors"].append({"variant": "kernel sweep",
+                                     "error": f"{type(exc).__name__}: {exc}"})
+        common.write_json(record, out_path)
+
     if args.profile:
         if device.type == "cuda":
             record["sdpa_backends"] = sdpa_backends(config, device)
@@ -400,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             network = networks[args.profile_network]()
             record["profile"] = profile_pass(TextEncoder(tokenizer, network, device, MAX_LENGTH),
-                                             mixes["mixed"], first, device)
+                                             mixes["mixed"], first, args.batch_tokens,
+                                             device)
             record["profile"]["network"] = args.profile_network
         except Exception as exc:
             record["errors"].append({"variant": "profile", "error": f"{type(exc).__name__}: {exc}"})

@@ -60,7 +60,8 @@ def test_offers_subcommands_and_options() -> None:
     assert in_order(["--set", "--json", "--show-recipe", "--stages", "--preview", "--help"],
                     complete("ctrlpost verify --"))
     assert complete("ctrlpost embed --") == [
-        "--device", "--batch-size", "--model", "--set", "--help"]
+        "--device", "--batch-size", "--batch-tokens", "--model", "--precision", "--set",
+        "--help"]
     assert complete("ctrlpost embed r.toml --device c") == ["cpu", "cuda"]
     assert complete("ctrlpost verify x.toml --stages recipe,p") == ["recipe,plugins"]
     assert complete("ctrlpost completion ") == ["bash", "zsh", "fish"]

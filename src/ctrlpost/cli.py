@@ -20,6 +20,7 @@ from ctrlpost.completers import (
     complete_control_modality,
     complete_data_source,
     complete_embed_device,
+    complete_embed_precision,
     complete_modality,
     complete_recipe,
     complete_shell,
@@ -369,13 +370,24 @@ def embed(
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, show_default=False,
-                     help="Captions per encoder call; default: data.embed.batch_size."),
+                     help="Most captions per encoder call; default: data.embed.batch_size."),
+    ] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option("--batch-tokens", min=1, show_default=False,
+                     help="Most tokens per encoder call (captions x longest); "
+                     "default: data.embed.batch_tokens."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", metavar="PATH_OR_HUB_ID", show_default=False,
                      help="T5 encoder folder or hub id; default: weights.text_encoder, "
                      "looked up under weights.dir first."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", show_default=False, autocompletion=complete_embed_precision,
+                     help="fp16 or bf16: GPU matrix products; default: data.embed.precision."),
     ] = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -386,12 +398,15 @@ def embed(
     from ctrlpost import recipe as recipes
     from ctrlpost.data import embed as embedding
 
-    loaded = recipes.load(recipe, overrides or [])
+    flags = [f'data.embed.precision="{precision}"'] if precision else []
+    loaded = recipes.load(recipe, [*(overrides or []), *flags])
     options = loaded.data.embed
     name = model or embedding.resolve_model(loaded.weights.text_encoder,
                                             weights_dir=loaded.weights.dir)
     summary = embedding.run(loaded.data.root, model=name, device=device or options.device,
                             batch_size=batch_size or options.batch_size,
+                            batch_tokens=batch_tokens or options.batch_tokens,
+                            precision=options.precision,
                             max_length=options.max_length)
     typer.echo(summary.line())
 

@@ -64,6 +64,10 @@ def complete_embed_device(incomplete: str) -> Iterator[str]:
     yield from (name for name in EMBED_DEVICES if name.startswith(incomplete))
 
 
+def complete_embed_precision(incomplete: str) -> Iterator[str]:
+    yield from (name for name in ("fp16", "bf16") if name.startswith(incomplete))
+
+
 def complete_control_modality(incomplete: str) -> Iterator[str]:
     from ctrlpost.hub.catalog import CONTROL_FILES
 

@@ -114,9 +114,17 @@ class FetchOptions(_Section):
 class EmbedOptions(_Section):
     """How `embed` runs the T5 encoder."""
 
-    batch_size: int = Field(32, ge=1, description="Captions per encoder call.")
+    batch_size: int = Field(128, ge=1, description="Most captions per encoder call.")
+    batch_tokens: int = Field(
+        4096, ge=1, description="Most tokens per encoder call (captions × the longest); a "
+        "longer caption is encoded alone."
+    )
     max_length: int = Field(512, ge=1, description="Tokens per caption (truncation).")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["fp16", "bf16"] = Field(
+        "fp16", description="Matrix-product dtype on GPU (CPU: float32). fp16 keeps the "
+        "embeddings within float16 tolerance of the float32 encoder; bf16 cannot overflow."
+    )
 
 
 class DataSection(_Section):

@@ -3,6 +3,7 @@ reruns resume; the command works end to end on a tiny T5."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -47,16 +48,21 @@ def reference_encode(enc: embed.TextEncoder, model: Any, caption: str) -> np.nda
     return hidden[0].to(torch.float16).numpy()[:length]
 
 
+@pytest.mark.parametrize("pad_multiple", [1, 8])
 def test_batched_equals_one_at_a_time_padded_to_512(encoder: embed.TextEncoder,
-                                                    reference_model: Any) -> None:
+                                                    reference_model: Any,
+                                                    pad_multiple: int) -> None:
+    encoder = dataclasses.replace(encoder, pad_multiple=pad_multiple)
     lengths = encoder.token_lengths(CAPTIONS)
     assert max(lengths) == 512 and min(lengths) >= 2
-    batches = embed.length_batches(lengths, batch_size=4)
     got: dict[int, np.ndarray] = {}
-    encoded = encoder.encode_batches([CAPTIONS[i] for i in batch] for batch in batches)
-    for batch, embeddings in zip(batches, encoded, strict=True):
+    batch_sizes = []
+    for batch, embeddings in embed.encode_captions(encoder, CAPTIONS, max_captions=4,
+                                                   max_tokens=600):
+        batch_sizes.append(len(batch))
         for i, emb in zip(batch, embeddings, strict=True):
             got[i] = emb
+    assert batch_sizes[0] == 1 and max(batch_sizes) == 4  # the 512-token caption goes alone
     assert len(got) == len(CAPTIONS)
     for i, caption in enumerate(CAPTIONS):
         want = reference_encode(encoder, reference_model, caption)
@@ -65,8 +71,31 @@ def test_batched_equals_one_at_a_time_padded_to_512(encoder: embed.TextEncoder,
         assert diff <= 1e-3, (caption[:30], diff)
 
 
-def test_length_batches_sort_longest_first() -> None:
-    assert embed.length_batches([3, 9, 1, 9, 5], batch_size=2) == [[1, 3], [4, 0], [2]]
+def test_length_batches_longest_first_within_caption_and_token_limits() -> None:
+    lengths = [3, 9, 1, 9, 5]
+    assert embed.length_batches(lengths, max_captions=2, max_tokens=100) == [[1, 3], [4, 0],
+                                                                             [2]]
+    assert embed.length_batches(lengths, max_captions=8, max_tokens=18) == [[1, 3], [4, 0, 2]]
+    assert embed.length_batches([30, 2, 2], max_captions=8, max_tokens=18) == [[0], [1, 2]]
+
+
+def test_planned_batches_tokenize_once_in_chunks(encoder: embed.TextEncoder,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embed, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(embed, "CHUNK", 3)
+    tokenized: list[int] = []
+    original = embed.TextEncoder.tokenize
+    monkeypatch.setattr(embed.TextEncoder, "tokenize",
+                        lambda self, caps: tokenized.append(len(caps)) or original(self, caps))
+    texts = CAPTIONS[:7]
+    plan = list(embed.planned_batches(encoder, texts, max_captions=2, max_tokens=10_000))
+    assert tokenized == [2, 3, 2]  # every caption once: a chunk of 2, then chunks of 3
+    chunk_of = [0, 0, 1, 1, 1, 2, 2]
+    for indices, ids in plan:
+        assert len({chunk_of[i] for i in indices}) == 1 and len(indices) <= 2
+        assert ids == original(encoder, [texts[i] for i in indices])
+        assert [len(x) for x in ids] == sorted((len(x) for x in ids), reverse=True)
+    assert sorted(i for indices, _ in plan for i in indices) == list(range(7))
 
 
 def write_captions(root: Path, captions: dict[str, str]) -> None:
@@ -159,3 +188,20 @@ def test_embed_command(tmp_path: Path, tiny_t5: Path) -> None:
     assert "3 already done" in again.output
     missing = runner.invoke(app, ["embed", str(recipe), "--model", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "cannot load the T5 encoder" in missing.output
+    bad = runner.invoke(app, ["embed", str(recipe), "--precision", "fp8"])
+    assert bad.exit_code != 0 and "data.embed.precision" in bad.output
+
+
+def test_overflow_stops_before_writing_and_says_what_to_do(tmp_path: Path,
+                                                          encoder: embed.TextEncoder) -> None:
+    """float16 outputs that overflow are refused, not written as inf."""
+    huge = dataclasses.replace(encoder.network, final_norm_D=encoder.network.final_norm_D * 1e9)
+    overflowing = dataclasses.replace(encoder, network=huge)
+    with pytest.raises(CtrlpostError, match="overflowed") as caught:
+        embed.embed_captions(tmp_path, overflowing, {"a": CORPUS[0], "b": CORPUS[1]},
+                             batch_size=1, batch_tokens=4096)
+    assert "--precision bf16" in (caught.value.hint or "")
+    assert not (tmp_path / text.EMBED_DIR).exists() or not any(
+        (tmp_path / text.EMBED_DIR).iterdir())
+    with pytest.raises(CtrlpostError, match="precision='fp8'"):
+        embed.load_text_encoder("unused", device=torch.device("cpu"), precision="fp8")

@@ -88,10 +88,10 @@ def test_unsupported_feed_forward_is_refused() -> None:
 
 
 @pytest.mark.gpu
-def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5: Any) -> None:
-    """`embed`'s GPU path: bf16 lean forward within bf16 error of transformers' float32 model,
-    and batches queued ahead give the same arrays as one batch at a time; the same for the
-    fused products with every attention implementation."""
+def test_gpu_path_matches_float32_and_pipelining_changes_nothing(tiny_t5: Any) -> None:
+    """`embed`'s GPU path: the float16 lean forward within 1e-2 of transformers' float32
+    model, and batches queued ahead give the same arrays as one batch at a time; bf16 fused
+    products with every padded attention implementation within 1e-2 too."""
     from transformers import T5EncoderModel
 
     from ctrlpost.data import embed
@@ -100,11 +100,12 @@ def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5:
         pytest.fail("the gpu tests need a CUDA device (run them with `nox -s gpu` on one)")
     device = torch.device("cuda")
     encoder = embed.load_text_encoder(str(tiny_t5), device=device)
-    assert encoder.network.compute_dtype == torch.bfloat16
+    assert encoder.network.compute_dtype == torch.float16  # data.embed.precision = "fp16"
     assert (encoder.network.attention, encoder.network.fused_products) == ("cudnn", True)
     captions = ["a red car drives down the road at night", "hi", "a cat", "zebra quartz"] * 3
     batches = [captions[i:i + 4] for i in range(0, len(captions), 4)]
-    queued = [emb for out in encoder.encode_batches(batches) for emb in out]
+    queued = [emb for out in encoder.encode_batches(encoder.tokenize(b) for b in batches)
+              for emb in out]
     one_by_one = [emb for batch in batches for emb in encoder.encode(batch)]
     assert all(np.array_equal(a, b) for a, b in zip(queued, one_by_one, strict=True))
     truth = T5EncoderModel.from_pretrained(str(tiny_t5)).eval()
@@ -116,7 +117,7 @@ def test_bf16_on_the_gpu_matches_float32_and_pipelining_changes_nothing(tiny_t5:
         error = relative_l2(torch.from_numpy(got).float(), want[row, :n])
         assert error < 1e-2, (row, error)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    for attention in ("eager", "sdpa", "cudnn"):  # flex needs head dim >= 16 (tiny: 8)
+    for attention in ("eager", "sdpa", "cudnn", "efficient"):  # flex needs head dim >= 16
         fused = t5.T5Encoder.from_transformers(truth.to(device).to(torch.bfloat16),
                                                torch.bfloat16, attention=attention,
                                                fused_products=True)

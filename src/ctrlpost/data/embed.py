@@ -4,14 +4,17 @@ For each ``metas/<stem>.txt`` without a valid ``t5_xxl/<stem>.pickle`` (so a rer
 caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
 :mod:`ctrlpost.data.text`). Same meaning as the reference script, faster:
 
-* captions are sorted by token length and batched, each batch padded only to its longest
-  caption. The T5 encoder masks padded keys and its relative position bias depends only on
-  (query, key) offsets, so a real token's output does not depend on how much padding follows;
-  the reference pads every caption to 512 and runs one per forward pass;
-* a lean forward of the same weights (:mod:`ctrlpost.data.t5`): on GPU bf16 products around a
-  float32 residual stream, cuDNN attention with the position bias, the residual adds and ReLU
-  inside the products; fp32 on CPU; the next batch is queued on the GPU while the previous one
-  is written (T5-11B on an H200: 97x the reference's captions/s, bench/NOTES.md);
+* each caption is tokenized once (on a background thread), captions are grouped by token
+  length into batches of at most ``batch_size`` captions and ``batch_tokens`` tokens, and on
+  GPU a batch's tokens are packed end to end with no padding (on CPU padded to the longest).
+  T5 masks padded keys and its relative position bias depends only on key − query offsets,
+  so a token's output does not depend on its batch; the reference pads every caption to 512
+  and runs one per forward pass;
+* a lean forward of the same weights (:mod:`ctrlpost.data.t5`): on GPU float16 (or bf16)
+  products around a float32 residual stream, our packed attention kernel, the residual adds
+  and ReLU inside the products; fp32 on CPU; the next batch is queued on the GPU while the
+  previous one is written, and a batch whose output overflowed is refused, not written
+  (T5-11B on an H200: 111x the reference's captions/s in float16, bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctrlpost.data import text
+from ctrlpost.data import packed_attention, text
 from ctrlpost.data.dataset import META_DIR
-from ctrlpost.data.t5 import T5Encoder
+from ctrlpost.data.t5 import T5Encoder, encode_packed
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
 
 
@@ -41,28 +46,35 @@ class TextEncoder:
     network: T5Encoder
     device: torch.device
     max_length: int
+    pad_multiple: int = 1  # batches are padded to a multiple of this many tokens
 
     @property
     def dim(self) -> int:
         """Hidden width D of the embeddings."""
         return self.network.dim
 
+    def tokenize(self, captions: Sequence[str]) -> list[list[int]]:
+        """Token ids per caption after truncation, EOS included."""
+        ids: list[list[int]] = self.tokenizer(list(captions), truncation=True,
+                                              max_length=self.max_length)["input_ids"]
+        return ids
+
     def token_lengths(self, captions: Sequence[str]) -> list[int]:
         """Tokens per caption after truncation, EOS included (= the saved L)."""
-        ids = self.tokenizer(list(captions), truncation=True, max_length=self.max_length)
-        return [len(x) for x in ids["input_ids"]]
+        return [len(ids) for ids in self.tokenize(captions)]
 
     def encode(self, captions: Sequence[str]) -> list[np.ndarray]:
         """float16 ``[L_i, D]`` per caption: last hidden state, padding zeroed and trimmed."""
-        return next(self.encode_batches([captions]))
+        return next(self.encode_batches([self.tokenize(captions)]))
 
-    def encode_batches(self, batches: Iterable[Sequence[str]]) -> Iterator[list[np.ndarray]]:
-        """:meth:`encode` of each batch in turn, with the next batch already queued on the
-        device while the host copies out and hands over the previous one (so the GPU does
-        not wait for tokenizing, pickling or writing)."""
+    def encode_batches(self, batches: Iterable[Sequence[Sequence[int]]]
+                       ) -> Iterator[list[np.ndarray]]:
+        """:meth:`encode` of each batch of token ids in turn, with the next batch already queued
+        on the device while the host copies out and hands over the previous one (so the GPU
+        does not wait for pickling or writing)."""
         in_flight: _Launched | None = None
-        for captions in batches:
-            launched = self._launch(captions)
+        for token_ids in batches:
+            launched = self._launch(token_ids)
             if in_flight is not None:
                 yield in_flight.collect()
             in_flight = launched
@@ -70,40 +82,70 @@ class TextEncoder:
             yield in_flight.collect()
 
     @torch.inference_mode()
-    def _launch(self, captions: Sequence[str]) -> _Launched:
-        # Lengths padded to a multiple of 8 keep the matrix shapes tensor-core friendly; the
-        # extra keys are masked and the extra rows trimmed, so no output changes.
-        batch = self.tokenizer(list(captions), padding="longest", truncation=True,
-                               max_length=self.max_length, pad_to_multiple_of=8,
-                               return_tensors="pt")
-        ids_B_L = batch["input_ids"].to(self.device, non_blocking=True)
-        mask_B_L = batch["attention_mask"]
-        mask_on_device_B_L = mask_B_L.to(self.device, non_blocking=True)
-        hidden_B_L_D = self.network(ids_B_L, mask_on_device_B_L)
-        # The reference zeroes every position at or beyond the caption's length before the cast.
-        out_B_L_D = (hidden_B_L_D * mask_on_device_B_L[..., None]).to(torch.float16)
+    def _launch(self, token_ids: Sequence[Sequence[int]]) -> _Launched:
+        lengths = [len(ids) for ids in token_ids]
         cuda = self.device.type == "cuda"
-        host_B_L_D = torch.empty(out_B_L_D.shape, dtype=torch.float16, pin_memory=cuda)
-        host_B_L_D.copy_(out_B_L_D, non_blocking=cuda)
+        if self.network.packed:
+            ids_T = torch.from_numpy(np.concatenate([np.asarray(ids, np.int64)
+                                                     for ids in token_ids]))
+            ids_T = ids_T.pin_memory() if cuda else ids_T
+            hidden_T_D = encode_packed(self.network, ids_T.to(self.device, non_blocking=True),
+                                       lengths)
+            out = hidden_T_D.to(torch.float16)
+        else:
+            out = self._padded(token_ids, lengths)
+        host = torch.empty(out.shape, dtype=torch.float16, pin_memory=cuda)
+        host.copy_(out, non_blocking=cuda)
+        finite = torch.empty((), dtype=torch.bool, pin_memory=cuda)
+        finite.copy_(torch.isfinite(out).all(), non_blocking=cuda)
         done = torch.cuda.Event() if cuda else None
         if done is not None:
             done.record()
-        return _Launched(host_B_L_D, mask_B_L.sum(dim=1).tolist(), done)
+        return _Launched(host, lengths, finite, done)
+
+    def _padded(self, token_ids: Sequence[Sequence[int]], lengths: list[int]) -> torch.Tensor:
+        """float16 ``[B, L, D]`` of a batch padded to its longest caption (rounded up to
+        ``pad_multiple``), zero past each caption as the reference leaves it; extra padding
+        keys are masked and extra rows trimmed, so no output changes."""
+        cuda = self.device.type == "cuda"
+        padded = -(-max(lengths) // self.pad_multiple) * self.pad_multiple
+        ids_array = np.full((len(token_ids), padded), self.tokenizer.pad_token_id or 0, np.int64)
+        for row, ids in enumerate(token_ids):
+            ids_array[row, :len(ids)] = ids
+        mask_B_L = torch.from_numpy(np.arange(padded) < np.array(lengths)[:, None]).long()
+        ids_B_L = torch.from_numpy(ids_array)
+        if cuda:
+            ids_B_L, mask_B_L = ids_B_L.pin_memory(), mask_B_L.pin_memory()
+        mask_B_L = mask_B_L.to(self.device, non_blocking=True)
+        hidden_B_L_D = self.network(ids_B_L.to(self.device, non_blocking=True), mask_B_L)
+        return (hidden_B_L_D * mask_B_L[..., None]).to(torch.float16)
 
 
 @dataclass(frozen=True)
 class _Launched:
-    """One batch queued on the device: its host buffer fills when ``done`` fires."""
+    """One batch queued on the device: its host buffer (float16, ``[B, L, D]`` padded or
+    ``[T, D]`` packed) fills when ``done`` fires."""
 
-    host_B_L_D: torch.Tensor
+    host: torch.Tensor
     lengths: list[int]
+    finite: torch.Tensor  # whether every output is a number (float16 can overflow)
     done: torch.cuda.Event | None
 
     def collect(self) -> list[np.ndarray]:
         if self.done is not None:
             self.done.synchronize()
-        out_B_L_D = self.host_B_L_D.numpy()
-        return [np.ascontiguousarray(out_B_L_D[i, :n]) for i, n in enumerate(self.lengths)]
+        if not bool(self.finite):
+            raise CtrlpostError(
+                f"the T5 encoder's output overflowed (inf/nan) in a batch of "
+                f"{len(self.lengths)} caption(s)",
+                hint="rerun with --precision bf16 (data.embed.precision = \"bf16\"); "
+                "embeddings already written are kept")
+        out = self.host.numpy()
+        if out.ndim == 2:  # packed: each caption's rows in turn
+            ends = np.cumsum(self.lengths)
+            return [np.ascontiguousarray(out[end - n:end])
+                    for end, n in zip(ends, self.lengths, strict=True)]
+        return [np.ascontiguousarray(out[i, :n]) for i, n in enumerate(self.lengths)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,12 +169,19 @@ def resolve_model(text_encoder: str, *, weights_dir: str | Path) -> str:
     return str(local) if local.is_dir() else text_encoder
 
 
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def load_text_encoder(name_or_path: str, *, device: torch.device,
-                      max_length: int = text.TEXT_TOKENS) -> TextEncoder:
-    """Tokenizer + ``T5EncoderModel`` (bf16 on GPU, fp32 on CPU), in eval mode on ``device``.
+                      max_length: int = text.TEXT_TOKENS, precision: str = "fp16") -> TextEncoder:
+    """Tokenizer + ``T5EncoderModel`` on ``device``: on GPU its matrix products in
+    ``precision`` (the checkpoint's weights rounded once to it), on CPU float32.
 
     With ``HF_HUB_OFFLINE=1`` a hub id is looked up in the local cache only.
     """
+    if precision not in PRECISIONS:
+        raise CtrlpostError(f"data.embed.precision={precision!r}: unknown",
+                            hint=f"choose one of {', '.join(PRECISIONS)}")
     if not 1 <= max_length <= text.TEXT_TOKENS:
         raise CtrlpostError(f"data.embed.max_length={max_length}: must be 1..{text.TEXT_TOKENS}",
                             hint="the DiT reads 512 text tokens")
@@ -140,7 +189,7 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar reports the encoding
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = PRECISIONS[precision] if device.type == "cuda" else torch.float32
     with _loading(name_or_path) as offline:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         model: Any = T5EncoderModel.from_pretrained(name_or_path, dtype=dtype,
@@ -155,25 +204,35 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
 
 
 def lean_network(model: Any) -> T5Encoder:
-    """`embed`'s forward of a loaded ``T5EncoderModel``, on the model's device. On CUDA: bf16
-    products with the residual adds, score bias and ReLU fused into them, and cuDNN attention
-    with the dense position bias where this GPU and build run it (the fastest of the variants in
-    bench/NOTES.md), else plain products and float32 softmax; on CPU: float32, plain ops."""
+    """`embed`'s forward of a loaded ``T5EncoderModel``, on the model's device. On CUDA:
+    products in the model's dtype (float16 or bf16, float32 accumulation and residual stream)
+    with the residual adds and ReLU fused into them, captions packed end to end with
+    the packed attention kernel where Triton runs it (the fastest of the variants in
+    bench/NOTES.md), else padded batches with cuDNN attention, else plain products and float32
+    softmax; on CPU: float32, plain ops."""
     if model.device.type != "cuda":
         return T5Encoder.from_transformers(model, torch.float32)
-    attention = "cudnn" if cudnn_attention_runs(model.device, model.config.d_kv) else "eager"
-    return T5Encoder.from_transformers(model, torch.bfloat16, attention=attention,
-                                       fused_products=True)
+    head_dim = model.config.d_kv
+    if packed_attention.runs(model.device, head_dim):
+        attention = "packed"
+    elif cudnn_attention_runs(model.device, head_dim):
+        attention = "cudnn"
+    else:
+        attention = "eager"
+    low = model.dtype if model.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return T5Encoder.from_transformers(model, low, attention=attention, fused_products=True)
 
 
 def cudnn_attention_runs(device: torch.device, head_dim: int) -> bool:
-    """Whether cuDNN's fused attention takes a bf16 call with a dense additive bias here."""
+    """Whether cuDNN's fused attention takes a bf16 call with a dense additive bias here, at a
+    length that is not a multiple of 8 (batches are not padded) with the bias laid out as
+    :meth:`ctrlpost.data.t5.AttentionBias.dense` lays it out."""
     if device.type != "cuda":
         return False
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    q = torch.zeros(1, 2, 8, head_dim, device=device, dtype=torch.bfloat16)
-    bias = torch.zeros(1, 2, 8, 8, device=device, dtype=torch.bfloat16)
+    q = torch.zeros(1, 2, 9, head_dim, device=device, dtype=torch.bfloat16)
+    bias = torch.zeros(1, 2, 9, 16, device=device, dtype=torch.bfloat16)[..., :9]
     try:
         with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=bias)
@@ -247,15 +306,67 @@ def _valid(path: Path, dim: int | None) -> bool:
     return True
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], *, max_captions: int,
+                   max_tokens: int) -> list[list[int]]:
     """Indices grouped into batches of similar token length, longest first (so a batch that
-    does not fit in memory fails at once, not at the end)."""
+    does not fit in memory fails at once, not at the end). A batch grows while it holds at
+    most ``max_captions`` captions and (captions × its longest) ≤ ``max_tokens``; a caption
+    longer than that still gets a batch of its own."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        batch = batches[-1] if batches else []
+        if batch and len(batch) < max_captions and \
+                (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+            batch.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+FIRST_CHUNK, CHUNK = 64, 4096  # captions tokenized at a time: a small chunk first
+
+
+def planned_batches(encoder: TextEncoder, texts: Sequence[str], *, max_captions: int,
+                    max_tokens: int) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """(caption indices, their token ids) per batch, each caption tokenized once.
+
+    Tokenizing is on a background thread, chunk by chunk and a small chunk first, so the
+    device starts on the first batches while the rest are still being tokenized (the
+    tokenizer releases the GIL). Within a chunk, batches follow :func:`length_batches`."""
+    bounds = [(0, min(FIRST_CHUNK, len(texts)))]
+    bounds += [(a, min(a + CHUNK, len(texts))) for a in range(bounds[0][1], len(texts), CHUNK)]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+    try:
+        futures = [pool.submit(encoder.tokenize, texts[a:b]) for a, b in bounds]
+        for (start, _), future in zip(bounds, futures, strict=True):
+            ids = future.result()
+            for batch in length_batches([len(x) for x in ids], max_captions=max_captions,
+                                        max_tokens=max_tokens):
+                yield [start + i for i in batch], [ids[i] for i in batch]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def encode_captions(encoder: TextEncoder, texts: Sequence[str], *, max_captions: int,
+                    max_tokens: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """(indices into ``texts``, their float16 ``[L_i, D]`` embeddings) batch by batch, as
+    :func:`planned_batches` groups them and :meth:`TextEncoder.encode_batches` runs them."""
+    launched: deque[list[int]] = deque()  # indices of the batches handed to the encoder
+
+    def token_ids() -> Iterator[list[list[int]]]:
+        for indices, ids in planned_batches(encoder, texts, max_captions=max_captions,
+                                            max_tokens=max_tokens):
+            launched.append(indices)
+            yield ids
+
+    for embeddings in encoder.encode_batches(token_ids()):
+        yield launched.popleft(), embeddings
 
 
 def embed_captions(root: str | Path, encoder: TextEncoder, captions: dict[str, str], *,
-                   batch_size: int, on_batch: Callable[[int], None] | None = None) -> int:
+                   batch_size: int, batch_tokens: int,
+                   on_batch: Callable[[int], None] | None = None) -> int:
     """Encode ``captions`` (stem → text) and write their pickles; returns how many.
 
     Each batch is written as soon as it is encoded (atomically), so an interrupted run loses at
@@ -263,11 +374,8 @@ def embed_captions(root: str | Path, encoder: TextEncoder, captions: dict[str, s
     """
     stems = list(captions)
     texts = [captions[s] for s in stems]
-    if not stems:
-        return 0
-    batches = length_batches(encoder.token_lengths(texts), batch_size)
-    encoded = encoder.encode_batches([texts[i] for i in batch] for batch in batches)
-    for batch, embeddings in zip(batches, encoded, strict=True):
+    for batch, embeddings in encode_captions(encoder, texts, max_captions=batch_size,
+                                             max_tokens=batch_tokens):
         for i, embedding_L_D in zip(batch, embeddings, strict=True):
             text.write_embedding(text.embedding_path(root, stems[i]), embedding_L_D)
         if on_batch is not None:
@@ -293,18 +401,20 @@ class EmbedSummary:
                 f"{self.skipped} already done{extra} -> {self.out_dir}")
 
 
-def run(root: str | Path, *, model: str, device: str = "auto", batch_size: int = 32,
-        max_length: int = text.TEXT_TOKENS, show_progress: bool = True) -> EmbedSummary:
+def run(root: str | Path, *, model: str, device: str = "auto", batch_size: int = 128,
+        batch_tokens: int = 4096, max_length: int = text.TEXT_TOKENS, precision: str = "fp16",
+        show_progress: bool = True) -> EmbedSummary:
     """Embed every pending caption of the dataset at ``root`` with the T5 encoder ``model``."""
     start = time.perf_counter()
     torch_device = resolve_device(device)
     pending = pending_captions(root, dim=model_dim(model))
     embedded = 0
     if pending.todo:  # a finished dataset never loads the (45 GB for T5-11B) weights
-        encoder = load_text_encoder(model, device=torch_device, max_length=max_length)
+        encoder = load_text_encoder(model, device=torch_device, max_length=max_length,
+                                    precision=precision)
         with _Progress(len(pending.todo), enabled=show_progress) as advance:
             embedded = embed_captions(root, encoder, pending.todo, batch_size=batch_size,
-                                      on_batch=advance)
+                                      batch_tokens=batch_tokens, on_batch=advance)
     return EmbedSummary(embedded, len(pending.done), pending.empty,
                         time.perf_counter() - start, str(Path(root) / text.EMBED_DIR))
 

@@ -9,20 +9,22 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
   stream adds its own rounding to the products' error against a float32 encoder),
 * one fused q/k/v product, then attention with the relative position bias plus key padding
   added to the unscaled scores: ``eager`` (two products, float32 bias and softmax), ``cudnn`` /
-  ``sdpa`` (one fused kernel with the dense bias in the compute dtype) or ``flex``
-  (FlexAttention with the bias as a score modifier),
+  ``efficient`` / ``sdpa`` (one fused kernel with the dense bias in the compute dtype),
+  ``flex`` (FlexAttention with the bias as a score modifier), or ``packed``: captions end to
+  end without padding (:func:`encode_packed`) and :mod:`ctrlpost.data.packed_attention`,
 * one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
 
-Every matrix product runs in ``compute_dtype`` (bf16 on GPU) with float32 accumulation; on CUDA
-the two products that update the residual stream write float32. ``fused_products`` (CUDA) also
-moves the residual adds, the score bias and the ReLU into the products themselves.
+Every matrix product runs in ``compute_dtype`` (float16 or bf16 on GPU) with float32
+accumulation; on CUDA the two products that update the residual stream write float32.
+``fused_products`` (CUDA) also moves the residual adds, the score bias and the ReLU into the
+products themselves.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,24 +109,42 @@ class T5Encoder:
             gated=bool(config.is_gated_act), activation=ACT2FN[config.dense_act_fn],
             compute_dtype=compute_dtype, attention=attention, fused_products=fused_products)
 
+    @property
+    def packed(self) -> bool:
+        """Whether this encoder takes packed captions (:func:`encode_packed`), not padded
+        batches."""
+        return self.attention == "packed"
+
     def __call__(self, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
         """float32 ``[B, L, D]`` last hidden state (padded positions hold garbage)."""
         return encode(self, ids_B_L, mask_B_L)
 
 
-def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
-                              device: torch.device) -> torch.Tensor:
-    """``[L, L]`` bucket of each (query, key) offset, bidirectional as in T5's encoder: half
-    the buckets per direction, exact offsets below a quarter of them, then log-spaced up to
+def offset_buckets(offset: torch.Tensor, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's bucket of each key − query offset, bidirectional as in its encoder: half the
+    buckets per direction, exact offsets below a quarter of them, then log-spaced up to
     ``max_distance`` (farther offsets share the last bucket)."""
-    position = torch.arange(length, device=device)
-    offset_L_L = position[None, :] - position[:, None]  # key − query
     half = num_buckets // 2
     exact = half // 2
-    distance = offset_L_L.abs()
+    distance = offset.abs()
     spread = torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact)
     far = (exact + (spread * (half - exact)).long()).clamp(max=half - 1)
-    return (offset_L_L > 0).long() * half + torch.where(distance < exact, distance, far)
+    return (offset > 0).long() * half + torch.where(distance < exact, distance, far)
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int,
+                              device: torch.device) -> torch.Tensor:
+    """``[L, L]`` bucket of each (query, key) pair."""
+    position = torch.arange(length, device=device)
+    return offset_buckets(position[None, :] - position[:, None], num_buckets, max_distance)
+
+
+def offset_bias(encoder: T5Encoder, max_length: int, device: torch.device) -> torch.Tensor:
+    """``[H, 2·max_length − 1]`` float32 position bias of each key − query offset (offset
+    ``o`` at column ``o + max_length − 1``): all the packed attention kernel needs."""
+    offsets = torch.arange(-(max_length - 1), max_length, device=device)
+    buckets = offset_buckets(offsets, encoder.num_buckets, encoder.max_distance)
+    return encoder.position_bias_buckets_H[buckets].t().contiguous()
 
 
 @dataclass(frozen=True)
@@ -136,10 +156,19 @@ class AttentionBias:
     padding_B_L: torch.Tensor  # float32: 0 on real keys, float32's lowest on padding
 
     def dense(self, dtype: torch.dtype) -> torch.Tensor:
-        """The whole ``[B, H, L, L]`` bias in ``dtype``."""
+        """The whole ``[B, H, L, L]`` bias in ``dtype``. Its rows start on 16-byte boundaries
+        whatever L is (fused attention kernels read the bias in aligned vectors), so batches
+        need not be padded to a multiple of 8 tokens."""
         lowest = torch.finfo(dtype).min
-        bias_B_H_L_L = self.position_H_L_L[None] + self.padding_B_L[:, None, None, :]
-        return bias_B_H_L_L.clamp(min=lowest).to(dtype)
+        heads, length = self.position_H_L_L.shape[0], self.position_H_L_L.shape[-1]
+        per_vector = 16 // torch.empty((), dtype=dtype).element_size()
+        row = -(-length // per_vector) * per_vector
+        storage = torch.empty(self.padding_B_L.shape[0], heads, length, row, dtype=dtype,
+                              device=self.padding_B_L.device)
+        bias_B_H_L_L = storage[..., :length]
+        summed = self.position_H_L_L[None] + self.padding_B_L[:, None, None, :]
+        bias_B_H_L_L.copy_(summed.clamp(min=lowest))
+        return bias_B_H_L_L
 
 
 def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor) -> AttentionBias:
@@ -152,7 +181,7 @@ def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor) -> AttentionBias:
     return AttentionBias(position_H_L_L, padding_B_L)
 
 
-ATTENTION = ("eager", "sdpa", "cudnn", "flex")
+ATTENTION = ("eager", "sdpa", "cudnn", "efficient", "flex", "packed")
 
 
 def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -163,10 +192,12 @@ def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     assert dense_bias is not None
     if encoder.attention == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
-    if encoder.attention == "cudnn":
+    if encoder.attention in ("cudnn", "efficient"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        backend = (SDPBackend.CUDNN_ATTENTION if encoder.attention == "cudnn" else
+                   SDPBackend.EFFICIENT_ATTENTION)
+        with sdpa_kernel([backend]):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
     # Products in the compute dtype on tensor cores, the softmax in float32: cheaper than the
     # float32 fallback SDPA takes with a dense bias (bench/NOTES.md).
@@ -205,22 +236,22 @@ def _compiled_flex() -> Callable[..., Any]:
 def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
                 fused: bool) -> torch.Tensor:
     """``hidden + x @ weight.T`` on the float32 residual stream. On CUDA the product writes
-    float32 (no rounding of the update to the compute dtype); ``fused`` also adds into the
-    stream inside the product instead of in a separate pass."""
+    float32 (no rounding of the update to the compute dtype); ``fused`` adds into ``hidden``
+    in place, inside the product, instead of in a separate pass."""
     if x.is_cuda and x.dtype != torch.float32:
-        hidden_2d, x_2d = hidden.reshape(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1])
+        hidden_2d, x_2d = hidden.view(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1])
         if fused:
-            return torch.addmm(hidden_2d, x_2d, weight.t(),
-                               out_dtype=torch.float32).view(hidden.shape)
+            torch.addmm(hidden_2d, x_2d, weight.t(), out_dtype=torch.float32, out=hidden_2d)
+            return hidden
         return hidden + torch.mm(x_2d, weight.t(), out_dtype=torch.float32).view(hidden.shape)
     return hidden + F.linear(x, weight).float()
 
 
-def linear_relu(x: torch.Tensor, weight: torch.Tensor, *, fused: bool) -> torch.Tensor:
-    """``relu(x @ weight.T)``; on CUDA the ReLU runs in the product's epilogue (cuBLASLt)
-    instead of as a pass over the ``[tokens, d_ff]`` output."""
-    if fused and x.is_cuda:
-        zero_bias = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, zero_bias: torch.Tensor | None
+                ) -> torch.Tensor:
+    """``relu(x @ weight.T)``. Given a zero bias of the output width (CUDA), the ReLU runs in
+    the product's epilogue (cuBLASLt) instead of as a pass over the ``[tokens, d_ff]`` output."""
+    if zero_bias is not None:
         out_2d = torch._addmm_activation(zero_bias, x.reshape(-1, x.shape[-1]), weight.t())
         return out_2d.view(*x.shape[:-1], weight.shape[0])
     return torch.relu_(F.linear(x, weight))
@@ -228,31 +259,70 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, *, fused: bool) -> torch.
 
 def rms_norm(x: torch.Tensor, weight_D: torch.Tensor, eps: float) -> torch.Tensor:
     """T5's norm (no mean subtraction, no bias), in float32."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight_D
+    return F.rms_norm(x, (x.shape[-1],), weight_D, eps)
 
 
 def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
-    """The encoder stack over one batch; see the module docstring for the layout."""
+    """The encoder stack over one padded batch: float32 ``[B, L, D]``."""
+    if encoder.packed:
+        raise ValueError("a packed-attention encoder runs on packed captions: encode_packed")
     batch, length = ids_B_L.shape
-    low = encoder.compute_dtype
-    heads, head_dim, fused = encoder.heads, encoder.head_dim, encoder.fused_products
+    heads, head_dim = encoder.heads, encoder.head_dim
     bias = attention_bias(encoder, mask_B_L)
     dense_bias = (None if encoder.attention == "flex" else
-                  bias.dense(torch.float32 if encoder.attention == "eager" else low))
-    hidden_B_L_D = encoder.embedding_V_D[ids_B_L].float()
+                  bias.dense(torch.float32 if encoder.attention == "eager" else
+                             encoder.compute_dtype))
+
+    def attention(qkv: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = attend(encoder, q, k, v, bias, dense_bias)  # [B, H, L, Dk]
+        return attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+    return _stack(encoder, encoder.embedding_V_D[ids_B_L], attention)
+
+
+def encode_packed(encoder: T5Encoder, ids_T: torch.Tensor, lengths: Sequence[int]
+                  ) -> torch.Tensor:
+    """The encoder stack over captions packed end to end (``ids_T``: the token ids of each
+    caption in turn, no padding): float32 ``[T, D]``. Attention is
+    :func:`ctrlpost.data.packed_attention.packed_attention`."""
+    from ctrlpost.data.packed_attention import packed_attention
+
+    device = ids_T.device
+    lengths_S = torch.tensor(lengths, dtype=torch.int32)
+    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    if device.type == "cuda":
+        lengths_S, starts_S = (t.pin_memory().to(device, non_blocking=True)
+                               for t in (lengths_S, starts_S))
+    longest = max(lengths)
+    bias_H_O = offset_bias(encoder, longest, device)
+
+    def attention(qkv_T_3HD: torch.Tensor) -> torch.Tensor:
+        return packed_attention(qkv_T_3HD, bias_H_O, starts_S, lengths_S, max_length=longest,
+                                heads=encoder.heads, head_dim=encoder.head_dim)
+
+    return _stack(encoder, encoder.embedding_V_D[ids_T], attention)
+
+
+def _stack(encoder: T5Encoder, hidden: torch.Tensor,
+           attention: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The layers and the final norm over float32 token embeddings (``hidden``, a new tensor:
+    the residual stream is updated in place); ``attention`` maps each layer's fused q/k/v
+    product to the attended values, token by token."""
+    low, eps, fused = encoder.compute_dtype, encoder.eps, encoder.fused_products
+    zero_bias = None
+    if fused and hidden.is_cuda and not encoder.gated:
+        zero_bias = torch.zeros(encoder.blocks[0].in_weight.shape[0], dtype=low,
+                                device=hidden.device)
     for block in encoder.blocks:
-        x = rms_norm(hidden_B_L_D, block.attn_norm_D, encoder.eps).to(low)
-        qkv = F.linear(x, block.qkv_weight).view(batch, length, 3, heads, head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, L, Dk]
-        attended = attend(encoder, q, k, v, bias, dense_bias)
-        attended_B_L_HD = attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
-        hidden_B_L_D = add_product(hidden_B_L_D, attended_B_L_HD, block.out_weight,
-                                   fused=fused)
-        x = rms_norm(hidden_B_L_D, block.ff_norm_D, encoder.eps).to(low)
+        x = rms_norm(hidden, block.attn_norm_D, eps).to(low)
+        attended = attention(F.linear(x, block.qkv_weight))
+        hidden = add_product(hidden, attended, block.out_weight, fused=fused)
+        x = rms_norm(hidden, block.ff_norm_D, eps).to(low)
         if encoder.gated:
             gate, linear = F.linear(x, block.in_weight).chunk(2, dim=-1)
             inner = encoder.activation(gate) * linear
         else:
-            inner = linear_relu(x, block.in_weight, fused=fused)
-        hidden_B_L_D = add_product(hidden_B_L_D, inner, block.ff_out_weight, fused=fused)
-    return rms_norm(hidden_B_L_D, encoder.final_norm_D, encoder.eps)
+            inner = linear_relu(x, block.in_weight, zero_bias)
+        hidden = add_product(hidden, inner, block.ff_out_weight, fused=fused)
+    return rms_norm(hidden, encoder.final_norm_D, eps)

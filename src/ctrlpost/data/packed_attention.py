@@ -1,0 +1,122 @@
+"""T5 encoder attention over captions packed end to end, as one Triton kernel.
+
+Batches of captions padded to their longest spend matrix products on padding and hand the
+attention a dense ``[B, H, L, L]`` bias to read. Here the tokens of a batch sit one caption after
+the other (``[T, ·]``, no padding anywhere), and one kernel per layer reads q, k and v where the
+fused q/k/v product wrote them (``[T, 3, H, Dk]``), looks T5's relative position bias up by the
+key − query offset (it depends on nothing else: a ``[H, 2·max_length − 1]`` float32 table that
+stays in L2), keeps each caption's keys to itself, and writes ``[T, H·Dk]``, the layout the
+output product reads. Softmax is online (flash-attention style) in float32; scores are unscaled,
+as in T5.
+
+Needs Triton (it comes with CUDA builds of torch); ``TRITON_INTERPRET=1`` runs the same kernel on
+CPU tensors, which the tests use.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+
+def supported(head_dim: int) -> bool:
+    """Whether the kernel takes this head width (a power of two the tensor cores accept)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def runs(device: torch.device, head_dim: int) -> bool:
+    """Whether the kernel builds and runs on ``device`` (Triton present, a GPU it targets)."""
+    if device.type != "cuda" or not supported(head_dim):
+        return False
+    lengths_S = torch.tensor([3, 1], dtype=torch.int32, device=device)
+    starts_S = torch.tensor([0, 3], dtype=torch.int32, device=device)
+    qkv = torch.ones(4, 3 * head_dim, dtype=torch.bfloat16, device=device)
+    bias = torch.zeros(1, 5, device=device)
+    try:
+        out = packed_attention(qkv, bias, starts_S, lengths_S, max_length=3, heads=1,
+                               head_dim=head_dim)
+    except Exception:  # no Triton, no compiler, a GPU it does not target: not here
+        return False
+    return bool(torch.equal(out, torch.ones_like(out)))
+
+
+def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: torch.Tensor,
+                     lengths_S: torch.Tensor, *, max_length: int, heads: int,
+                     head_dim: int, block_m: int = 64, block_n: int = 32, warps: int = 4,
+                     stages: int = 3, heads_inner: bool = True) -> torch.Tensor:
+    """Attention of every caption over its own tokens: ``[T, H·Dk]`` in q/k/v's dtype.
+
+    ``qkv_T_3HD``: the fused product's output, q, k and v stacked per token; ``bias_H_O``: the
+    position bias of each key − query offset, offset ``o`` at column ``o + (O − 1) / 2``;
+    ``starts_S`` / ``lengths_S``: int32 first token and length of each caption; ``max_length``:
+    the longest caption (the launch grid is sized by it); ``block_m`` / ``block_n``: queries /
+    keys per tile, ``warps`` and ``stages``: Triton's launch settings, ``heads_inner``: the
+    heads of a tile of queries as neighbouring programs (the defaults are the
+    fastest on an H200 for T5-11B's caption mix: bench/embed.py --kernel-sweep)."""
+    tokens = qkv_T_3HD.shape[0]
+    out_T_HD = torch.empty(tokens, heads * head_dim, dtype=qkv_T_3HD.dtype,
+                           device=qkv_T_3HD.device)
+    blocks = -(-max_length // block_m)
+    grid = ((heads, blocks, starts_S.shape[0]) if heads_inner else
+            (blocks, starts_S.shape[0], heads))
+    _kernel()[grid](qkv_T_3HD, out_T_HD, bias_H_O, starts_S, lengths_S,
+                    bias_H_O.stride(0), (bias_H_O.shape[1] - 1) // 2,
+                    HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+                    HEADS_INNER=heads_inner, num_warps=warps, num_stages=stages)
+    return out_T_HD
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The jitted kernel, built on first use (so ``TRITON_INTERPRET`` set by then counts)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def attention_kernel(qkv_ptr, out_ptr, bias_ptr, starts_ptr, lengths_ptr,  # type: ignore[no-untyped-def]
+                         bias_stride, max_offset, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HEADS_INNER: tl.constexpr):
+        if HEADS_INNER:  # the heads of one token row run side by side: neighbouring reads
+            head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        else:
+            query_block, caption, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        length = tl.load(lengths_ptr + caption)
+        if query_block * BLOCK_M >= length:
+            return
+        start = tl.load(starts_ptr + caption).to(tl.int64)
+        row_width = 3 * HEADS * HEAD_DIM
+        dims = tl.arange(0, HEAD_DIM)
+        queries = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        query_real = queries < length
+        q = tl.load(qkv_ptr + (start + queries)[:, None] * row_width + head * HEAD_DIM
+                    + dims[None, :], mask=query_real[:, None], other=0.0)
+        best = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        total = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        bias_row = bias_ptr + head * bias_stride + max_offset
+        for first_key in range(0, length, BLOCK_N):
+            keys = first_key + tl.arange(0, BLOCK_N)
+            key_real = keys < length
+            key_rows = (start + keys)[:, None] * row_width + dims[None, :]
+            k = tl.load(qkv_ptr + key_rows + (HEADS + head) * HEAD_DIM,
+                        mask=key_real[:, None], other=0.0)
+            v = tl.load(qkv_ptr + key_rows + (2 * HEADS + head) * HEAD_DIM,
+                        mask=key_real[:, None], other=0.0)
+            offset = keys[None, :] - queries[:, None]
+            offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
+            scores = tl.dot(q, tl.trans(k)) + tl.load(bias_row + offset)
+            scores = tl.where(key_real[None, :], scores, float("-inf"))
+            new_best = tl.maximum(best, tl.max(scores, 1))
+            weights = tl.exp(scores - new_best[:, None])
+            rescale = tl.exp(best - new_best)
+            total = total * rescale + tl.sum(weights, 1)
+            acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+            best = new_best
+        out = acc / total[:, None]
+        tl.store(out_ptr + (start + queries)[:, None] * (HEADS * HEAD_DIM) + head * HEAD_DIM
+                 + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=query_real[:, None])
+
+    return attention_kernel

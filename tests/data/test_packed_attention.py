@@ -1,0 +1,143 @@
+"""The packed T5 attention kernel (run by Triton's interpreter on CPU, natively on GPU) gives
+the padded encoder's numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ctrlpost.data import embed, packed_attention, t5
+
+from .test_t5 import padded_batch
+
+
+@pytest.fixture
+def interpreted() -> Iterator[None]:
+    """The kernel built for Triton's CPU interpreter (tests/conftest.py chooses it for CPU
+    runs), fresh for this test."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.fail("the CPU kernel tests need TRITON_INTERPRET=1 from the start of the run")
+    packed_attention._kernel.cache_clear()
+    yield
+    packed_attention._kernel.cache_clear()
+
+
+def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: list[int],
+                    heads: int, head_dim: int) -> torch.Tensor:
+    """softmax(q·kᵀ + bias[key − query]) · v caption by caption, in float64."""
+    out, start, center = [], 0, (bias_H_O.shape[1] - 1) // 2
+    for n in lengths:
+        q, k, v = qkv_T_3HD[start:start + n].double().view(n, 3, heads, head_dim).unbind(1)
+        offset = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        scores = torch.einsum("qhd,khd->hqk", q, k) + bias_H_O[:, offset + center].double()
+        out.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).reshape(n, -1))
+        start += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
+                         [(16, 16, True), (64, 32, True), (16, 64, False)])
+def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
+                                                           block_n: int,
+                                                           heads_inner: bool) -> None:
+    heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
+    bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
+    lengths_S = torch.tensor(lengths, dtype=torch.int32)
+    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
+                                            max_length=max(lengths), heads=heads,
+                                            head_dim=head_dim, block_m=block_m,
+                                            block_n=block_n, heads_inner=heads_inner)
+    want = dense_attention(qkv, bias, lengths, heads, head_dim)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def wide_heads_t5(vocab_size: int = 97) -> Any:
+    """A random T5 encoder with 16-wide heads (the kernel's smallest) and a position bias that
+    matters."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                      num_heads=2, relative_attention_num_buckets=8,
+                      relative_attention_max_distance=12, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = T5EncoderModel(config).eval()
+    with torch.no_grad():
+        model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight.normal_(0, 2)
+    return model
+
+
+def test_packed_encoder_equals_padded_encoder(interpreted: None) -> None:
+    lengths = [9, 3, 17, 1]
+    ids_B_L, mask_B_L = padded_batch(lengths)
+    model = wide_heads_t5()
+    padded = t5.T5Encoder.from_transformers(model, torch.float32)(ids_B_L, mask_B_L)
+    packed = t5.T5Encoder.from_transformers(model, torch.float32, attention="packed")
+    ids_T = torch.cat([ids_B_L[i, :n] for i, n in enumerate(lengths)])
+    got_T_D = t5.encode_packed(packed, ids_T, lengths)
+    want_T_D = torch.cat([padded[i, :n] for i, n in enumerate(lengths)])
+    torch.testing.assert_close(got_T_D, want_T_D, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="encode_packed"):
+        packed(ids_B_L, mask_B_L)
+
+
+def test_text_encoder_splits_packed_outputs_per_caption(interpreted: None,
+                                                        tiny_t5: Any) -> None:
+    encoder = embed.load_text_encoder(str(tiny_t5), device=torch.device("cpu"))
+    captions = ["a red car drives down the road at night", "hi", "a cat", "zebra quartz"]
+    model = wide_heads_t5(vocab_size=encoder.network.embedding_V_D.shape[0])
+    padded = dataclasses.replace(
+        encoder, network=t5.T5Encoder.from_transformers(model, torch.float32))
+    packed = dataclasses.replace(
+        encoder, network=t5.T5Encoder.from_transformers(model, torch.float32,
+                                                        attention="packed"))
+    got, want = packed.encode(captions), padded.encode(captions)
+    assert [g.shape for g in got] == [w.shape for w in want] == [
+        (n, 32) for n in encoder.token_lengths(captions)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
+    """On CUDA: the compiled kernel in bf16 within bf16 error of the float64 reference, and the
+    packed bf16 encoder (what `embed` picks for heads of 16 or more) within bf16 error of the
+    float32 padded one."""
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device (run them with `nox -s gpu` on one)")
+    device = torch.device("cuda")
+    heads, head_dim, lengths = 4, 128, [77, 3, 130, 64, 1]
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
+    bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
+    lengths_S = torch.tensor(lengths, dtype=torch.int32)
+    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
+    for block_m, block_n in ((32, 64), (64, 64), (128, 64)):
+        got = packed_attention.packed_attention(
+            qkv.to(device, torch.bfloat16), bias.to(device), starts_S.to(device),
+            lengths_S.to(device), max_length=max(lengths), heads=heads, head_dim=head_dim,
+            block_m=block_m, block_n=block_n)
+        error = float((got.double().cpu() - want).norm() / want.norm())
+        assert error < 1e-2, (block_m, block_n, error)
+
+    model = wide_heads_t5().to(device)
+    network = embed.lean_network(model.bfloat16())
+    assert (network.attention, network.fused_products) == ("packed", True)
+    ids_B_L, mask_B_L = padded_batch([9, 3, 17, 1])
+    reference = t5.T5Encoder.from_transformers(wide_heads_t5(), torch.float32)
+    want_B_L_D = reference(ids_B_L, mask_B_L)
+    ids_T = torch.cat([ids_B_L[i, :n] for i, n in enumerate([9, 3, 17, 1])]).to(device)
+    with torch.inference_mode():
+        got_T_D = t5.encode_packed(network, ids_T, [9, 3, 17, 1]).cpu()
+    want_T_D = torch.cat([want_B_L_D[i, :n] for i, n in enumerate([9, 3, 17, 1])])
+    assert float((got_T_D - want_T_D).norm() / want_T_D.norm()) < 1e-2
