@@ -96,6 +96,7 @@ def test_planned_batches_tokenize_once_in_chunks(encoder: embed.TextEncoder,
         assert ids == original(encoder, [texts[i] for i in indices])
         assert [len(x) for x in ids] == sorted((len(x) for x in ids), reverse=True)
     assert sorted(i for indices, _ in plan for i in indices) == list(range(7))
+    assert list(embed.planned_batches(encoder, [], max_captions=2, max_tokens=10)) == []
 
 
 def write_captions(root: Path, captions: dict[str, str]) -> None:

@@ -334,6 +334,8 @@ def planned_batches(encoder: TextEncoder, texts: Sequence[str], *, max_captions:
     Tokenizing is on a background thread, chunk by chunk and a small chunk first, so the
     device starts on the first batches while the rest are still being tokenized (the
     tokenizer releases the GIL). Within a chunk, batches follow :func:`length_batches`."""
+    if not texts:
+        return
     bounds = [(0, min(FIRST_CHUNK, len(texts)))]
     bounds += [(a, min(a + CHUNK, len(texts))) for a in range(bounds[0][1], len(texts), CHUNK)]
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
