@@ -299,6 +299,54 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
             "cudnn_padded_ms_per_layer": cudnn_ms, "packed": rows}
 
 
+def layer_products(config: dict[str, Any], tokens: int, dtype: torch.dtype,
+                   device: torch.device) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The four products of a layer at ``tokens`` rows, called as the lean forward calls them,
+    each with its weight count (FLOPs = 2 · tokens · weights)."""
+    dim, inner, ff = config["d_model"], config["num_heads"] * config["d_kv"], config["d_ff"]
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
+
+    x, attended, inner_act = randn(tokens, dim), randn(tokens, inner), randn(tokens, ff)
+    w_qkv, w_out, w_in, w_ff = randn(3 * inner, dim), randn(dim, inner), randn(ff, dim), randn(
+        dim, ff)
+    hidden = torch.randn(tokens, dim, device=device)
+    zero = torch.zeros(ff, device=device, dtype=dtype)
+    return {
+        "qkv": (lambda: torch.mm(x, w_qkv.t()), 3 * inner * dim),
+        "ff_in_relu": (lambda: torch._addmm_activation(zero, x, w_in.t()), ff * dim),
+        "out_add_fp32": (lambda: torch.addmm(hidden, attended, w_out.t(),
+                                             out_dtype=torch.float32, out=hidden), dim * inner),
+        "ff_out_add_fp32": (lambda: torch.addmm(hidden, inner_act, w_ff.t(),
+                                                out_dtype=torch.float32, out=hidden), dim * ff)}
+
+
+def gemm_check(config: dict[str, Any], tokens: int, device: torch.device) -> list[dict[str, Any]]:
+    """TFLOP/s of each of a layer's four products in float16 and bf16, with each BLAS library
+    torch offers."""
+    rows: list[dict[str, Any]] = []
+    default_library = torch.backends.cuda.preferred_blas_library()
+    try:
+        for library in ("cublas", "cublaslt"):
+            torch.backends.cuda.preferred_blas_library(library)
+            for dtype in (torch.float16, torch.bfloat16):
+                for name, (run, weights) in layer_products(config, tokens, dtype,
+                                                           device).items():
+                    run()
+                    seconds = common.median([common.timed(
+                        lambda run=run: [run() for _ in range(10)], device)[0] / 10
+                        for _ in range(5)])
+                    row = {"library": library, "dtype": str(dtype), "product": name,
+                           "tokens": tokens, "tflops": 2 * tokens * weights / seconds / 1e12}
+                    rows.append(row)
+                    print(f"gemm {library:8s} {dtype!s:14s} {name:16s} "
+                          f"{row['tflops']:.0f} TFLOP/s", flush=True)
+    finally:
+        torch.backends.cuda.preferred_blas_library(default_library)
+    return rows
+
+
 def profile_pass(encoder: TextEncoder, captions: Sequence[str], batch_size: int,
                  max_tokens: int, device: torch.device) -> dict[str, Any]:
     """Kernel time vs wall time of one pass, and the costliest kernels."""
@@ -355,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                              "each)")
     parser.add_argument("--simple", action="store_true", help="also time simple batching")
     parser.add_argument("--profile", action="store_true", help="profile one pass (kernels)")
+    parser.add_argument("--gemm-check", action="store_true",
+                        help="time a layer's four products in float16 and bf16, each BLAS")
     parser.add_argument("--kernel-sweep", action="store_true",
                         help="time the packed attention kernel's settings on one layer")
     parser.add_argument("--profile-network", default="lean", help="network to profile")
@@ -503,6 +553,14 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         common.write_json(record, out_path)
     built.clear()
+
+    if args.gemm_check:
+        try:
+            record["gemm_check"] = gemm_check(config, 3968, device)
+        except Exception as exc:
+            record["errors"].append({"variant": "gemm check",
+                                     "error": f"{type(exc).__name__}: {exc}"})
+        common.write_json(record, out_path)
 
     if args.kernel_sweep:
         try:
