@@ -369,7 +369,7 @@ def embed(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("--batch-size", min=1, show_default=False,
+        typer.Option("--batch-size", min=1, max=65535, show_default=False,
                      help="Most captions per encoder call; default: data.embed.batch_size."),
     ] = None,
     batch_tokens: Annotated[

@@ -114,7 +114,8 @@ class FetchOptions(_Section):
 class EmbedOptions(_Section):
     """How `embed` runs the T5 encoder."""
 
-    batch_size: int = Field(128, ge=1, description="Most captions per encoder call.")
+    # At most 65,535: the packed attention kernel's launch grid has a row per caption.
+    batch_size: int = Field(128, ge=1, le=65535, description="Most captions per encoder call.")
     batch_tokens: int = Field(
         4096, ge=1, description="Most tokens per encoder call (captions × the longest); a "
         "longer caption is encoded alone."
