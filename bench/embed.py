@@ -235,19 +235,18 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ctrlpost.data.embed import length_batches
-    from ctrlpost.data.packed_attention import packed_attention
+    from ctrlpost.data.packed_attention import caption_bounds, packed_attention
 
     heads, head_dim = config["num_heads"], config["d_kv"]
     batches = [[lengths[i] for i in batch] for batch in
                length_batches(lengths, max_captions=batch_size, max_tokens=batch_tokens)]
     inputs = []
     for batch in batches:
-        lengths_S = torch.tensor(batch, dtype=torch.int32)
-        starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+        starts_S, lengths_S = caption_bounds(batch, device)
         inputs.append((torch.randn(sum(batch), 3 * heads * head_dim, device=device,
                                    dtype=torch.bfloat16),
                        torch.randn(heads, 2 * max(batch) - 1, device=device),
-                       starts_S.to(device), lengths_S.to(device), max(batch)))
+                       starts_S, lengths_S, max(batch)))
 
     def layer_ms(run: Callable[[], Any]) -> float:
         run()

@@ -51,8 +51,8 @@ def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, bl
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
-    lengths_S = torch.tensor(lengths, dtype=torch.int32)
-    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    starts_S, lengths_S = packed_attention.caption_bounds(lengths, torch.device("cpu"))
+    assert starts_S.tolist() == [0, 5, 42, 43] and lengths_S.tolist() == lengths
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
                                             max_length=max(lengths), heads=heads,
                                             head_dim=head_dim, block_m=block_m,
@@ -119,14 +119,13 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
-    lengths_S = torch.tensor(lengths, dtype=torch.int32)
-    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    starts_S, lengths_S = packed_attention.caption_bounds(lengths, device)
     want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
     for block_m, block_n in ((32, 64), (64, 64), (128, 64)):
         got = packed_attention.packed_attention(
-            qkv.to(device, torch.bfloat16), bias.to(device), starts_S.to(device),
-            lengths_S.to(device), max_length=max(lengths), heads=heads, head_dim=head_dim,
-            block_m=block_m, block_n=block_n)
+            qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,
+            max_length=max(lengths), heads=heads, head_dim=head_dim, block_m=block_m,
+            block_n=block_n)
         error = float((got.double().cpu() - want).norm() / want.norm())
         assert error < 1e-2, (block_m, block_n, error)
 

@@ -16,6 +16,7 @@ CPU tensors, which the tests use.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,12 +27,23 @@ def supported(head_dim: int) -> bool:
     return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
+def caption_bounds(lengths: Sequence[int], device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """int32 (first token, length) of each packed caption on ``device``, as the kernel reads
+    them (copied through pinned memory on CUDA, so the copy does not stall the host)."""
+    lengths_S = torch.tensor(lengths, dtype=torch.int32)
+    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
+    if device.type == "cuda":
+        return (starts_S.pin_memory().to(device, non_blocking=True),
+                lengths_S.pin_memory().to(device, non_blocking=True))
+    return starts_S, lengths_S
+
+
 def runs(device: torch.device, head_dim: int) -> bool:
     """Whether the kernel builds and runs on ``device`` (Triton present, a GPU it targets)."""
     if device.type != "cuda" or not supported(head_dim):
         return False
-    lengths_S = torch.tensor([3, 1], dtype=torch.int32, device=device)
-    starts_S = torch.tensor([0, 3], dtype=torch.int32, device=device)
+    starts_S, lengths_S = caption_bounds([3, 1], device)
     qkv = torch.ones(4, 3 * head_dim, dtype=torch.bfloat16, device=device)
     bias = torch.zeros(1, 5, device=device)
     try:

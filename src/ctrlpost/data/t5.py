@@ -286,16 +286,11 @@ def encode_packed(encoder: T5Encoder, ids_T: torch.Tensor, lengths: Sequence[int
     """The encoder stack over captions packed end to end (``ids_T``: the token ids of each
     caption in turn, no padding): float32 ``[T, D]``. Attention is
     :func:`ctrlpost.data.packed_attention.packed_attention`."""
-    from ctrlpost.data.packed_attention import packed_attention
+    from ctrlpost.data.packed_attention import caption_bounds, packed_attention
 
-    device = ids_T.device
-    lengths_S = torch.tensor(lengths, dtype=torch.int32)
-    starts_S = torch.cumsum(lengths_S, 0, dtype=torch.int32) - lengths_S
-    if device.type == "cuda":
-        lengths_S, starts_S = (t.pin_memory().to(device, non_blocking=True)
-                               for t in (lengths_S, starts_S))
+    starts_S, lengths_S = caption_bounds(lengths, ids_T.device)
     longest = max(lengths)
-    bias_H_O = offset_bias(encoder, longest, device)
+    bias_H_O = offset_bias(encoder, longest, ids_T.device)
 
     def attention(qkv_T_3HD: torch.Tensor) -> torch.Tensor:
         return packed_attention(qkv_T_3HD, bias_H_O, starts_S, lengths_S, max_length=longest,
