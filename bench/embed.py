@@ -226,8 +226,18 @@ def sdpa_backends(config: dict[str, Any], device: torch.device) -> dict[str, str
 KERNEL_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (128, 32))
 
 
+def sweep_settings() -> list[dict[str, Any]]:
+    """The tile and launch settings ``--kernel-sweep`` tries."""
+    return [{"block_m": block_m, "block_n": block_n, "warps": warps, "stages": stages,
+             "heads_inner": heads_inner}
+            for (block_m, block_n) in KERNEL_TILES for warps, stages in ((4, 2), (4, 3), (8, 3))
+            for heads_inner in (True, False)]
+
+
 def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int,
-                 batch_tokens: int, device: torch.device) -> dict[str, Any]:
+                 batch_tokens: int, device: torch.device,
+                 settings: Sequence[dict[str, Any]] | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
     """One layer's attention over all captions, batch by batch as ``embed`` groups them: the
     packed kernel in each tile and launch setting, and cuDNN on the same batches padded (dense
     bf16 bias); milliseconds per layer, and the bytes a perfect kernel has to move (q, k, v in,
@@ -244,7 +254,7 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     for batch in batches:
         starts_S, lengths_S = caption_bounds(batch, device)
         inputs.append((torch.randn(sum(batch), 3 * heads * head_dim, device=device,
-                                   dtype=torch.bfloat16),
+                                   dtype=dtype),
                        torch.randn(heads, 2 * max(batch) - 1, device=device),
                        starts_S, lengths_S, max(batch)))
 
@@ -254,28 +264,24 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
         return common.median(times)
 
     rows: list[dict[str, Any]] = []
-    for (block_m, block_n) in KERNEL_TILES:
-        for warps, stages in ((4, 2), (4, 3), (8, 3)):
-            for heads_inner in (True, False):
-                setting = {"block_m": block_m, "block_n": block_n, "warps": warps,
-                           "stages": stages, "heads_inner": heads_inner}
-                try:
-                    ms = layer_ms(lambda setting=setting: [
-                        packed_attention(qkv, bias, starts, lens, max_length=longest,
-                                         heads=heads, head_dim=head_dim, **setting)
-                        for qkv, bias, starts, lens, longest in inputs])
-                    rows.append({**setting, "ms_per_layer": ms})
-                except Exception as exc:
-                    rows.append({**setting, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+    for setting in settings or sweep_settings():
+        try:
+            ms = layer_ms(lambda setting=setting: [
+                packed_attention(qkv, bias, starts, lens, max_length=longest, heads=heads,
+                                 head_dim=head_dim, **setting)
+                for qkv, bias, starts, lens, longest in inputs])
+            rows.append({**setting, "ms_per_layer": ms})
+        except Exception as exc:
+            rows.append({**setting, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
     padded = []
     for batch in batches:
         longest = max(batch)
         qkv = torch.randn(len(batch), longest, 3, heads, head_dim, device=device,
-                          dtype=torch.bfloat16)
+                          dtype=dtype)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         row = -(-longest // 8) * 8
         bias = torch.randn(len(batch), heads, longest, row, device=device,
-                           dtype=torch.bfloat16)[..., :longest]
+                           dtype=dtype)[..., :longest]
         padded.append((q, k, v, bias))
 
     def cudnn() -> None:
@@ -386,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tokens", type=int, default=4096,
                         help="most tokens per batch (the recipe default) for every variant "
                              "but the --max-tokens ones")
+    parser.add_argument("--streams", default="2",
+                        help="CUDA streams batches take turns on; the first is every variant's, "
+                             "each further one adds a variant of the default network")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16-cudnn,transformers-eager",
                         help="extra variants with the default batching: lean-bf16, "
@@ -492,12 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),
     }
     first = int(args.batch_sizes.split(",")[0])
-    default = {"batch": first, "max_tokens": args.batch_tokens, "pad": 1}
+    stream_counts = [int(n) for n in args.streams.split(",")]
+    default = {"batch": first, "max_tokens": args.batch_tokens, "pad": 1,
+               "streams": stream_counts[0]}
     variants: list[dict[str, Any]] = []
     for k, size in enumerate(int(b) for b in args.batch_sizes.split(",")):
         label = "ctrlpost (recipe default)" if k == 0 else "ctrlpost"
         variants.append({**default, "label": f"{label} batch {size}, <= {args.batch_tokens} "
                          "tokens", "batch": size, "network": "lean"})
+    for count in stream_counts[1:]:
+        variants.append({**default, "label": f"lean on {count} stream(s)", "network": "lean",
+                         "streams": count})
     for net in filter(None, args.networks.split(",")):
         variants.append({**default, "label": f"{net}", "network": net})
     for net in args.budget_networks.split(","):
@@ -523,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                 built.clear()  # one extra weight copy at a time
                 gc.collect()
                 built[net] = networks[net]()
-            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH, pad)
+            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH, pad,
+                                  v.get("streams", 1))
 
             def one_pass(encoder: TextEncoder = encoder, captions: list[str] = captions,
                          size: int = size, sort: bool = sort, budget: int = budget) -> Any:
@@ -539,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(lengths_by_mix[mix])
         flops = 2 * (params - config["vocab_size"] * config["d_model"]) * tokens
         row = {"variant": label, "network": net, "batch_size": size, "max_tokens": budget,
-               "pad_multiple": pad,
+               "pad_multiple": pad, "streams": v.get("streams", 1),
                "sorted": sort, "warm_up_s": warm_s, "times_s": times, "captions_per_s": rate,
                "vs_reference": rate / ref_rate, "real_tokens": tokens,
                "dense_tflops_on_real_tokens": flops * rate / args.captions / 1e12}
