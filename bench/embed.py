@@ -223,6 +223,8 @@ def sdpa_backends(config: dict[str, Any], device: torch.device) -> dict[str, str
     return out
 
 
+TABLE_REACH = 64  # offsets the sweep's bias tables hold past the longest caption, as embed's
+
 KERNEL_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (128, 32))
 
 
@@ -255,7 +257,7 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
         starts_S, lengths_S = caption_bounds(batch, device)
         inputs.append((torch.randn(sum(batch), 3 * heads * head_dim, device=device,
                                    dtype=dtype),
-                       torch.randn(heads, 2 * max(batch) - 1, device=device),
+                       torch.randn(heads, 2 * (max(batch) + TABLE_REACH) - 1, device=device),
                        starts_S, lengths_S, max(batch)))
 
     def layer_ms(run: Callable[[], Any]) -> float:
@@ -264,11 +266,19 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
         return common.median(times)
 
     rows: list[dict[str, Any]] = []
+    def reaching(bias: torch.Tensor, longest: int, reach: int) -> torch.Tensor:
+        """The table's columns for offsets up to ``longest - 1 + reach`` either way."""
+        center, half = (bias.shape[1] - 1) // 2, longest - 1 + reach
+        return bias[:, center - half:center + half + 1]
+
     for setting in settings or sweep_settings():
+        kernel_setting = {k: v for k, v in setting.items() if k != "table_reach"}
+        reach = setting.get("table_reach", TABLE_REACH)
         try:
-            ms = layer_ms(lambda setting=setting: [
-                packed_attention(qkv, bias, starts, lens, max_length=longest, heads=heads,
-                                 head_dim=head_dim, **setting)
+            ms = layer_ms(lambda kernel_setting=kernel_setting, reach=reach: [
+                packed_attention(qkv, reaching(bias, longest, reach), starts, lens,
+                                 max_length=longest, heads=heads, head_dim=head_dim,
+                                 **kernel_setting)
                 for qkv, bias, starts, lens, longest in inputs])
             rows.append({**setting, "ms_per_layer": ms})
         except Exception as exc:
@@ -294,9 +304,10 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     tokens = sum(sum(batch) for batch in batches)
     moved = tokens * heads * head_dim * 2 * 4
     ok = sorted((r for r in rows if "ms_per_layer" in r), key=lambda r: r["ms_per_layer"])
-    for r in ok[:8]:
+    for r in ok[:12]:
         print(f"kernel {r['block_m']:3d}x{r['block_n']:3d} warps {r['warps']} stages "
-              f"{r['stages']} heads inner {r['heads_inner']}: {r['ms_per_layer']:.2f} ms/layer "
+              f"{r['stages']} heads inner {r['heads_inner']} table reach "
+              f"{r.get('table_reach', TABLE_REACH)}: {r['ms_per_layer']:.2f} ms/layer "
               f"({moved / r['ms_per_layer'] / 1e6:.0f} GB/s)", flush=True)
     print(f"cuDNN padded: {cudnn_ms:.2f} ms/layer; {len(batches)} batches, {tokens} tokens",
           flush=True)
@@ -392,9 +403,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tokens", type=int, default=4096,
                         help="most tokens per batch (the recipe default) for every variant "
                              "but the --max-tokens ones")
-    parser.add_argument("--streams", default="2",
-                        help="CUDA streams batches take turns on; the first is every variant's, "
-                             "each further one adds a variant of the default network")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16-cudnn,transformers-eager",
                         help="extra variants with the default batching: lean-bf16, "
@@ -501,17 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),
     }
     first = int(args.batch_sizes.split(",")[0])
-    stream_counts = [int(n) for n in args.streams.split(",")]
-    default = {"batch": first, "max_tokens": args.batch_tokens, "pad": 1,
-               "streams": stream_counts[0]}
+    default = {"batch": first, "max_tokens": args.batch_tokens, "pad": 1}
     variants: list[dict[str, Any]] = []
     for k, size in enumerate(int(b) for b in args.batch_sizes.split(",")):
         label = "ctrlpost (recipe default)" if k == 0 else "ctrlpost"
         variants.append({**default, "label": f"{label} batch {size}, <= {args.batch_tokens} "
                          "tokens", "batch": size, "network": "lean"})
-    for count in stream_counts[1:]:
-        variants.append({**default, "label": f"lean on {count} stream(s)", "network": "lean",
-                         "streams": count})
     for net in filter(None, args.networks.split(",")):
         variants.append({**default, "label": f"{net}", "network": net})
     for net in args.budget_networks.split(","):
@@ -537,8 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                 built.clear()  # one extra weight copy at a time
                 gc.collect()
                 built[net] = networks[net]()
-            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH, pad,
-                                  v.get("streams", 1))
+            encoder = TextEncoder(tokenizer, built[net], device, MAX_LENGTH, pad)
 
             def one_pass(encoder: TextEncoder = encoder, captions: list[str] = captions,
                          size: int = size, sort: bool = sort, budget: int = budget) -> Any:
@@ -554,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(lengths_by_mix[mix])
         flops = 2 * (params - config["vocab_size"] * config["d_model"]) * tokens
         row = {"variant": label, "network": net, "batch_size": size, "max_tokens": budget,
-               "pad_multiple": pad, "streams": v.get("streams", 1),
+               "pad_multiple": pad,
                "sorted": sort, "warm_up_s": warm_s, "times_s": times, "captions_per_s": rate,
                "vs_reference": rate / ref_rate, "real_tokens": tokens,
                "dense_tflops_on_real_tokens": flops * rate / args.captions / 1e12}

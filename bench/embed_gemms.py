@@ -27,15 +27,15 @@ Writes ``bench/results/embed-gemms-<device>.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import _common as common
+import torch
 
 T5_11B_SHAPES = {"d_model": 1024, "inner": 128 * 128, "d_ff": 65536}
 TINY_SHAPES = {"d_model": 64, "inner": 4 * 16, "d_ff": 256}
@@ -63,7 +63,9 @@ def weights_of(shapes: dict[str, int]) -> dict[str, int]:
     dim, inner, ff = shapes["d_model"], shapes["inner"], shapes["d_ff"]
     return {"qkv": 3 * inner * dim, "ff_in_relu": ff * dim, "out_add_fp32": dim * inner,
             "ff_out_add_fp32": dim * ff, "ff_in_relu_transposed_out": ff * dim,
-            "ff_out_add_fp32_transposed_in": dim * ff}
+            "ff_out_add_fp32_transposed_in": dim * ff,
+            **{f"ff_in_relu_x{c}": ff * dim for c in (2, 4)},
+            **{f"ff_out_add_fp32_x{c}": dim * ff for c in (2, 4)}}
 
 
 def qkv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -119,6 +121,23 @@ def layout_calls(o: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
             h, inner_t.t(), o["w_ff"].t(), out_dtype=torch.float32, out=h)}
 
 
+def chunked_calls(o: dict[str, torch.Tensor], chunks: int) -> dict[str, Callable[[], Any]]:
+    """The feed-forward pair in ``chunks`` slices of d_ff: each slice's ReLU product, then its
+    share of the output product added into the float32 stream (other shapes, other kernels)."""
+    h, ff = o["hidden"], o["w_in"].shape[0]
+    width = ff // chunks
+    w_in = [o["w_in"][c * width:(c + 1) * width] for c in range(chunks)]
+    w_ff = [o["w_ff"][:, c * width:(c + 1) * width] for c in range(chunks)]
+    acts = [o["inner_act"][:, c * width:(c + 1) * width].contiguous() for c in range(chunks)]
+    zero = o["zero"][:width]
+    return {
+        f"ff_in_relu_x{chunks}": lambda: [torch._addmm_activation(zero, o["x"], w.t())
+                                          for w in w_in],
+        f"ff_out_add_fp32_x{chunks}": lambda: [torch.addmm(h, a, w.t(), out_dtype=torch.float32,
+                                                           out=h)
+                                               for a, w in zip(acts, w_ff, strict=True)]}
+
+
 def inductor_calls(o: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
     mode = "max-autotune-no-cudagraphs"
     c_qkv = torch.compile(qkv, mode=mode, dynamic=False)
@@ -131,10 +150,9 @@ def inductor_calls(o: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
         "ff_out_add_fp32": lambda: c_res(o["hidden"], o["inner_act"], o["w_ff"])}
 
 
-ATTENTION_SETTINGS = (  # (block_m, block_n, warps, stages); the first is the kernel's default
-    (64, 32, 4, 3), (64, 32, 4, 4), (64, 32, 4, 1), (64, 32, 2, 3), (64, 32, 2, 2),
-    (64, 16, 4, 3), (64, 16, 2, 3), (32, 32, 2, 3), (32, 16, 2, 2), (128, 16, 4, 3),
-    (64, 64, 4, 1), (64, 64, 8, 1))
+ATTENTION_SETTINGS = (  # (block_m, block_n, warps, stages, bias table reach past the longest)
+    (64, 32, 4, 3, 0), (64, 32, 4, 3, 64), (64, 16, 4, 3, 0), (64, 16, 4, 3, 64),
+    (64, 16, 4, 4, 64), (64, 16, 4, 2, 64))
 
 
 def attention_settings(device: torch.device) -> dict[str, Any]:
@@ -148,10 +166,19 @@ def attention_settings(device: torch.device) -> dict[str, Any]:
     tokenizer = caption_tokenizer()
     captions = embed.make_captions(tokenizer, 1024, median=64.0, seed=0)
     lengths = TextEncoder(tokenizer, None, device, embed.MAX_LENGTH).token_lengths(captions)
-    settings = [{"block_m": m, "block_n": n, "warps": w, "stages": st, "heads_inner": True}
-                for m, n, w, st in ATTENTION_SETTINGS]
+    settings = [{"block_m": m, "block_n": n, "warps": w, "stages": st, "heads_inner": True,
+                 "table_reach": reach} for m, n, w, st, reach in ATTENTION_SETTINGS]
     return embed.kernel_sweep(embed.T5_11B, lengths, 128, 4096, device, settings,
                               torch.float16)
+
+
+def warm_up(shapes: dict[str, int], device: torch.device, seconds: float) -> None:
+    """Products for ``seconds``: a GPU just handed out runs its first seconds at other clocks."""
+    o = operands(shapes, 4096, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                 device)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        common.timed(lambda: [torch.mm(o["x"], o["w_in"].t()) for _ in range(10)], device)
 
 
 def seconds_per_call(run: Callable[[], Any], device: torch.device) -> float:
@@ -164,8 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("t5-11b", "tiny"), default="t5-11b")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tokens", type=int, default=3968,
-                        help="rows of each product (a packed 4,096-token batch holds ~3,968)")
+    parser.add_argument("--tokens", default="3968",
+                        help="rows of each product, comma-separated (a packed 4,096-token batch "
+                             "holds ~3,968)")
+    parser.add_argument("--reductions", default="on",
+                        help="cuBLAS reduced-precision reductions allowed (on) / forbidden (off), "
+                             "comma-separated: each is timed (its kernel choice may change)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time everything this many times over, interleaved")
+    parser.add_argument("--warmup-s", type=float, default=10.0,
+                        help="run products this long first, so clocks have settled")
     parser.add_argument("--ways", default="cublas,split,bf16-valued,inductor")
     parser.add_argument("--persistent", action="store_true",
                         help="let inductor try its persistent TMA matmul template too")
@@ -185,48 +220,60 @@ def main(argv: list[str] | None = None) -> int:
         inductor_config.triton.enable_persistent_tma_matmul = True
     record: dict[str, Any] = {"benchmark": "embed-gemms", "device": name,
                               "torch": torch.__version__, "date": common.now(),
-                              "command": " ".join(sys.argv), "tokens": args.tokens,
+                              "command": " ".join(sys.argv),
                               "shapes": shapes, "rows": [], "errors": []}
     out_path = args.out or common.RESULTS / f"embed-gemms-{common.slug(name.split(' (')[0])}.json"
     ways = args.ways.split(",")
     dtypes = (torch.float16, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
-    for dtype in dtypes:
-        for way in ways:
-            if way == "bf16-valued" and dtype != torch.float16:
-                continue
-            o = operands(shapes, args.tokens, dtype, device, bf16_valued=way == "bf16-valued")
-            try:
-                t0 = time.perf_counter()
-                calls = {"cublas": cublas_calls, "bf16-valued": cublas_calls,
-                         "split": split_calls, "inductor": inductor_calls,
-                         "layouts": layout_calls}[way](o)
-                for product, run in calls.items():
-                    seconds = seconds_per_call(run, device)
-                    row = {"way": way, "dtype": str(dtype).removeprefix("torch."),
-                           "product": product, "ms": seconds * 1e3,
-                           "tflops": 2 * args.tokens * weights[product] / seconds / 1e12,
-                           "setup_and_timing_s": time.perf_counter() - t0}
-                    record["rows"].append(row)
-                    print(f"{row['dtype']:9s} {way:12s} {product:16s} {row['ms']:7.3f} ms "
-                          f"{row['tflops']:5.0f} TFLOP/s", flush=True)
-            except Exception as exc:  # one failing way must not lose the others' figures
-                record["errors"].append({"way": way, "dtype": str(dtype),
-                                         "error": f"{type(exc).__name__}: {exc}"})
-                print(f"ERROR {way} {dtype}: {exc}", flush=True)
-            common.write_json(record, out_path)
-            del o
+    warm_up(shapes, device, args.warmup_s)
+    for _, tokens, dtype, way, reduction in itertools.product(
+            range(args.rounds), [int(t) for t in args.tokens.split(",")], dtypes, ways,
+            args.reductions.split(",")):
+        if way == "bf16-valued" and dtype != torch.float16:
+            continue
+        matmul = torch.backends.cuda.matmul
+        matmul.allow_fp16_reduced_precision_reduction = reduction == "on"
+        matmul.allow_bf16_reduced_precision_reduction = reduction == "on"
+        o = operands(shapes, tokens, dtype, device, bf16_valued=way == "bf16-valued")
+        try:
+            t0 = time.perf_counter()
+            calls = {"cublas": cublas_calls, "bf16-valued": cublas_calls,
+                     "split": split_calls, "inductor": inductor_calls,
+                     "layouts": layout_calls,
+                     "chunks": lambda o: {**chunked_calls(o, 2), **chunked_calls(o, 4)}
+                     }[way](o)
+            for product, run in calls.items():
+                seconds = seconds_per_call(run, device)
+                row = {"way": way, "dtype": str(dtype).removeprefix("torch."),
+                       "tokens": tokens, "reduced_reduction": reduction,
+                       "product": product, "ms": seconds * 1e3,
+                       "tflops": 2 * tokens * weights[product] / seconds / 1e12,
+                       "setup_and_timing_s": time.perf_counter() - t0}
+                record["rows"].append(row)
+                print(f"{tokens:5d} {row['dtype']:9s} {way:12s} {reduction:3s} {product:16s} "
+                      f"{row['ms']:7.3f} ms "
+                      f"{row['tflops']:5.0f} TFLOP/s", flush=True)
+        except Exception as exc:  # one failing way must not lose the others' figures
+            record["errors"].append({"way": way, "dtype": str(dtype),
+                                     "error": f"{type(exc).__name__}: {exc}"})
+            print(f"ERROR {way} {dtype}: {exc}", flush=True)
+        common.write_json(record, out_path)
+        del o
     if args.attention:
         record["attention"] = attention_settings(device)
         common.write_json(record, out_path)
     layer = {}
     for row in record["rows"]:
-        key = (row["dtype"], row["way"])
-        layer.setdefault(key, {})[row["product"]] = row["ms"]
-    record["layer_ms"] = [{"dtype": d, "way": w, "ms": sum(ms.values()), "products": sorted(ms)}
-                          for (d, w), ms in layer.items()]
+        key = (row["tokens"], row["dtype"], row["way"], row["reduced_reduction"])
+        layer.setdefault(key, {}).setdefault(row["product"], []).append(row["ms"])
+    record["layer_ms"] = [{"tokens": t, "dtype": d, "way": w, "reduced_reduction": r,
+                           "ms": sum(common.median(v) for v in ms.values()),
+                           "products": sorted(ms)} for (t, d, w, r), ms in layer.items()]
     common.write_json(record, out_path)
-    common.print_table([(r["dtype"], r["way"], f"{r['ms']:.3f}", ",".join(r["products"]))
-                        for r in record["layer_ms"]], ("dtype", "way", "layer ms", "products"))
+    common.print_table([(str(r["tokens"]), r["dtype"], r["way"], r["reduced_reduction"],
+                         f"{r['ms']:.3f}", ",".join(r["products"])) for r in record["layer_ms"]],
+                       ("tokens", "dtype", "way", "reduced", "ms (sum of medians)",
+                        "products"))
     print(f"wrote {out_path}")
     return 0
 

@@ -42,15 +42,18 @@ def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: li
     return torch.cat(out)
 
 
-@pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
-                         [(16, 16, True), (64, 32, True), (16, 64, False)])
-def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
-                                                           block_n: int,
-                                                           heads_inner: bool) -> None:
+@pytest.mark.parametrize(("block_m", "block_n", "heads_inner", "table_reach"),
+                         [(16, 16, True, 0), (64, 32, True, 0), (16, 64, False, 0),
+                          (16, 32, True, 32), (64, 16, False, 64)])
+def test_kernel_matches_dense_attention_caption_by_caption(
+        interpreted: None, block_m: int, block_n: int, heads_inner: bool,
+        table_reach: int) -> None:
+    """Tiles and grid orders; ``table_reach``: offsets the bias table holds past the longest
+    caption (with as many as a tile, the kernel skips clamping the offsets)."""
     heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
-    bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
+    bias = torch.randn(heads, 2 * (max(lengths) + table_reach) - 1, generator=generator) * 2
     starts_S, lengths_S = packed_attention.caption_bounds(lengths, torch.device("cpu"))
     assert starts_S.tolist() == [0, 5, 42, 43] and lengths_S.tolist() == lengths
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,

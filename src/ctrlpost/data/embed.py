@@ -47,7 +47,6 @@ class TextEncoder:
     device: torch.device
     max_length: int
     pad_multiple: int = 1  # batches are padded to a multiple of this many tokens
-    streams: int = 2  # CUDA streams batches take turns on (1: one batch on the device at a time)
 
     @property
     def dim(self) -> int:
@@ -70,30 +69,17 @@ class TextEncoder:
 
     def encode_batches(self, batches: Iterable[Sequence[Sequence[int]]]
                        ) -> Iterator[list[np.ndarray]]:
-        """:meth:`encode` of each batch of token ids in turn, with later batches already queued
-        on the device while the host copies out and hands over an earlier one (so the GPU
-        does not wait for pickling or writing).
-
-        On CUDA, consecutive batches take turns on :attr:`streams` streams, so one batch's
-        memory-bound kernels (attention, norms) run beside another's matrix products instead
-        of after them; a batch's result does not depend on its stream."""
-        streams = self._streams()
-        in_flight: deque[_Launched] = deque()
-        for n, token_ids in enumerate(batches):
-            with _on_stream(streams[n % len(streams)]):
-                in_flight.append(self._launch(token_ids))
-            if len(in_flight) > len(streams):
-                yield in_flight.popleft().collect()
-        while in_flight:
-            yield in_flight.popleft().collect()
-
-    def _streams(self) -> list[torch.cuda.Stream | None]:
-        if self.device.type != "cuda" or self.streams <= 1:
-            return [None]
-        streams = [torch.cuda.Stream(self.device) for _ in range(self.streams)]
-        for stream in streams:  # weights and anything else made on the current stream first
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-        return streams
+        """:meth:`encode` of each batch of token ids in turn, with the next batch already queued
+        on the device while the host copies out and hands over the previous one (so the GPU
+        does not wait for pickling or writing)."""
+        in_flight: _Launched | None = None
+        for token_ids in batches:
+            launched = self._launch(token_ids)
+            if in_flight is not None:
+                yield in_flight.collect()
+            in_flight = launched
+        if in_flight is not None:
+            yield in_flight.collect()
 
     @torch.inference_mode()
     def _launch(self, token_ids: Sequence[Sequence[int]]) -> _Launched:
@@ -133,10 +119,6 @@ class TextEncoder:
         mask_B_L = mask_B_L.to(self.device, non_blocking=True)
         hidden_B_L_D = self.network(ids_B_L.to(self.device, non_blocking=True), mask_B_L)
         return (hidden_B_L_D * mask_B_L[..., None]).to(torch.float16)
-
-
-def _on_stream(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[Any]:
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 @dataclass(frozen=True)

@@ -73,10 +73,14 @@ def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: 
     blocks = -(-max_length // block_m)
     grid = ((heads, blocks, starts_S.shape[0]) if heads_inner else
             (blocks, starts_S.shape[0], heads))
+    max_offset = (bias_H_O.shape[1] - 1) // 2
+    # Tiles overhang a caption's end by less than a tile: a table that reaches that far
+    # needs no clamping of the offsets (the overhanging scores are masked anyway).
+    clamp = max_offset < max_length - 1 + max(block_m, block_n)
     _kernel()[grid](qkv_T_3HD, out_T_HD, bias_H_O, starts_S, lengths_S,
-                    bias_H_O.stride(0), (bias_H_O.shape[1] - 1) // 2,
+                    bias_H_O.stride(0), max_offset,
                     HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                    HEADS_INNER=heads_inner, num_warps=warps, num_stages=stages)
+                    HEADS_INNER=heads_inner, CLAMP=clamp, num_warps=warps, num_stages=stages)
     return out_T_HD
 
 
@@ -90,7 +94,7 @@ def _kernel() -> Any:
     def attention_kernel(qkv_ptr, out_ptr, bias_ptr, starts_ptr, lengths_ptr,  # type: ignore[no-untyped-def]
                          bias_stride, max_offset, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HEADS_INNER: tl.constexpr):
+                         HEADS_INNER: tl.constexpr, CLAMP: tl.constexpr):
         if HEADS_INNER:  # the heads of one token row run side by side: neighbouring reads
             head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         else:
@@ -118,7 +122,8 @@ def _kernel() -> Any:
             v = tl.load(qkv_ptr + key_rows + (2 * HEADS + head) * HEAD_DIM,
                         mask=key_real[:, None], other=0.0)
             offset = keys[None, :] - queries[:, None]
-            offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
+            if CLAMP:
+                offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
             scores = tl.dot(q, tl.trans(k)) + tl.load(bias_row + offset)
             scores = tl.where(key_real[None, :], scores, float("-inf"))
             new_best = tl.maximum(best, tl.max(scores, 1))
