@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = embed.make_captions(tokenizer, 1024, median=64.0, seed=0)
     lengths = TextEncoder(tokenizer, None, device, embed.MAX_LENGTH).token_lengths(captions)
     batches = [[lengths[i] for i in b] for b in
-               length_batches(lengths, max_captions=128, max_tokens=4096)]
+               length_batches(lengths, max_captions=128, max_tokens=4096, packed=True)]
     middle = len(batches) // 2
     heads, head_dim = embed.T5_11B["num_heads"], embed.T5_11B["d_kv"]
     for batch in batches[middle:middle + args.batches]:

@@ -223,8 +223,6 @@ def sdpa_backends(config: dict[str, Any], device: torch.device) -> dict[str, str
     return out
 
 
-TABLE_REACH = 64  # offsets the sweep's bias tables hold past the longest caption, as embed's
-
 KERNEL_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (128, 32))
 
 
@@ -251,13 +249,14 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
 
     heads, head_dim = config["num_heads"], config["d_kv"]
     batches = [[lengths[i] for i in batch] for batch in
-               length_batches(lengths, max_captions=batch_size, max_tokens=batch_tokens)]
+               length_batches(lengths, max_captions=batch_size, max_tokens=batch_tokens,
+                              packed=True)]
     inputs = []
     for batch in batches:
         starts_S, lengths_S = caption_bounds(batch, device)
         inputs.append((torch.randn(sum(batch), 3 * heads * head_dim, device=device,
                                    dtype=dtype),
-                       torch.randn(heads, 2 * (max(batch) + TABLE_REACH) - 1, device=device),
+                       torch.randn(heads, 2 * max(batch) - 1, device=device),
                        starts_S, lengths_S, max(batch)))
 
     def layer_ms(run: Callable[[], Any]) -> float:
@@ -266,19 +265,11 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
         return common.median(times)
 
     rows: list[dict[str, Any]] = []
-    def reaching(bias: torch.Tensor, longest: int, reach: int) -> torch.Tensor:
-        """The table's columns for offsets up to ``longest - 1 + reach`` either way."""
-        center, half = (bias.shape[1] - 1) // 2, longest - 1 + reach
-        return bias[:, center - half:center + half + 1]
-
     for setting in settings or sweep_settings():
-        kernel_setting = {k: v for k, v in setting.items() if k != "table_reach"}
-        reach = setting.get("table_reach", TABLE_REACH)
         try:
-            ms = layer_ms(lambda kernel_setting=kernel_setting, reach=reach: [
-                packed_attention(qkv, reaching(bias, longest, reach), starts, lens,
-                                 max_length=longest, heads=heads, head_dim=head_dim,
-                                 **kernel_setting)
+            ms = layer_ms(lambda setting=setting: [
+                packed_attention(qkv, bias, starts, lens, max_length=longest, heads=heads,
+                                 head_dim=head_dim, **setting)
                 for qkv, bias, starts, lens, longest in inputs])
             rows.append({**setting, "ms_per_layer": ms})
         except Exception as exc:
@@ -306,8 +297,7 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     ok = sorted((r for r in rows if "ms_per_layer" in r), key=lambda r: r["ms_per_layer"])
     for r in ok[:12]:
         print(f"kernel {r['block_m']:3d}x{r['block_n']:3d} warps {r['warps']} stages "
-              f"{r['stages']} heads inner {r['heads_inner']} table reach "
-              f"{r.get('table_reach', TABLE_REACH)}: {r['ms_per_layer']:.2f} ms/layer "
+              f"{r['stages']} heads inner {r['heads_inner']}: {r['ms_per_layer']:.2f} ms/layer "
               f"({moved / r['ms_per_layer'] / 1e6:.0f} GB/s)", flush=True)
     print(f"cuDNN padded: {cudnn_ms:.2f} ms/layer; {len(batches)} batches, {tokens} tokens",
           flush=True)

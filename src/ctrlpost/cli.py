@@ -375,8 +375,8 @@ def embed(
     batch_tokens: Annotated[
         int | None,
         typer.Option("--batch-tokens", min=1, show_default=False,
-                     help="Most tokens per encoder call (captions x longest); "
-                     "default: data.embed.batch_tokens."),
+                     help="Most tokens per encoder call (packed on GPU: the tokens it "
+                     "holds; padded: captions x longest); default: data.embed.batch_tokens."),
     ] = None,
     model: Annotated[
         str | None,

@@ -79,6 +79,16 @@ def test_length_batches_longest_first_within_caption_and_token_limits() -> None:
     assert embed.length_batches([30, 2, 2], max_captions=8, max_tokens=18) == [[0], [1, 2]]
 
 
+def test_packed_length_batches_count_the_tokens_they_hold() -> None:
+    lengths = [3, 9, 1, 9, 5]  # padded, 9 + 9 + 5 would count as 27 tokens
+    assert embed.length_batches(lengths, max_captions=8, max_tokens=23, packed=True) == [
+        [1, 3, 4], [0, 2]]
+    assert embed.length_batches(lengths, max_captions=2, max_tokens=100, packed=True) == [
+        [1, 3], [4, 0], [2]]
+    assert embed.length_batches([30, 2, 2], max_captions=8, max_tokens=18, packed=True) == [
+        [0], [1, 2]]
+
+
 def test_planned_batches_tokenize_once_in_chunks(encoder: embed.TextEncoder,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(embed, "FIRST_CHUNK", 2)

@@ -42,18 +42,15 @@ def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: li
     return torch.cat(out)
 
 
-@pytest.mark.parametrize(("block_m", "block_n", "heads_inner", "table_reach"),
-                         [(16, 16, True, 0), (64, 32, True, 0), (16, 64, False, 0),
-                          (16, 32, True, 32), (64, 16, False, 64)])
-def test_kernel_matches_dense_attention_caption_by_caption(
-        interpreted: None, block_m: int, block_n: int, heads_inner: bool,
-        table_reach: int) -> None:
-    """Tiles and grid orders; ``table_reach``: offsets the bias table holds past the longest
-    caption (with as many as a tile, the kernel skips clamping the offsets)."""
+@pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
+                         [(16, 16, True), (64, 32, True), (16, 64, False)])
+def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
+                                                           block_n: int,
+                                                           heads_inner: bool) -> None:
     heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
-    bias = torch.randn(heads, 2 * (max(lengths) + table_reach) - 1, generator=generator) * 2
+    bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
     starts_S, lengths_S = packed_attention.caption_bounds(lengths, torch.device("cpu"))
     assert starts_S.tolist() == [0, 5, 42, 43] and lengths_S.tolist() == lengths
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
@@ -109,6 +106,13 @@ def test_text_encoder_splits_packed_outputs_per_caption(interpreted: None,
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), atol=1e-3)
 
+    # A packed batch's token budget counts the tokens it holds; a padded one's, its padding.
+    budget = sum(encoder.token_lengths(captions))
+    assert len(list(embed.planned_batches(packed, captions, max_captions=8,
+                                          max_tokens=budget))) == 1
+    assert len(list(embed.planned_batches(padded, captions, max_captions=8,
+                                          max_tokens=budget))) > 1
+
 
 @pytest.mark.gpu
 def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
@@ -124,7 +128,7 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
     starts_S, lengths_S = packed_attention.caption_bounds(lengths, device)
     want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
-    for block_m, block_n in ((32, 64), (64, 64), (128, 64)):
+    for block_m, block_n in ((64, 16), (32, 64), (64, 64), (128, 64)):
         got = packed_attention.packed_attention(
             qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,
             max_length=max(lengths), heads=heads, head_dim=head_dim, block_m=block_m,

@@ -6,7 +6,8 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
 
 * each caption is tokenized once (on a background thread), captions are grouped by token
   length into batches of at most ``batch_size`` captions and ``batch_tokens`` tokens, and on
-  GPU a batch's tokens are packed end to end with no padding (on CPU padded to the longest).
+  GPU a batch's tokens are packed end to end with no padding, the budget counting the tokens it
+  holds (on CPU padded to the longest, the budget counting the padding).
   T5 masks padded keys and its relative position bias depends only on key − query offsets,
   so a token's output does not depend on its batch; the reference pads every caption to 512
   and runs one per forward pass;
@@ -14,7 +15,8 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   products around a float32 residual stream, our packed attention kernel, the residual adds
   and ReLU inside the products; fp32 on CPU; the next batch is queued on the GPU while the
   previous one is written, and a batch whose output overflowed is refused, not written
-  (T5-11B on an H200: 111x the reference's captions/s in float16, bench/NOTES.md);
+  (T5-11B on an H200: 111-117x the reference's captions/s in float16,
+  bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -306,21 +308,26 @@ def _valid(path: Path, dim: int | None) -> bool:
     return True
 
 
-def length_batches(lengths: Sequence[int], *, max_captions: int,
-                   max_tokens: int) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], *, max_captions: int, max_tokens: int,
+                   packed: bool = False) -> list[list[int]]:
     """Indices grouped into batches of similar token length, longest first (so a batch that
     does not fit in memory fails at once, not at the end). A batch grows while it holds at
-    most ``max_captions`` captions and (captions × its longest) ≤ ``max_tokens``; a caption
-    longer than that still gets a batch of its own."""
+    most ``max_captions`` captions and at most ``max_tokens`` tokens: the tokens it holds if
+    ``packed`` (no padding), else captions × its longest. A caption longer than that still
+    gets a batch of its own."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
+    held = 0  # the last batch's real tokens
     for i in order:
         batch = batches[-1] if batches else []
         if batch and len(batch) < max_captions and \
-                (len(batch) + 1) * lengths[batch[0]] <= max_tokens:
+                (held + lengths[i] if packed else (len(batch) + 1) * lengths[batch[0]]) \
+                <= max_tokens:
             batch.append(i)
+            held += lengths[i]
         else:
             batches.append([i])
+            held = lengths[i]
     return batches
 
 
@@ -344,7 +351,7 @@ def planned_batches(encoder: TextEncoder, texts: Sequence[str], *, max_captions:
         for (start, _), future in zip(bounds, futures, strict=True):
             ids = future.result()
             for batch in length_batches([len(x) for x in ids], max_captions=max_captions,
-                                        max_tokens=max_tokens):
+                                        max_tokens=max_tokens, packed=encoder.network.packed):
                 yield [start + i for i in batch], [ids[i] for i in batch]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -56,7 +56,7 @@ def runs(device: torch.device, head_dim: int) -> bool:
 
 def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: torch.Tensor,
                      lengths_S: torch.Tensor, *, max_length: int, heads: int,
-                     head_dim: int, block_m: int = 64, block_n: int = 32, warps: int = 4,
+                     head_dim: int, block_m: int = 64, block_n: int = 16, warps: int = 4,
                      stages: int = 3, heads_inner: bool = True) -> torch.Tensor:
     """Attention of every caption over its own tokens: ``[T, H·Dk]`` in q/k/v's dtype.
 
@@ -66,21 +66,18 @@ def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: 
     the longest caption (the launch grid is sized by it); ``block_m`` / ``block_n``: queries /
     keys per tile, ``warps`` and ``stages``: Triton's launch settings, ``heads_inner``: the
     heads of a tile of queries as neighbouring programs (the defaults are the
-    fastest on an H200 for T5-11B's caption mix: bench/embed.py --kernel-sweep)."""
+    fastest on an H200 for T5-11B's caption mix: bench/embed.py --kernel-sweep and
+    bench/embed_gemms.py --attention)."""
     tokens = qkv_T_3HD.shape[0]
     out_T_HD = torch.empty(tokens, heads * head_dim, dtype=qkv_T_3HD.dtype,
                            device=qkv_T_3HD.device)
     blocks = -(-max_length // block_m)
     grid = ((heads, blocks, starts_S.shape[0]) if heads_inner else
             (blocks, starts_S.shape[0], heads))
-    max_offset = (bias_H_O.shape[1] - 1) // 2
-    # Tiles overhang a caption's end by less than a tile: a table that reaches that far
-    # needs no clamping of the offsets (the overhanging scores are masked anyway).
-    clamp = max_offset < max_length - 1 + max(block_m, block_n)
     _kernel()[grid](qkv_T_3HD, out_T_HD, bias_H_O, starts_S, lengths_S,
-                    bias_H_O.stride(0), max_offset,
+                    bias_H_O.stride(0), (bias_H_O.shape[1] - 1) // 2,
                     HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                    HEADS_INNER=heads_inner, CLAMP=clamp, num_warps=warps, num_stages=stages)
+                    HEADS_INNER=heads_inner, num_warps=warps, num_stages=stages)
     return out_T_HD
 
 
@@ -94,7 +91,7 @@ def _kernel() -> Any:
     def attention_kernel(qkv_ptr, out_ptr, bias_ptr, starts_ptr, lengths_ptr,  # type: ignore[no-untyped-def]
                          bias_stride, max_offset, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         HEADS_INNER: tl.constexpr, CLAMP: tl.constexpr):
+                         HEADS_INNER: tl.constexpr):
         if HEADS_INNER:  # the heads of one token row run side by side: neighbouring reads
             head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         else:
@@ -122,8 +119,7 @@ def _kernel() -> Any:
             v = tl.load(qkv_ptr + key_rows + (2 * HEADS + head) * HEAD_DIM,
                         mask=key_real[:, None], other=0.0)
             offset = keys[None, :] - queries[:, None]
-            if CLAMP:
-                offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
+            offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
             scores = tl.dot(q, tl.trans(k)) + tl.load(bias_row + offset)
             scores = tl.where(key_real[None, :], scores, float("-inf"))
             new_best = tl.maximum(best, tl.max(scores, 1))
