@@ -297,8 +297,7 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     ok = sorted((r for r in rows if "ms_per_layer" in r), key=lambda r: r["ms_per_layer"])
     for r in ok[:12]:
         print(f"kernel {r['block_m']:3d}x{r['block_n']:3d} warps {r['warps']} stages "
-              f"{r['stages']} heads inner {r['heads_inner']} heads per program "
-              f"{r.get('heads_per_program', 1)}: {r['ms_per_layer']:.2f} ms/layer "
+              f"{r['stages']} heads inner {r['heads_inner']}: {r['ms_per_layer']:.2f} ms/layer "
               f"({moved / r['ms_per_layer'] / 1e6:.0f} GB/s)", flush=True)
     print(f"cuDNN padded: {cudnn_ms:.2f} ms/layer; {len(batches)} batches, {tokens} tokens",
           flush=True)

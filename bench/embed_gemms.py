@@ -150,10 +150,9 @@ def inductor_calls(o: dict[str, torch.Tensor]) -> dict[str, Callable[[], Any]]:
         "ff_out_add_fp32": lambda: c_res(o["hidden"], o["inner_act"], o["w_ff"])}
 
 
-ATTENTION_SETTINGS = (  # (block_m, block_n, warps, stages, heads per program)
-    (64, 16, 4, 3, 1), (64, 32, 4, 3, 1), (64, 16, 4, 3, 2), (64, 16, 4, 3, 4),
-    (64, 16, 4, 3, 8), (64, 32, 4, 3, 4), (64, 16, 4, 4, 4), (64, 16, 4, 2, 4),
-    (64, 32, 4, 2, 8), (64, 64, 4, 2, 4))
+ATTENTION_SETTINGS = (  # (block_m, block_n, warps, stages)
+    (64, 16, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (64, 16, 4, 2), (64, 32, 4, 1),
+    (64, 32, 2, 3), (64, 16, 2, 3), (32, 32, 2, 3), (128, 16, 4, 3), (64, 64, 4, 1))
 
 
 def attention_settings(device: torch.device) -> dict[str, Any]:
@@ -167,8 +166,8 @@ def attention_settings(device: torch.device) -> dict[str, Any]:
     tokenizer = caption_tokenizer()
     captions = embed.make_captions(tokenizer, 1024, median=64.0, seed=0)
     lengths = TextEncoder(tokenizer, None, device, embed.MAX_LENGTH).token_lengths(captions)
-    settings = [{"block_m": m, "block_n": n, "warps": w, "stages": st, "heads_inner": True,
-                 "heads_per_program": group} for m, n, w, st, group in ATTENTION_SETTINGS]
+    settings = [{"block_m": m, "block_n": n, "warps": w, "stages": st, "heads_inner": True}
+                for m, n, w, st in ATTENTION_SETTINGS]
     return embed.kernel_sweep(embed.T5_11B, lengths, 128, 4096, device, settings,
                               torch.float16)
 

@@ -25,10 +25,8 @@ def interpreted() -> Iterator[None]:
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.fail("the CPU kernel tests need TRITON_INTERPRET=1 from the start of the run")
     packed_attention._kernel.cache_clear()
-    packed_attention._grouped_kernel.cache_clear()
     yield
     packed_attention._kernel.cache_clear()
-    packed_attention._grouped_kernel.cache_clear()
 
 
 def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: list[int],
@@ -44,14 +42,12 @@ def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: li
     return torch.cat(out)
 
 
-@pytest.mark.parametrize(("block_m", "block_n", "heads_inner", "heads_per_program"),
-                         [(16, 16, True, 1), (64, 32, True, 1), (16, 64, False, 1),
-                          (16, 16, True, 2), (64, 16, True, 4)])
-def test_kernel_matches_dense_attention_caption_by_caption(
-        interpreted: None, block_m: int, block_n: int, heads_inner: bool,
-        heads_per_program: int) -> None:
-    """Both kernels (one head per program, several), in several tiles and grid orders."""
-    heads, head_dim, lengths = 4, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
+@pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
+                         [(16, 16, True), (64, 32, True), (16, 64, False)])
+def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
+                                                           block_n: int,
+                                                           heads_inner: bool) -> None:
+    heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
@@ -60,18 +56,9 @@ def test_kernel_matches_dense_attention_caption_by_caption(
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
                                             max_length=max(lengths), heads=heads,
                                             head_dim=head_dim, block_m=block_m,
-                                            block_n=block_n, heads_inner=heads_inner,
-                                            heads_per_program=heads_per_program)
+                                            block_n=block_n, heads_inner=heads_inner)
     want = dense_attention(qkv, bias, lengths, heads, head_dim)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
-
-
-def test_heads_per_program_must_divide_the_heads() -> None:
-    starts_S, lengths_S = packed_attention.caption_bounds([2], torch.device("cpu"))
-    with pytest.raises(ValueError, match="heads_per_program=4 does not divide 6 heads"):
-        packed_attention.packed_attention(torch.zeros(2, 3 * 6 * 16), torch.zeros(6, 3),
-                                          starts_S, lengths_S, max_length=2, heads=6,
-                                          head_dim=16, heads_per_program=4)
 
 
 def wide_heads_t5(vocab_size: int = 97) -> Any:

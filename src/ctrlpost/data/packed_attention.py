@@ -57,8 +57,7 @@ def runs(device: torch.device, head_dim: int) -> bool:
 def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: torch.Tensor,
                      lengths_S: torch.Tensor, *, max_length: int, heads: int,
                      head_dim: int, block_m: int = 64, block_n: int = 16, warps: int = 4,
-                     stages: int = 3, heads_inner: bool = True,
-                     heads_per_program: int = 1) -> torch.Tensor:
+                     stages: int = 3, heads_inner: bool = True) -> torch.Tensor:
     """Attention of every caption over its own tokens: ``[T, H·Dk]`` in q/k/v's dtype.
 
     ``qkv_T_3HD``: the fused product's output, q, k and v stacked per token; ``bias_H_O``: the
@@ -73,15 +72,6 @@ def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: 
     out_T_HD = torch.empty(tokens, heads * head_dim, dtype=qkv_T_3HD.dtype,
                            device=qkv_T_3HD.device)
     blocks = -(-max_length // block_m)
-    if heads_per_program > 1:
-        if heads % heads_per_program:
-            raise ValueError(f"heads_per_program={heads_per_program} does not divide "
-                             f"{heads} heads")
-        _grouped_kernel()[(heads // heads_per_program, blocks, starts_S.shape[0])](
-            qkv_T_3HD, out_T_HD, bias_H_O, starts_S, lengths_S, bias_H_O.stride(0),
-            (bias_H_O.shape[1] - 1) // 2, HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m,
-            BLOCK_N=block_n, GROUP=heads_per_program, num_warps=warps, num_stages=stages)
-        return out_T_HD
     grid = ((heads, blocks, starts_S.shape[0]) if heads_inner else
             (blocks, starts_S.shape[0], heads))
     _kernel()[grid](qkv_T_3HD, out_T_HD, bias_H_O, starts_S, lengths_S,
@@ -143,68 +133,3 @@ def _kernel() -> Any:
                  + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=query_real[:, None])
 
     return attention_kernel
-
-
-@functools.cache
-def _grouped_kernel() -> Any:
-    """The same attention, one program per ``GROUP`` neighbouring heads of a tile of queries:
-    one loop over (head, key tile) pairs, so the loads of the next head's keys are in flight
-    while this head finishes, and a program's set-up is paid once per group."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def grouped_attention_kernel(qkv_ptr, out_ptr, bias_ptr, starts_ptr, lengths_ptr,  # type: ignore[no-untyped-def]
-                                 bias_stride, max_offset, HEADS: tl.constexpr,
-                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                                 BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-        group, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        length = tl.load(lengths_ptr + caption)
-        if query_block * BLOCK_M >= length:
-            return
-        start = tl.load(starts_ptr + caption).to(tl.int64)
-        row_width = 3 * HEADS * HEAD_DIM
-        dims = tl.arange(0, HEAD_DIM)
-        queries = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
-        query_real = queries < length
-        q_rows = qkv_ptr + (start + queries)[:, None] * row_width + dims[None, :]
-        out_rows = out_ptr + (start + queries)[:, None] * (HEADS * HEAD_DIM) + dims[None, :]
-        first_head = group * GROUP
-        key_tiles = tl.cdiv(length, BLOCK_N)
-        q = tl.load(q_rows + first_head * HEAD_DIM, mask=query_real[:, None], other=0.0)
-        best = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        total = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        for step in range(0, GROUP * key_tiles):
-            head = first_head + step // key_tiles
-            key_tile = step % key_tiles
-            keys = key_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            key_real = keys < length
-            key_rows = (start + keys)[:, None] * row_width + dims[None, :]
-            k = tl.load(qkv_ptr + key_rows + (HEADS + head) * HEAD_DIM,
-                        mask=key_real[:, None], other=0.0)
-            v = tl.load(qkv_ptr + key_rows + (2 * HEADS + head) * HEAD_DIM,
-                        mask=key_real[:, None], other=0.0)
-            offset = keys[None, :] - queries[:, None]
-            offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
-            scores = tl.dot(q, tl.trans(k)) + tl.load(bias_ptr + head * bias_stride
-                                                      + max_offset + offset)
-            scores = tl.where(key_real[None, :], scores, float("-inf"))
-            new_best = tl.maximum(best, tl.max(scores, 1))
-            weights = tl.exp(scores - new_best[:, None])
-            rescale = tl.exp(best - new_best)
-            total = total * rescale + tl.sum(weights, 1)
-            acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
-            best = new_best
-            if key_tile == key_tiles - 1:  # this head is done: write it, start the next
-                tl.store(out_rows + head * HEAD_DIM, (acc / total[:, None]).to(
-                    out_ptr.dtype.element_ty), mask=query_real[:, None])
-                # The next head's q; after the group's last head this reads the head after
-                # it (or the row's first k), which stays inside the row and is not used.
-                q = tl.load(q_rows + (head + 1) * HEAD_DIM, mask=query_real[:, None],
-                            other=0.0)
-                best = tl.full([BLOCK_M], float("-inf"), tl.float32)
-                total = tl.zeros([BLOCK_M], tl.float32)
-                acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-
-    return grouped_attention_kernel
