@@ -223,7 +223,7 @@ def sdpa_backends(config: dict[str, Any], device: torch.device) -> dict[str, str
     return out
 
 
-KERNEL_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (128, 32))
+KERNEL_TILES = ((32, 32), (32, 64), (64, 16), (64, 32), (64, 64), (128, 32))
 
 
 def sweep_settings() -> list[dict[str, Any]]:

@@ -12,14 +12,17 @@ script asks where that gap comes from and whether another kernel closes it:
   the Hopper persistent TMA template).
 - ``layouts``: the weights stored transposed, and the feed-forward pair on transposed
   activations (other operand layouts, other cuBLAS kernels).
+- ``chunks``: the feed-forward pair in 2 or 4 slices of d_ff (other shapes, other kernels).
 - ``bf16-valued``: float16 inputs whose values are all exactly representable in bf16 (3 low
   mantissa bits zero), timed with the ``cublas`` call: if these run at the bf16 rate the gap is
   the data (switching power), not the kernel choice.
 
-Timing: CUDA events around 10 calls, median of 5. FLOPs = 2 · tokens · weights.
+Timing: wall time of 10 calls with the device drained before and after, median of 5, after
+``--warmup-s`` of products. FLOPs = 2 · tokens · weights.
 
     python bench/embed_gemms.py            # on the device tool's GPU
-    python bench/embed_gemms.py --tokens 256 --model tiny --device cpu   # smoke run
+    python bench/embed_gemms.py --tokens 256 --model tiny --device cpu   # smoke run (the
+        # float32-output products are CUDA-only: on CPU they are recorded as errors)
 
 Writes ``bench/results/embed-gemms-<device>.json`` (or ``--out``).
 """
@@ -201,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time everything this many times over, interleaved")
     parser.add_argument("--warmup-s", type=float, default=10.0,
                         help="run products this long first, so clocks have settled")
-    parser.add_argument("--ways", default="cublas,split,bf16-valued,inductor")
+    parser.add_argument("--ways", default="cublas,split,bf16-valued,inductor",
+                        help="comma-separated, of: cublas, split, bf16-valued, inductor, "
+                             "layouts, chunks (see the module docstring)")
     parser.add_argument("--persistent", action="store_true",
                         help="let inductor try its persistent TMA matmul template too")
     parser.add_argument("--attention", action="store_true",
