@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--median-tokens", type=float, default=64.0)
     parser.add_argument("--batch-sizes", default="128",
                         help="most captions per batch; the first is the recipe default")
-    parser.add_argument("--batch-tokens", type=int, default=4096,
+    parser.add_argument("--batch-tokens", type=int, default=8192,
                         help="most tokens per batch (the recipe default) for every variant "
                              "but the --max-tokens ones")
     parser.add_argument("--repeats", type=int, default=3)

@@ -411,7 +411,7 @@ class EmbedSummary:
 
 
 def run(root: str | Path, *, model: str, device: str = "auto", batch_size: int = 128,
-        batch_tokens: int = 4096, max_length: int = text.TEXT_TOKENS, precision: str = "fp16",
+        batch_tokens: int = 8192, max_length: int = text.TEXT_TOKENS, precision: str = "fp16",
         show_progress: bool = True) -> EmbedSummary:
     """Embed every pending caption of the dataset at ``root`` with the T5 encoder ``model``."""
     start = time.perf_counter()
