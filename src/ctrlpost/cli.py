@@ -398,16 +398,14 @@ def embed(
     from ctrlpost import recipe as recipes
     from ctrlpost.data import embed as embedding
 
-    flags = [f'data.embed.precision="{precision}"'] if precision else []
+    flags = [f'data.embed.device="{device}"'] if device else []
+    flags += [f"data.embed.batch_size={batch_size}"] if batch_size else []
+    flags += [f"data.embed.batch_tokens={batch_tokens}"] if batch_tokens else []
+    flags += [f'data.embed.precision="{precision}"'] if precision else []
     loaded = recipes.load(recipe, [*(overrides or []), *flags])
-    options = loaded.data.embed
     name = model or embedding.resolve_model(loaded.weights.text_encoder,
                                             weights_dir=loaded.weights.dir)
-    summary = embedding.run(loaded.data.root, model=name, device=device or options.device,
-                            batch_size=batch_size or options.batch_size,
-                            batch_tokens=batch_tokens or options.batch_tokens,
-                            precision=options.precision,
-                            max_length=options.max_length)
+    summary = embedding.run(loaded.data.root, model=name, options=loaded.data.embed)
     typer.echo(summary.line())
 
 

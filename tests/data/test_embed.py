@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ctrlpost.cli import app
 from ctrlpost.data import embed, text
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
+from ctrlpost.recipe import EmbedOptions
 
 from .conftest import CORPUS
 
@@ -129,8 +130,8 @@ def test_rerun_skips_done_and_replaces_invalid(tmp_path: Path, encoder: embed.Te
                         lambda name, **k: loads.append(name) or encoder)
     monkeypatch.setattr(embed, "model_dim", lambda name: 32)
 
-    first = embed.run(tmp_path, model="unused", device="cpu", batch_size=2,
-                      show_progress=False)
+    options = EmbedOptions(device="cpu", batch_size=2)
+    first = embed.run(tmp_path, model="unused", options=options, show_progress=False)
     assert (first.embedded, first.skipped, first.empty) == (5, 0, ["blank"])
     assert calls == [2, 2, 1]
     for stem, caption in captions.items():
@@ -141,13 +142,13 @@ def test_rerun_skips_done_and_replaces_invalid(tmp_path: Path, encoder: embed.Te
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "t5_xxl").iterdir()}
     (tmp_path / "t5_xxl" / "c3.pickle").write_bytes(b"garbage")
     calls.clear()
-    second = embed.run(tmp_path, model="unused", device="cpu", batch_size=2,
-                       show_progress=False)
+    second = embed.run(tmp_path, model="unused", options=options, show_progress=False)
     assert (second.embedded, second.skipped) == (1, 4) and calls == [1]
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "t5_xxl").iterdir()}
     assert {k for k in after if after[k] != mtimes[k]} == {"c3.pickle"}
     assert "1 caption(s)" in second.line() and "4 already done" in second.line()
-    third = embed.run(tmp_path, model="unused", device="cpu", show_progress=False)
+    third = embed.run(tmp_path, model="unused", options=EmbedOptions(device="cpu"),
+                      show_progress=False)
     assert (third.embedded, third.skipped, len(loads)) == (0, 5, 2)  # no load when all done
 
 
@@ -201,6 +202,8 @@ def test_embed_command(tmp_path: Path, tiny_t5: Path) -> None:
     assert missing.exit_code == 2 and "cannot load the T5 encoder" in missing.output
     bad = runner.invoke(app, ["embed", str(recipe), "--precision", "fp8"])
     assert bad.exit_code != 0 and "data.embed.precision" in bad.output
+    wrong = runner.invoke(app, ["embed", str(recipe), "--device", "tpu"])
+    assert wrong.exit_code != 0 and "unknown device 'tpu'" in wrong.output
 
 
 def test_overflow_stops_before_writing_and_says_what_to_do(tmp_path: Path,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from ctrlpost.data import packed_attention, text
 from ctrlpost.data.dataset import META_DIR
 from ctrlpost.data.t5 import T5Encoder, encode_packed
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
+
+if TYPE_CHECKING:
+    from ctrlpost.recipe import EmbedOptions
 
 
 @dataclass(frozen=True)
@@ -319,15 +322,15 @@ def length_batches(lengths: Sequence[int], *, max_captions: int, max_tokens: int
     batches: list[list[int]] = []
     held = 0  # the last batch's real tokens
     for i in order:
-        batch = batches[-1] if batches else []
-        if batch and len(batch) < max_captions and \
-                (held + lengths[i] if packed else (len(batch) + 1) * lengths[batch[0]]) \
-                <= max_tokens:
-            batch.append(i)
-            held += lengths[i]
-        else:
-            batches.append([i])
-            held = lengths[i]
+        if batches and len(batches[-1]) < max_captions:
+            batch = batches[-1]
+            grown = held + lengths[i] if packed else (len(batch) + 1) * lengths[batch[0]]
+            if grown <= max_tokens:
+                batch.append(i)
+                held += lengths[i]
+                continue
+        batches.append([i])
+        held = lengths[i]
     return batches
 
 
@@ -410,20 +413,21 @@ class EmbedSummary:
                 f"{self.skipped} already done{extra} -> {self.out_dir}")
 
 
-def run(root: str | Path, *, model: str, device: str = "auto", batch_size: int = 128,
-        batch_tokens: int = 8192, max_length: int = text.TEXT_TOKENS, precision: str = "fp16",
+def run(root: str | Path, *, model: str, options: EmbedOptions,
         show_progress: bool = True) -> EmbedSummary:
-    """Embed every pending caption of the dataset at ``root`` with the T5 encoder ``model``."""
+    """Embed every pending caption of the dataset at ``root`` with the T5 encoder ``model``,
+    as the recipe's ``[data.embed]`` says."""
     start = time.perf_counter()
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(options.device)
     pending = pending_captions(root, dim=model_dim(model))
     embedded = 0
     if pending.todo:  # a finished dataset never loads the (45 GB for T5-11B) weights
-        encoder = load_text_encoder(model, device=torch_device, max_length=max_length,
-                                    precision=precision)
+        encoder = load_text_encoder(model, device=torch_device, max_length=options.max_length,
+                                    precision=options.precision)
         with _Progress(len(pending.todo), enabled=show_progress) as advance:
-            embedded = embed_captions(root, encoder, pending.todo, batch_size=batch_size,
-                                      batch_tokens=batch_tokens, on_batch=advance)
+            embedded = embed_captions(root, encoder, pending.todo,
+                                      batch_size=options.batch_size,
+                                      batch_tokens=options.batch_tokens, on_batch=advance)
     return EmbedSummary(embedded, len(pending.done), pending.empty,
                         time.perf_counter() - start, str(Path(root) / text.EMBED_DIR))
 
