@@ -17,26 +17,25 @@ common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one: its caption mix)
 
-from ctrlpost.data.embed import TextEncoder, length_batches  # noqa: E402
+from ctrlpost.data.embed import length_batches  # noqa: E402
 from ctrlpost.data.packed_attention import caption_bounds, packed_attention  # noqa: E402
-from ctrlpost.hub.tiny import caption_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--block-m", type=int, default=64)
-    parser.add_argument("--block-n", type=int, default=32)
-    parser.add_argument("--warps", type=int, default=4)
-    parser.add_argument("--stages", type=int, default=3)
+    parser.add_argument("--block-m", type=int, help="default: the kernel's")
+    parser.add_argument("--block-n", type=int, help="default: the kernel's")
+    parser.add_argument("--warps", type=int, help="default: the kernel's")
+    parser.add_argument("--stages", type=int, help="default: the kernel's")
     parser.add_argument("--batches", type=int, default=3, help="batches from the middle of the mix")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda")
-    tokenizer = caption_tokenizer()
-    captions = embed.make_captions(tokenizer, 1024, median=64.0, seed=0)
-    lengths = TextEncoder(tokenizer, None, device, embed.MAX_LENGTH).token_lengths(captions)
+    lengths = embed.mixed_caption_lengths()
     batches = [[lengths[i] for i in b] for b in
                length_batches(lengths, max_captions=128, max_tokens=4096, packed=True)]
+    launch = {k: v for k, v in (("block_m", args.block_m), ("block_n", args.block_n),
+                                ("warps", args.warps), ("stages", args.stages)) if v is not None}
     middle = len(batches) // 2
     heads, head_dim = embed.T5_11B["num_heads"], embed.T5_11B["d_kv"]
     for batch in batches[middle:middle + args.batches]:
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         qkv = torch.randn(sum(batch), 3 * heads * head_dim, device=device, dtype=torch.float16)
         bias = torch.randn(heads, 2 * max(batch) - 1, device=device)
         packed_attention(qkv, bias, starts, lens, max_length=max(batch), heads=heads,
-                         head_dim=head_dim, block_m=args.block_m, block_n=args.block_n,
-                         warps=args.warps, stages=args.stages)
+                         head_dim=head_dim, **launch)
         torch.cuda.synchronize()
         print(f"batch of {len(batch)} captions, {sum(batch)} tokens, longest {max(batch)}")
     return 0

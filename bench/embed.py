@@ -79,6 +79,16 @@ def make_captions(tokenizer: Any, count: int, *, median: float, seed: int) -> li
     return [" ".join(rng.choice(words, int(n) - 1)) for n in lengths]
 
 
+def mixed_caption_lengths(count: int = 1024) -> list[int]:
+    """Token lengths (EOS included) of the default "mixed" caption mix: ``count`` captions,
+    median 64 tokens, seed 0, as ``main`` builds it."""
+    from ctrlpost.hub.tiny import caption_tokenizer
+
+    tokenizer = caption_tokenizer()
+    captions = make_captions(tokenizer, count, median=64.0, seed=0)
+    return TextEncoder(tokenizer, None, torch.device("cpu"), MAX_LENGTH).token_lengths(captions)
+
+
 class TransformersNetwork:
     """transformers' ``T5EncoderModel`` behind the call :class:`TextEncoder` makes."""
 
@@ -305,46 +315,26 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
             "cudnn_padded_ms_per_layer": cudnn_ms, "packed": rows}
 
 
-def layer_products(config: dict[str, Any], tokens: int, dtype: torch.dtype,
-                   device: torch.device) -> dict[str, tuple[Callable[[], Any], int]]:
-    """The four products of a layer at ``tokens`` rows, called as the lean forward calls them,
-    each with its weight count (FLOPs = 2 · tokens · weights)."""
-    dim, inner, ff = config["d_model"], config["num_heads"] * config["d_kv"], config["d_ff"]
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, device=device, dtype=dtype) * 0.02
-
-    x, attended, inner_act = randn(tokens, dim), randn(tokens, inner), randn(tokens, ff)
-    w_qkv, w_out, w_in, w_ff = randn(3 * inner, dim), randn(dim, inner), randn(ff, dim), randn(
-        dim, ff)
-    hidden = torch.randn(tokens, dim, device=device)
-    zero = torch.zeros(ff, device=device, dtype=dtype)
-    return {
-        "qkv": (lambda: torch.mm(x, w_qkv.t()), 3 * inner * dim),
-        "ff_in_relu": (lambda: torch._addmm_activation(zero, x, w_in.t()), ff * dim),
-        "out_add_fp32": (lambda: torch.addmm(hidden, attended, w_out.t(),
-                                             out_dtype=torch.float32, out=hidden), dim * inner),
-        "ff_out_add_fp32": (lambda: torch.addmm(hidden, inner_act, w_ff.t(),
-                                                out_dtype=torch.float32, out=hidden), dim * ff)}
-
-
 def gemm_check(config: dict[str, Any], tokens: int, device: torch.device) -> list[dict[str, Any]]:
-    """TFLOP/s of each of a layer's four products in float16 and bf16, with each BLAS library
+    """TFLOP/s of each of a layer's four products (called as the lean forward calls them:
+    ``bench/embed_gemms.py``'s ``cublas`` way) in float16 and bf16, with each BLAS library
     torch offers."""
+    import embed_gemms  # the bench script beside this one
+
+    shapes = {"d_model": config["d_model"], "inner": config["num_heads"] * config["d_kv"],
+              "d_ff": config["d_ff"]}
+    weights = embed_gemms.weights_of(shapes)
     rows: list[dict[str, Any]] = []
     default_library = torch.backends.cuda.preferred_blas_library()
     try:
         for library in ("cublas", "cublaslt"):
             torch.backends.cuda.preferred_blas_library(library)
             for dtype in (torch.float16, torch.bfloat16):
-                for name, (run, weights) in layer_products(config, tokens, dtype,
-                                                           device).items():
-                    run()
-                    seconds = common.median([common.timed(
-                        lambda run=run: [run() for _ in range(10)], device)[0] / 10
-                        for _ in range(5)])
+                operands = embed_gemms.operands(shapes, tokens, dtype, device)
+                for name, run in embed_gemms.cublas_calls(operands).items():
+                    seconds = embed_gemms.seconds_per_call(run, device)
                     row = {"library": library, "dtype": str(dtype), "product": name,
-                           "tokens": tokens, "tflops": 2 * tokens * weights / seconds / 1e12}
+                           "tokens": tokens, "tflops": 2 * tokens * weights[name] / seconds / 1e12}
                     rows.append(row)
                     print(f"gemm {library:8s} {dtype!s:14s} {name:16s} "
                           f"{row['tflops']:.0f} TFLOP/s", flush=True)

@@ -163,16 +163,10 @@ def attention_settings(device: torch.device) -> dict[str, Any]:
     launch settings than its ``--kernel-sweep`` tried."""
     import embed  # the bench script beside this one: its caption mix and sweep
 
-    from ctrlpost.data.embed import TextEncoder
-    from ctrlpost.hub.tiny import caption_tokenizer
-
-    tokenizer = caption_tokenizer()
-    captions = embed.make_captions(tokenizer, 1024, median=64.0, seed=0)
-    lengths = TextEncoder(tokenizer, None, device, embed.MAX_LENGTH).token_lengths(captions)
     settings = [{"block_m": m, "block_n": n, "warps": w, "stages": st, "heads_inner": True}
                 for m, n, w, st in ATTENTION_SETTINGS]
-    return embed.kernel_sweep(embed.T5_11B, lengths, 128, 4096, device, settings,
-                              torch.float16)
+    return embed.kernel_sweep(embed.T5_11B, embed.mixed_caption_lengths(), 128, 4096, device,
+                              settings, torch.float16)
 
 
 def warm_up(shapes: dict[str, int], device: torch.device, seconds: float) -> None:
