@@ -42,6 +42,11 @@ def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: li
     return torch.cat(out)
 
 
+def unpadded(x_B_L: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Each row's first ``lengths[i]`` positions, end to end: a padded batch packed."""
+    return torch.cat([x_B_L[i, :n] for i, n in enumerate(lengths)])
+
+
 @pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
                          [(16, 16, True), (64, 32, True), (16, 64, False)])
 def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
@@ -82,9 +87,8 @@ def test_packed_encoder_equals_padded_encoder(interpreted: None) -> None:
     model = wide_heads_t5()
     padded = t5.T5Encoder.from_transformers(model, torch.float32)(ids_B_L, mask_B_L)
     packed = t5.T5Encoder.from_transformers(model, torch.float32, attention="packed")
-    ids_T = torch.cat([ids_B_L[i, :n] for i, n in enumerate(lengths)])
-    got_T_D = t5.encode_packed(packed, ids_T, lengths)
-    want_T_D = torch.cat([padded[i, :n] for i, n in enumerate(lengths)])
+    got_T_D = t5.encode_packed(packed, unpadded(ids_B_L, lengths), lengths)
+    want_T_D = unpadded(padded, lengths)
     torch.testing.assert_close(got_T_D, want_T_D, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="encode_packed"):
         packed(ids_B_L, mask_B_L)
@@ -139,11 +143,11 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     model = wide_heads_t5().to(device)
     network = embed.lean_network(model.bfloat16())
     assert (network.attention, network.fused_products) == ("packed", True)
-    ids_B_L, mask_B_L = padded_batch([9, 3, 17, 1])
+    encoder_lengths = [9, 3, 17, 1]
+    ids_B_L, mask_B_L = padded_batch(encoder_lengths)
     reference = t5.T5Encoder.from_transformers(wide_heads_t5(), torch.float32)
-    want_B_L_D = reference(ids_B_L, mask_B_L)
-    ids_T = torch.cat([ids_B_L[i, :n] for i, n in enumerate([9, 3, 17, 1])]).to(device)
+    want_T_D = unpadded(reference(ids_B_L, mask_B_L), encoder_lengths)
     with torch.inference_mode():
-        got_T_D = t5.encode_packed(network, ids_T, [9, 3, 17, 1]).cpu()
-    want_T_D = torch.cat([want_B_L_D[i, :n] for i, n in enumerate([9, 3, 17, 1])])
+        got_T_D = t5.encode_packed(network, unpadded(ids_B_L, encoder_lengths).to(device),
+                                   encoder_lengths).cpu()
     assert float((got_T_D - want_T_D).norm() / want_T_D.norm()) < 1e-2
