@@ -47,11 +47,14 @@ def unpadded(x_B_L: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     return torch.cat([x_B_L[i, :n] for i, n in enumerate(lengths)])
 
 
-@pytest.mark.parametrize(("block_m", "block_n", "heads_inner"),
-                         [(16, 16, True), (64, 32, True), (16, 64, False)])
+@pytest.mark.parametrize(("block_m", "block_n", "heads_inner", "tma"),
+                         [(16, 16, True, False), (64, 32, True, False), (16, 64, False, False),
+                          (16, 16, True, True)])
 def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
-                                                           block_n: int,
-                                                           heads_inner: bool) -> None:
+                                                           block_n: int, heads_inner: bool,
+                                                           tma: bool) -> None:
+    """Also with q/k/v through tensor descriptors, whose tiles run past a caption's end into
+    the next caption (and past the last token)."""
     heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
@@ -61,7 +64,7 @@ def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, bl
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
                                             max_length=max(lengths), heads=heads,
                                             head_dim=head_dim, block_m=block_m,
-                                            block_n=block_n, heads_inner=heads_inner)
+                                            block_n=block_n, heads_inner=heads_inner, tma=tma)
     want = dense_attention(qkv, bias, lengths, heads, head_dim)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
@@ -132,17 +135,21 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
     starts_S, lengths_S = packed_attention.caption_bounds(lengths, device)
     want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
+    assert packed_attention.copies_by_tma(qkv.to(device)) == (
+        torch.cuda.get_device_capability(device) >= (9, 0))
     for block_m, block_n in ((64, 16), (32, 64), (64, 64), (128, 64)):
-        got = packed_attention.packed_attention(
-            qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,
-            max_length=max(lengths), heads=heads, head_dim=head_dim, block_m=block_m,
-            block_n=block_n)
-        error = float((got.double().cpu() - want).norm() / want.norm())
-        assert error < 1e-2, (block_m, block_n, error)
+        for tma in {False, packed_attention.copies_by_tma(qkv.to(device))}:
+            got = packed_attention.packed_attention(
+                qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,
+                max_length=max(lengths), heads=heads, head_dim=head_dim, block_m=block_m,
+                block_n=block_n, tma=tma)
+            error = float((got.double().cpu() - want).norm() / want.norm())
+            assert error < 1e-2, (block_m, block_n, tma, error)
 
     model = wide_heads_t5().to(device)
     network = embed.lean_network(model.bfloat16())
     assert (network.attention, network.fused_products) == ("packed", True)
+    assert network.tuned_products is not None
     encoder_lengths = [9, 3, 17, 1]
     ids_B_L, mask_B_L = padded_batch(encoder_lengths)
     reference = t5.T5Encoder.from_transformers(wide_heads_t5(), torch.float32)

@@ -1,0 +1,118 @@
+"""`embed`'s float16 pass over bench/embed.py's caption mix, networks timed in alternation
+while ``nvidia-smi`` logs power and SM clock: is the whole pass at the GPU's power limit, and
+does a change that speeds up a kernel alone speed up the pass?
+
+    python bench/embed_power.py --networks lean,lean-untuned --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as common
+import torch
+
+common.ensure_ctrlpost_importable()
+
+import embed  # noqa: E402  (the bench script beside this one)
+
+from ctrlpost.data.embed import TextEncoder, lean_network  # noqa: E402
+from ctrlpost.data.t5 import T5Encoder  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def networks(fp16: Any) -> dict[str, Any]:
+    return {
+        "lean": lambda: lean_network(fp16),
+        "lean-untuned": lambda: T5Encoder.from_transformers(
+            fp16, torch.float16, attention="packed", fused_products=True),
+    }
+
+
+def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
+    """Mean power (W) and SM clock (MHz) of the samples logged in [start, end] (Unix s)."""
+    power, clock = [], []
+    for line in log.read_text().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 3:
+            continue
+        try:
+            stamp, watts, mhz = float(fields[0]), float(fields[1]), float(fields[2])
+        except ValueError:
+            continue
+        if start <= stamp <= end:
+            power.append(watts)
+            clock.append(mhz)
+    if not power:
+        return {"samples": 0}
+    return {"samples": len(power), "power_w": sum(power) / len(power),
+            "power_max_w": max(power), "sm_mhz": sum(clock) / len(clock)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--networks", default="lean,lean-untuned")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--captions", type=int, default=1024)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    from ctrlpost.hub.tiny import caption_tokenizer
+
+    device = torch.device("cuda")
+    tokenizer = caption_tokenizer()
+    tokenizer.padding_side = "right"
+    captions = embed.make_captions(tokenizer, args.captions, median=64.0, seed=0)
+    fp32, _ = embed.build_encoders(embed.T5_11B, device)
+    fp16 = embed.cast_copy(fp32, torch.float16)
+    del fp32
+    encoders = {name: TextEncoder(tokenizer, networks(fp16)[name](), device, embed.MAX_LENGTH)
+                for name in args.networks.split(",")}
+
+    log = Path(tempfile.mkdtemp()) / "smi.csv"
+    script = ("while true; do echo \"$(date +%s.%N), $(nvidia-smi --query-gpu=power.draw,"
+              "clocks.sm --format=csv,noheader,nounits)\"; sleep 0.05; done")
+    with log.open("w") as sink:
+        logger = subprocess.Popen(["bash", "-c", script], stdout=sink)
+    try:
+        for encoder in encoders.values():  # warm-up: compiles and tunes
+            embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
+        rows: list[dict[str, Any]] = []
+        for round_ in range(args.rounds):
+            for name, encoder in encoders.items():
+                torch.cuda.synchronize()
+                start = time.time()
+                seconds, _ = common.timed(lambda e=encoder: embed.ctrlpost_pass(
+                    e, captions, 128, max_tokens=8192), device)
+                end = time.time()
+                time.sleep(0.3)  # the logger's last samples of this pass
+                row = {"round": round_, "network": name, "seconds": seconds,
+                       "captions_per_s": args.captions / seconds,
+                       **samples_between(log, start, end)}
+                rows.append(row)
+                print(f"round {round_} {name:13} {row['captions_per_s']:7.1f} captions/s  "
+                      f"{row.get('power_w', 0):5.0f} W (max {row.get('power_max_w', 0):.0f})  "
+                      f"{row.get('sm_mhz', 0):5.0f} MHz", flush=True)
+    finally:
+        logger.terminate()
+    summary = {name: common.median([r["captions_per_s"] for r in rows if r["network"] == name])
+               for name in encoders}
+    print("medians:", {k: round(v, 1) for k, v in summary.items()})
+    record = {"benchmark": "embed-power", "device": common.device_name(device),
+              "torch": torch.__version__, "date": common.now(),
+              "command": "bench/embed_power.py " + " ".join(argv or sys.argv[1:]),
+              "rows": rows, "median_captions_per_s": summary}
+    out = args.out or RESULTS / f"embed-power-{common.slug(record['device'])}.json"
+    print(common.write_json(record, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
