@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networks", default="lean-fp16-cudnn,transformers-eager",
                         help="extra variants with the default batching: lean-bf16, "
-                             "lean-untuned, lean-fp16-cudnn, "
+                             "lean-fp16-cudnn, "
                              "lean-fp16-loaded, lean-cudnn-padded, "
                              "lean-efficient, lean-fused, lean-fp16, "
                              "lean-sdpa, lean-cudnn, lean-flex, lean-fp16-flex, lean-compiled, "
@@ -465,9 +465,6 @@ def main(argv: list[str] | None = None) -> int:
         "lean": lambda: lean_network(cast_copy(fp32, torch.float16) if device.type == "cuda"
                                      else fp32),
         "lean-bf16": lambda: lean_network(bf16),
-        "lean-untuned": lambda: T5Encoder.from_transformers(  # the default, on torch's products
-            cast_copy(fp32, torch.float16), torch.float16, attention="packed",
-            fused_products=True),
         "lean-fp16-cudnn": lambda: T5Encoder.from_transformers(fp32, torch.float16,
                                                                attention="cudnn",
                                                                fused_products=True),

@@ -1,8 +1,11 @@
-"""`embed`'s float16 pass over bench/embed.py's caption mix, networks timed in alternation
+"""`embed`'s float16 pass over bench/embed.py's caption mix, variants timed in alternation
 while ``nvidia-smi`` logs power and SM clock: is the whole pass at the GPU's power limit, and
 does a change that speeds up a kernel alone speed up the pass?
 
-    python bench/embed_power.py --networks lean,lean-untuned --rounds 4
+Variants: ``lean`` (what `embed` runs), ``lean-no-tma`` (the attention kernel on computed
+addresses instead of tensor descriptors).
+
+    python bench/embed_power.py --variants lean,lean-no-tma --rounds 5
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import _common as common
 import torch
@@ -22,18 +26,21 @@ common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one)
 
+from ctrlpost.data import packed_attention  # noqa: E402
 from ctrlpost.data.embed import TextEncoder, lean_network  # noqa: E402
-from ctrlpost.data.t5 import T5Encoder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def networks(fp16: Any) -> dict[str, Any]:
-    return {
-        "lean": lambda: lean_network(fp16),
-        "lean-untuned": lambda: T5Encoder.from_transformers(
-            fp16, torch.float16, attention="packed", fused_products=True),
-    }
+VARIANTS = ("lean", "lean-no-tma")
+
+
+def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
+    """One pass as `embed` batches it; ``lean-no-tma`` with tensor descriptors turned off."""
+    if variant == "lean-no-tma":
+        with mock.patch.object(packed_attention, "copies_by_tma", lambda qkv: False):
+            return embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
+    return embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
 
 
 def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
@@ -58,7 +65,7 @@ def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--networks", default="lean,lean-untuned")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--captions", type=int, default=1024)
     parser.add_argument("--out", type=Path)
@@ -73,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     fp32, _ = embed.build_encoders(embed.T5_11B, device)
     fp16 = embed.cast_copy(fp32, torch.float16)
     del fp32
-    encoders = {name: TextEncoder(tokenizer, networks(fp16)[name](), device, embed.MAX_LENGTH)
-                for name in args.networks.split(",")}
+    encoder = TextEncoder(tokenizer, lean_network(fp16), device, embed.MAX_LENGTH)
+    variants = args.variants.split(",")
 
     log = Path(tempfile.mkdtemp()) / "smi.csv"
     script = ("while true; do echo \"$(date +%s.%N), $(nvidia-smi --query-gpu=power.draw,"
@@ -82,28 +89,27 @@ def main(argv: list[str] | None = None) -> int:
     with log.open("w") as sink:
         logger = subprocess.Popen(["bash", "-c", script], stdout=sink)
     try:
-        for encoder in encoders.values():  # warm-up: compiles and tunes
-            embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
+        for name in variants:  # warm-up: compiles each kernel form
+            run_pass(name, encoder, captions)
         rows: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
-            for name, encoder in encoders.items():
+            for name in variants:
                 torch.cuda.synchronize()
                 start = time.time()
-                seconds, _ = common.timed(lambda e=encoder: embed.ctrlpost_pass(
-                    e, captions, 128, max_tokens=8192), device)
+                seconds, _ = common.timed(lambda n=name: run_pass(n, encoder, captions), device)
                 end = time.time()
                 time.sleep(0.3)  # the logger's last samples of this pass
                 row = {"round": round_, "network": name, "seconds": seconds,
                        "captions_per_s": args.captions / seconds,
                        **samples_between(log, start, end)}
                 rows.append(row)
-                print(f"round {round_} {name:13} {row['captions_per_s']:7.1f} captions/s  "
+                print(f"round {round_} {name:12} {row['captions_per_s']:7.1f} captions/s  "
                       f"{row.get('power_w', 0):5.0f} W (max {row.get('power_max_w', 0):.0f})  "
                       f"{row.get('sm_mhz', 0):5.0f} MHz", flush=True)
     finally:
         logger.terminate()
     summary = {name: common.median([r["captions_per_s"] for r in rows if r["network"] == name])
-               for name in encoders}
+               for name in variants}
     print("medians:", {k: round(v, 1) for k, v in summary.items()})
     record = {"benchmark": "embed-power", "device": common.device_name(device),
               "torch": torch.__version__, "date": common.now(),

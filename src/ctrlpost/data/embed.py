@@ -211,8 +211,7 @@ def load_text_encoder(name_or_path: str, *, device: torch.device,
 def lean_network(model: Any) -> T5Encoder:
     """`embed`'s forward of a loaded ``T5EncoderModel``, on the model's device. On CUDA:
     products in the model's dtype (float16 or bf16, float32 accumulation and residual stream)
-    with the residual adds and ReLU fused into them, each shape on its fastest cuBLASLt
-    algorithm, captions packed end to end with
+    with the residual adds and ReLU fused into them, captions packed end to end with
     the packed attention kernel where Triton runs it (the fastest of the variants in
     bench/NOTES.md), else padded batches with cuDNN attention, else plain products and float32
     softmax; on CPU: float32, plain ops."""
@@ -226,8 +225,7 @@ def lean_network(model: Any) -> T5Encoder:
     else:
         attention = "eager"
     low = model.dtype if model.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-    return T5Encoder.from_transformers(model, low, attention=attention, fused_products=True,
-                                       tune_products=True)
+    return T5Encoder.from_transformers(model, low, attention=attention, fused_products=True)
 
 
 def cudnn_attention_runs(device: torch.device, head_dim: int) -> bool:

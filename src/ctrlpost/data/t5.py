@@ -17,8 +17,7 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
 Every matrix product runs in ``compute_dtype`` (float16 or bf16 on GPU) with float32
 accumulation; on CUDA the two products that update the residual stream write float32.
 ``fused_products`` (CUDA) also moves the residual adds, the score bias and the ReLU into the
-products themselves, and ``tuned_products`` runs the four products of a layer on the fastest
-cuBLASLt algorithm for their shape (:mod:`ctrlpost.data.cublaslt`).
+products themselves.
 """
 
 from __future__ import annotations
@@ -31,8 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from ctrlpost.data.cublaslt import TunedProducts
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,6 @@ class T5Encoder:
     compute_dtype: torch.dtype
     attention: str = "eager"  # one of ATTENTION: "eager" = products + float32 softmax
     fused_products: bool = False  # on CUDA: bias, residual add and ReLU inside the products
-    tuned_products: TunedProducts | None = None  # on CUDA: each shape's fastest algorithm
 
     @property
     def dim(self) -> int:
@@ -74,12 +70,9 @@ class T5Encoder:
 
     @classmethod
     def from_transformers(cls, model: Any, compute_dtype: torch.dtype, *,
-                          attention: str = "eager", fused_products: bool = False,
-                          tune_products: bool = False) -> T5Encoder:
+                          attention: str = "eager", fused_products: bool = False) -> T5Encoder:
         """Take the weights of a loaded ``T5EncoderModel`` (on its device, cast to
-        ``compute_dtype``; norms and the position bias table in float32). ``tune_products``
-        (with ``fused_products``, on CUDA where cuBLASLt is reachable): each product shape
-        on its fastest cuBLASLt algorithm."""
+        ``compute_dtype``; norms and the position bias table in float32)."""
         from transformers.activations import ACT2FN
 
         config = model.config
@@ -114,9 +107,7 @@ class T5Encoder:
             num_buckets=config.relative_attention_num_buckets,
             max_distance=config.relative_attention_max_distance, eps=config.layer_norm_epsilon,
             gated=bool(config.is_gated_act), activation=ACT2FN[config.dense_act_fn],
-            compute_dtype=compute_dtype, attention=attention, fused_products=fused_products,
-            tuned_products=(TunedProducts.load(model.device)
-                            if tune_products and fused_products else None))
+            compute_dtype=compute_dtype, attention=attention, fused_products=fused_products)
 
     @property
     def packed(self) -> bool:
@@ -242,25 +233,13 @@ def _compiled_flex() -> Callable[..., Any]:
     return torch.compile(flex_attention, dynamic=True)
 
 
-def product(x: torch.Tensor, weight: torch.Tensor, tuned: TunedProducts | None
-            ) -> torch.Tensor:
-    """``x @ weight.T``, through ``tuned`` where given."""
-    if tuned is None:
-        return F.linear(x, weight)
-    return tuned.linear(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
-
-
 def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
-                fused: bool, tuned: TunedProducts | None = None) -> torch.Tensor:
+                fused: bool) -> torch.Tensor:
     """``hidden + x @ weight.T`` on the float32 residual stream. On CUDA the product writes
     float32 (no rounding of the update to the compute dtype); ``fused`` adds into ``hidden``
-    in place, inside the product (through ``tuned`` where given), instead of in a separate
-    pass."""
+    in place, inside the product, instead of in a separate pass."""
     if x.is_cuda and x.dtype != torch.float32:
         hidden_2d, x_2d = hidden.view(-1, hidden.shape[-1]), x.reshape(-1, x.shape[-1])
-        if fused and tuned is not None:
-            tuned.add_linear(hidden_2d, x_2d, weight)
-            return hidden
         if fused:
             torch.addmm(hidden_2d, x_2d, weight.t(), out_dtype=torch.float32, out=hidden_2d)
             return hidden
@@ -268,14 +247,10 @@ def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
     return hidden + F.linear(x, weight).float()
 
 
-def linear_relu(x: torch.Tensor, weight: torch.Tensor, zero_bias: torch.Tensor | None,
-                tuned: TunedProducts | None = None) -> torch.Tensor:
-    """``relu(x @ weight.T)``. Through ``tuned``, or given a zero bias of the output width
-    (CUDA), the ReLU runs in the product's epilogue (cuBLASLt) instead of as a pass over the
-    ``[tokens, d_ff]`` output."""
-    if tuned is not None:
-        out_2d = tuned.linear(x.reshape(-1, x.shape[-1]), weight, relu=True)
-        return out_2d.view(*x.shape[:-1], weight.shape[0])
+def linear_relu(x: torch.Tensor, weight: torch.Tensor, zero_bias: torch.Tensor | None
+                ) -> torch.Tensor:
+    """``relu(x @ weight.T)``. Given a zero bias of the output width (CUDA), the ReLU runs in
+    the product's epilogue (cuBLASLt) instead of as a pass over the ``[tokens, d_ff]`` output."""
     if zero_bias is not None:
         out_2d = torch._addmm_activation(zero_bias, x.reshape(-1, x.shape[-1]), weight.t())
         return out_2d.view(*x.shape[:-1], weight.shape[0])
@@ -330,20 +305,19 @@ def _stack(encoder: T5Encoder, hidden: torch.Tensor,
     the residual stream is updated in place); ``attention`` maps each layer's fused q/k/v
     product to the attended values, token by token."""
     low, eps, fused = encoder.compute_dtype, encoder.eps, encoder.fused_products
-    tuned = encoder.tuned_products if hidden.is_cuda else None
     zero_bias = None
-    if fused and tuned is None and hidden.is_cuda and not encoder.gated:
+    if fused and hidden.is_cuda and not encoder.gated:
         zero_bias = torch.zeros(encoder.blocks[0].in_weight.shape[0], dtype=low,
                                 device=hidden.device)
     for block in encoder.blocks:
         x = rms_norm(hidden, block.attn_norm_D, eps).to(low)
-        attended = attention(product(x, block.qkv_weight, tuned))
-        hidden = add_product(hidden, attended, block.out_weight, fused=fused, tuned=tuned)
+        attended = attention(F.linear(x, block.qkv_weight))
+        hidden = add_product(hidden, attended, block.out_weight, fused=fused)
         x = rms_norm(hidden, block.ff_norm_D, eps).to(low)
         if encoder.gated:
-            gate, linear = product(x, block.in_weight, tuned).chunk(2, dim=-1)
+            gate, linear = F.linear(x, block.in_weight).chunk(2, dim=-1)
             inner = encoder.activation(gate) * linear
         else:
-            inner = linear_relu(x, block.in_weight, zero_bias, tuned)
-        hidden = add_product(hidden, inner, block.ff_out_weight, fused=fused, tuned=tuned)
+            inner = linear_relu(x, block.in_weight, zero_bias)
+        hidden = add_product(hidden, inner, block.ff_out_weight, fused=fused)
     return rms_norm(hidden, encoder.final_norm_D, eps)
