@@ -19,6 +19,7 @@ import embed  # noqa: E402  (the bench script beside this one: its caption mix)
 
 from ctrlpost.data.embed import length_batches  # noqa: E402
 from ctrlpost.data.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     lengths = embed.mixed_caption_lengths()
     batches = [[lengths[i] for i in b] for b in
-               length_batches(lengths, max_captions=128, max_tokens=4096, packed=True)]
+               length_batches(lengths, max_captions=EmbedOptions().batch_size,
+                              max_tokens=EmbedOptions().batch_tokens, packed=True)]
     launch = {k: v for k, v in (("block_m", args.block_m), ("block_n", args.block_n),
                                 ("warps", args.warps), ("stages", args.stages)) if v is not None}
     middle = len(batches) // 2

@@ -14,7 +14,9 @@ The variants ask where the kernel's time goes:
   descriptors made once on the host over the whole packed ``[T, 3·H·Dk]`` (a tile may run into
   the next caption's rows: those keys are masked, those queries never stored);
   ``tma-store``: tiles wholly inside their caption also stored by it; ``tma-ws``: Triton's
-  warp specialization of the key loop (a producer warp for the copies).
+  warp specialization of the key loop (a producer warp for the copies); ``tma-nobias``: no
+  position bias (a diagnostic); ``tma-window``: each tile's bias read as one run of
+  BLOCK_M + BLOCK_N - 1 offsets, then spread over the tile by ``tl.gather``.
 
     python bench/attention_variants.py                # on the GPU
     TRITON_INTERPRET=1 python bench/attention_variants.py --device cpu --captions 6 --tiny
@@ -38,6 +40,7 @@ import embed  # noqa: E402  (the bench script beside this one: its caption mix)
 
 from ctrlpost.data.embed import length_batches  # noqa: E402
 from ctrlpost.data.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("current", "nobias", "rows", "packed", "bias16", "tma", "tma-bias16")
@@ -118,7 +121,8 @@ def _kernel() -> Any:
     def tma_kernel(q_desc, kv_desc, out_desc, out_ptr, bias_ptr,  # type: ignore[no-untyped-def]
                    starts_ptr, lengths_ptr, bias_stride, max_offset, HEADS: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   WARP_SPECIALIZE: tl.constexpr, TMA_STORE: tl.constexpr):
+                   WARP_SPECIALIZE: tl.constexpr, TMA_STORE: tl.constexpr,
+                   BIAS: tl.constexpr, WINDOW: tl.constexpr):
         head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         length = tl.load(lengths_ptr + caption)
         if query_block * BLOCK_M >= length:
@@ -135,9 +139,19 @@ def _kernel() -> Any:
             keys = first_key + tl.arange(0, BLOCK_N)
             k = kv_desc.load([start + first_key, (HEADS + head) * HEAD_DIM])
             v = kv_desc.load([start + first_key, (2 * HEADS + head) * HEAD_DIM])
-            offset = keys[None, :] - queries[:, None]
-            offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
-            scores = tl.dot(q, tl.trans(k)) + tl.load(bias_row + offset)
+            scores = tl.dot(q, tl.trans(k))
+            if BIAS == 1:  # gather by key - query offset, as the shipped kernel does
+                offset = keys[None, :] - queries[:, None]
+                offset = tl.minimum(tl.maximum(offset, -max_offset), max_offset)
+                scores += tl.load(bias_row + offset)
+            if BIAS == 3:  # the tile's BLOCK_M + BLOCK_N - 1 offsets in one load, then spread
+                lowest = first_key - query_block * BLOCK_M - (BLOCK_M - 1)
+                window = tl.load(bias_row + tl.minimum(tl.maximum(
+                    lowest + tl.arange(0, WINDOW), -max_offset), max_offset))
+                spread = (tl.arange(0, BLOCK_N)[None, :] - tl.arange(0, BLOCK_M)[:, None]
+                          + (BLOCK_M - 1))
+                scores += tl.reshape(tl.gather(window, tl.reshape(spread, [BLOCK_M * BLOCK_N]),
+                                               0), [BLOCK_M, BLOCK_N])
             scores = tl.where((keys < length)[None, :], scores, -1e30)
             new_best = tl.maximum(best, tl.max(scores, 1))
             weights = tl.exp(scores - new_best[:, None])
@@ -187,7 +201,8 @@ def variant(name: str, qkv: torch.Tensor, bias: torch.Tensor, prepared: dict[str
         return tma_variant(qkv, bias.to(qkv.dtype) if "bias16" in name else bias, prepared,
                            heads=heads, head_dim=head_dim, block_m=block_m, block_n=block_n,
                            warps=warps, stages=stages, warp_specialize="-ws" in name,
-                           tma_store="-store" in name)
+                           tma_store="-store" in name,
+                           bias_mode=0 if "nobias" in name else 3 if "window" in name else 1)
     if name == "bias16":
         bias = bias.to(qkv.dtype)
         name = "current"
@@ -213,7 +228,9 @@ def variant(name: str, qkv: torch.Tensor, bias: torch.Tensor, prepared: dict[str
 
 def tma_variant(qkv: torch.Tensor, bias: torch.Tensor, prepared: dict[str, Any], *,
                 heads: int, head_dim: int, block_m: int, block_n: int, warps: int,
-                stages: int, warp_specialize: bool, tma_store: bool) -> torch.Tensor:
+                stages: int, warp_specialize: bool, tma_store: bool,
+                bias_mode: int) -> torch.Tensor:
+    import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     tokens = qkv.shape[0]
@@ -226,6 +243,7 @@ def tma_variant(qkv: torch.Tensor, bias: torch.Tensor, prepared: dict[str, Any],
                        prepared["lengths"], bias.stride(0), (bias.shape[1] - 1) // 2, HEADS=heads,
                        HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
                        WARP_SPECIALIZE=warp_specialize, TMA_STORE=tma_store,
+                       BIAS=bias_mode, WINDOW=triton.next_power_of_2(block_m + block_n - 1),
                        num_warps=warps, num_stages=stages)
     return out
 
@@ -244,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--settings", default="64x16x4x3,64x32x4x3,32x16x4x3,128x16x8x3",
                         help="block_m x block_n x warps x stages, comma-separated")
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=EmbedOptions().batch_tokens)
     parser.add_argument("--captions", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--tiny", action="store_true", help="2 heads of 16 (interpreter)")
@@ -258,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     lengths = embed.mixed_caption_lengths(args.captions)
     batches = [[lengths[i] for i in b] for b in
-               length_batches(lengths, max_captions=128, max_tokens=args.batch_tokens,
+               length_batches(lengths, max_captions=EmbedOptions().batch_size,
+                              max_tokens=args.batch_tokens,
                               packed=True)]
     settings = [tuple(int(x) for x in s.split("x")) for s in args.settings.split(",")]
     names = args.variants.split(",")

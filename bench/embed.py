@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-captions", type=int, default=24,
                         help="captions per timed repetition of the reference way (3 repetitions)")
     parser.add_argument("--median-tokens", type=float, default=64.0)
-    parser.add_argument("--batch-sizes", default="128",
+    parser.add_argument("--batch-sizes", default="512",
                         help="most captions per batch; the first is the recipe default")
     parser.add_argument("--batch-tokens", type=int, default=8192,
                         help="most tokens per batch (the recipe default) for every variant "

@@ -3,14 +3,17 @@ while ``nvidia-smi`` logs power and SM clock: is the whole pass at the GPU's pow
 does a change that speeds up a kernel alone speed up the pass?
 
 Variants: ``lean`` (what `embed` runs), ``lean-no-tma`` (the attention kernel on computed
-addresses instead of tensor descriptors).
+addresses instead of tensor descriptors), ``lean-gather`` (the attention kernel reading each
+score's bias by its own offset, as before the bias run: bench/attention_variants.py's ``tma``),
+``lean-bn32`` / ``lean-bn16`` (the kernel with 32 / 16 keys per tile).
 
-    python bench/embed_power.py --variants lean,lean-no-tma --rounds 5
+    python bench/embed_power.py --variants lean,lean-gather --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import tempfile
@@ -28,19 +31,40 @@ import embed  # noqa: E402  (the bench script beside this one)
 
 from ctrlpost.data import packed_attention  # noqa: E402
 from ctrlpost.data.embed import TextEncoder, lean_network  # noqa: E402
+from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-VARIANTS = ("lean", "lean-no-tma")
+DEFAULTS = EmbedOptions()  # `embed`'s batching
+VARIANTS = ("lean", "lean-no-tma", "lean-gather", "lean-bn32", "lean-bn16")
+
+
+def gather_attention(qkv: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor,
+                     lengths: torch.Tensor, *, max_length: int, heads: int, head_dim: int,
+                     **_: Any) -> torch.Tensor:
+    import attention_variants
+
+    return attention_variants.tma_variant(
+        qkv, bias, {"starts": starts, "lengths": lengths, "longest": max_length},
+        heads=heads, head_dim=head_dim, block_m=64, block_n=16, warps=4, stages=3,
+        warp_specialize=False, tma_store=False, bias_mode=1)
 
 
 def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
     """One pass as `embed` batches it; ``lean-no-tma`` with tensor descriptors turned off."""
-    if variant == "lean-no-tma":
-        with mock.patch.object(packed_attention, "copies_by_tma", lambda qkv: False):
-            return embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
-    return embed.ctrlpost_pass(encoder, captions, 128, max_tokens=8192)
+    patches = {"lean-no-tma": ("copies_by_tma", lambda qkv: False),
+               "lean-gather": ("packed_attention", gather_attention),
+               "lean-bn32": ("packed_attention",
+                             functools.partial(packed_attention.packed_attention, block_n=32)),
+               "lean-bn16": ("packed_attention",
+                             functools.partial(packed_attention.packed_attention, block_n=16))}
+    if variant in patches:
+        with mock.patch.object(packed_attention, *patches[variant]):
+            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
+                                       max_tokens=DEFAULTS.batch_tokens)
+    return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
+                                       max_tokens=DEFAULTS.batch_tokens)
 
 
 def samples_between(log: Path, start: float, end: float) -> dict[str, float]:

@@ -115,7 +115,7 @@ class EmbedOptions(_Section):
     """How `embed` runs the T5 encoder."""
 
     # At most 65,535: the packed attention kernel's launch grid has a row per caption.
-    batch_size: int = Field(128, ge=1, le=65535, description="Most captions per encoder call.")
+    batch_size: int = Field(512, ge=1, le=65535, description="Most captions per encoder call.")
     batch_tokens: int = Field(
         8192, ge=1, description="Most tokens per encoder call: the tokens it holds when "
         "captions are packed (GPU), captions × the longest when padded (CPU); a longer caption "

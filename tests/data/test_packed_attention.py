@@ -137,7 +137,7 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
     assert packed_attention.copies_by_tma(qkv.to(device)) == (
         torch.cuda.get_device_capability(device) >= (9, 0))
-    for block_m, block_n in ((64, 16), (32, 64), (64, 64), (128, 64)):
+    for block_m, block_n in ((64, 32), (64, 16), (32, 64), (64, 64), (128, 64)):
         for tma in {False, packed_attention.copies_by_tma(qkv.to(device))}:
             got = packed_attention.packed_attention(
                 qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,

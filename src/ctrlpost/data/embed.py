@@ -15,7 +15,7 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   products around a float32 residual stream, our packed attention kernel, the residual adds
   and ReLU inside the products; fp32 on CPU; the next batch is queued on the GPU while the
   previous one is written, and a batch whose output overflowed is refused, not written
-  (T5-11B on an H200: 111-117x the reference's captions/s in float16,
+  (T5-11B on an H200: 111-119x the reference's captions/s in float16,
   bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
