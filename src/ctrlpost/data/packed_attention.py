@@ -148,7 +148,7 @@ def _kernel() -> Any:
         bias_row = bias_ptr + head * bias_stride + max_offset
         # A tile's bias depends on key − query only: its BLOCK_M + BLOCK_N − 1 offsets are read
         # as one run, then spread over the tile in registers (reading each element's own
-        # offset costs ~7 % more kernel time: bench/attention_variants.py).
+        # offset costs 2–9 % more kernel time: bench/attention_variants.py).
         spread = tl.reshape(tl.arange(0, BLOCK_N)[None, :] - tl.arange(0, BLOCK_M)[:, None]
                             + (BLOCK_M - 1), [BLOCK_M * BLOCK_N])
         for first_key in range(0, length, BLOCK_N):
