@@ -14,8 +14,9 @@ descriptors over the whole packed ``[T, 3·H·Dk]``, made once per call on the h
 runs past its caption reads the next caption's rows; those keys are masked and those queries
 never stored). That is ~12–15 % faster than computed addresses (bench/attention_variants.py).
 
-Needs Triton (it comes with CUDA builds of torch); ``TRITON_INTERPRET=1`` runs the same kernel on
-CPU tensors, which the tests use.
+Needs Triton 3.2 or later (it comes with CUDA builds of torch; the descriptors need 3.4, and
+older ones take computed addresses); ``TRITON_INTERPRET=1`` runs the same kernel on CPU
+tensors, which the tests use.
 """
 
 from __future__ import annotations
