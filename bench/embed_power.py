@@ -5,9 +5,18 @@ does a change that speeds up a kernel alone speed up the pass?
 Variants: ``lean`` (what `embed` runs), ``lean-no-tma`` (the attention kernel on computed
 addresses instead of tensor descriptors), ``lean-gather`` (the attention kernel reading each
 score's bias by its own offset, as before the bias run: bench/attention_variants.py's ``tma``),
-``lean-bn32`` / ``lean-bn16`` (the kernel with 32 / 16 keys per tile).
+``lean-bn32`` / ``lean-bn16`` (the kernel with 32 / 16 keys per tile), ``lean-bm128``
+(128 queries per tile, 8 warps), ``lean-torchnorm`` (the norms as ``F.rms_norm`` then a cast,
+as before ``ctrlpost.data.fused_norm``), ``lean-split`` / ``lean-split96`` (captions of at most
+64 / 96 tokens in 64-query tiles, longer ones in 128-query tiles: two launches per layer).
+Each variant's embeddings are compared with the first's after the warm-up.
 
     python bench/embed_power.py --variants lean,lean-gather --rounds 5
+    python bench/embed_power.py --variants lean --rounds 0 --trace   # where a pass's time goes
+
+``--trace`` profiles one pass of each variant and splits its wall time into kernel time by
+kind (products, attention, the rest) and the time the GPU sat idle: before the first kernel,
+after the last one, and between kernels (the longest gaps with the kernels around them).
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one)
 
-from ctrlpost.data import packed_attention  # noqa: E402
+from ctrlpost.data import embed as embed_module  # noqa: E402
+from ctrlpost.data import fused_norm, packed_attention, t5  # noqa: E402
 from ctrlpost.data.embed import TextEncoder, lean_network  # noqa: E402
 from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
@@ -37,7 +47,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 DEFAULTS = EmbedOptions()  # `embed`'s batching
-VARIANTS = ("lean", "lean-no-tma", "lean-gather", "lean-bn32", "lean-bn16")
+VARIANTS = ("lean", "lean-no-tma", "lean-gather", "lean-bn32", "lean-bn16", "lean-bm128",
+            "lean-torchnorm", "lean-split", "lean-split96")
+
+
+def torch_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+               dtype: torch.dtype) -> torch.Tensor:
+    """The norm as `embed` ran it before the fused kernel: ``F.rms_norm``, then a cast."""
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps).to(dtype)
 
 
 def gather_attention(qkv: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor,
@@ -51,6 +68,52 @@ def gather_attention(qkv: torch.Tensor, bias: torch.Tensor, starts: torch.Tensor
         warp_specialize=False, tma_store=False, bias_mode=1)
 
 
+def split_encode_packed(encoder: t5.T5Encoder, ids_T: torch.Tensor, lengths: list[int], *,
+                        short: int = 64) -> torch.Tensor:
+    """``encode_packed`` with two attention launches per layer (``lean-split``): captions of
+    at most ``short`` tokens in 64-query tiles (4 warps), longer ones in 128-query tiles
+    (8 warps), so a caption of 65–128 tokens is one program reading its keys once, not two."""
+    import numpy as np
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from ctrlpost.data.fused_norm import rms_norm_to
+
+    device, heads, head_dim = ids_T.device, encoder.heads, encoder.head_dim
+    starts = np.cumsum([0, *lengths[:-1]])
+    groups = []
+    for chosen, block_m, warps in (([i for i, n in enumerate(lengths) if n <= short], 64, 4),
+                                   ([i for i, n in enumerate(lengths) if n > short], 128, 8)):
+        if not chosen:
+            continue
+        starts_S = torch.tensor([int(starts[i]) for i in chosen], dtype=torch.int32)
+        lengths_S = torch.tensor([lengths[i] for i in chosen], dtype=torch.int32)
+        if device.type == "cuda":
+            starts_S, lengths_S = starts_S.pin_memory(), lengths_S.pin_memory()
+        groups.append((starts_S.to(device, non_blocking=True),
+                       lengths_S.to(device, non_blocking=True),
+                       max(lengths[i] for i in chosen), block_m, warps))
+    bias_H_O = t5.offset_bias(encoder, max(lengths), device)
+
+    def attention(qkv: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(qkv.shape[0], heads * head_dim, dtype=qkv.dtype, device=device)
+        kv_desc = TensorDescriptor.from_tensor(qkv, [32, head_dim])
+        for starts_S, lengths_S, longest, block_m, warps in groups:
+            q_desc = TensorDescriptor.from_tensor(qkv, [block_m, head_dim])
+            grid = (heads, -(-longest // block_m), starts_S.shape[0])
+            packed_attention._kernel()[grid](
+                qkv, q_desc, kv_desc, out, bias_H_O, starts_S, lengths_S, bias_H_O.stride(0),
+                (bias_H_O.shape[1] - 1) // 2, HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m,
+                BLOCK_N=32, HEADS_INNER=True, TMA=True,
+                WINDOW=triton.next_power_of_2(block_m + 31), num_warps=warps, num_stages=3)
+        return out
+
+    def norm(hidden: torch.Tensor, weight_D: torch.Tensor) -> torch.Tensor:
+        return rms_norm_to(hidden, weight_D, encoder.eps, encoder.compute_dtype)
+
+    return t5._stack(encoder, encoder.embedding_V_D[ids_T], attention, norm)
+
+
 def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
     """One pass as `embed` batches it; ``lean-no-tma`` with tensor descriptors turned off."""
     patches = {"lean-no-tma": ("copies_by_tma", lambda qkv: False),
@@ -58,13 +121,36 @@ def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
                "lean-bn32": ("packed_attention",
                              functools.partial(packed_attention.packed_attention, block_n=32)),
                "lean-bn16": ("packed_attention",
-                             functools.partial(packed_attention.packed_attention, block_n=16))}
+                             functools.partial(packed_attention.packed_attention, block_n=16)),
+               "lean-bm128": ("packed_attention",
+                              functools.partial(packed_attention.packed_attention,
+                                                block_m=128, warps=8))}
+    if variant.startswith("lean-split"):
+        short = int(variant.removeprefix("lean-split") or 64)
+        with mock.patch.object(embed_module, "encode_packed",
+                               functools.partial(split_encode_packed, short=short)):
+            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
+                                       max_tokens=DEFAULTS.batch_tokens)
+    if variant == "lean-torchnorm":
+        with mock.patch.object(fused_norm, "rms_norm_to", torch_norm):
+            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
+                                       max_tokens=DEFAULTS.batch_tokens)
     if variant in patches:
         with mock.patch.object(packed_attention, *patches[variant]):
             return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
                                        max_tokens=DEFAULTS.batch_tokens)
     return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
                                        max_tokens=DEFAULTS.batch_tokens)
+
+
+def max_difference(ours: dict[int, Any], theirs: dict[int, Any]) -> float:
+    """Largest |ours − theirs| over all captions, relative to each caption's output RMS."""
+    worst = 0.0
+    for i, a in ours.items():
+        b = theirs[i].astype("float32")
+        rms = float((b * b).mean() ** 0.5)
+        worst = max(worst, float(abs(a.astype("float32") - b).max()) / max(rms, 1e-30))
+    return worst
 
 
 def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
@@ -87,11 +173,81 @@ def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
             "power_max_w": max(power), "sm_mhz": sum(clock) / len(clock)}
 
 
+def kind(kernel: str) -> str:
+    if kernel.startswith("attention_kernel"):
+        return "attention"
+    if any(tag in kernel for tag in ("nvjet", "gemm", "cutlass", "xmma", "cublas")):
+        return "products"
+    return "other"
+
+
+def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[str, Any]:
+    """One profiled pass: wall time, kernel time by kind and by name, idle time and gaps."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof, record_function("embed_pass"):
+        run_pass(variant, encoder, captions)
+        torch.cuda.synchronize()
+    path = Path(tempfile.mkdtemp()) / "trace.json"
+    prof.export_chrome_trace(str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    marks = [e for e in events if e.get("name") == "embed_pass" and e.get("ph") == "X"
+             and e.get("cat") == "user_annotation"]
+    kernels = sorted((e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"),
+                     key=lambda e: e["ts"])
+    start, wall = marks[0]["ts"], marks[0]["dur"]
+    by_kind: dict[str, float] = {}
+    by_name: dict[str, list[float]] = {}
+    gaps: list[tuple[float, str, str, float]] = []
+    busy_until = kernels[0]["ts"]
+    busy = 0.0
+    for previous, kernel in zip([None, *kernels[:-1]], kernels, strict=True):
+        begin, end = kernel["ts"], kernel["ts"] + kernel["dur"]
+        if previous is not None and begin > busy_until:
+            gaps.append((begin - busy_until, previous["name"][:60], kernel["name"][:60],
+                         busy_until - start))
+        busy += max(0.0, end - max(begin, busy_until))
+        busy_until = max(busy_until, end)
+        by_kind[kind(kernel["name"])] = by_kind.get(kind(kernel["name"]), 0.0) + kernel["dur"]
+        by_name.setdefault(kernel["name"][:90], []).append(kernel["dur"])
+    lead = kernels[0]["ts"] - start
+    tail = start + wall - busy_until
+    gaps.sort(reverse=True)
+    ms = 1e-3
+    record = {
+        "network": variant, "wall_ms": wall * ms, "kernel_busy_ms": busy * ms,
+        "idle_before_first_kernel_ms": lead * ms, "idle_after_last_kernel_ms": tail * ms,
+        "idle_between_kernels_ms": sum(g[0] for g in gaps) * ms,
+        "gaps_over_20us": sum(1 for g in gaps if g[0] > 20),
+        "kernel_ms_by_kind": {k: v * ms for k, v in sorted(by_kind.items())},
+        "kernels": [{"name": n, "calls": len(d), "ms": sum(d) * ms}
+                    for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]],
+        "longest_gaps": [{"us": g, "after": a, "before": b, "at_ms": at * ms}
+                         for g, a, b, at in gaps[:15]],
+    }
+    print(f"trace {variant}: wall {record['wall_ms']:.1f} ms, kernels busy "
+          f"{record['kernel_busy_ms']:.1f} ms, idle before {lead * ms:.2f} / between "
+          f"{record['idle_between_kernels_ms']:.2f} / after {tail * ms:.2f} ms; by kind "
+          + ", ".join(f"{k} {v:.1f}" for k, v in record["kernel_ms_by_kind"].items()),
+          flush=True)
+    for k in record["kernels"]:
+        print(f"    {k['ms']:8.1f} ms {k['calls']:5d}  {k['name']}")
+    for g in record["longest_gaps"]:
+        print(f"    gap {g['us']:8.1f} us at {g['at_ms']:7.1f} ms  {g['after']} -> {g['before']}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--captions", type=int, default=1024)
+    parser.add_argument("--trace", action="store_true",
+                        help="also profile one pass of each variant (see above)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -113,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     with log.open("w") as sink:
         logger = subprocess.Popen(["bash", "-c", script], stdout=sink)
     try:
-        for name in variants:  # warm-up: compiles each kernel form
-            run_pass(name, encoder, captions)
+        outputs = {name: run_pass(name, encoder, captions) for name in variants}  # warm-up
+        agreement = {name: max_difference(outputs[name], outputs[variants[0]])
+                     for name in variants[1:]}
+        del outputs
+        print("largest difference from", variants[0], agreement, flush=True)
         rows: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
             for name in variants:
@@ -132,13 +291,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row.get('sm_mhz', 0):5.0f} MHz", flush=True)
     finally:
         logger.terminate()
+    traces = [trace_pass(name, encoder, captions) for name in variants] if args.trace else []
     summary = {name: common.median([r["captions_per_s"] for r in rows if r["network"] == name])
-               for name in variants}
+               for name in variants} if rows else {}
     print("medians:", {k: round(v, 1) for k, v in summary.items()})
     record = {"benchmark": "embed-power", "device": common.device_name(device),
               "torch": torch.__version__, "date": common.now(),
               "command": "bench/embed_power.py " + " ".join(argv or sys.argv[1:]),
-              "rows": rows, "median_captions_per_s": summary}
+              "rows": rows, "median_captions_per_s": summary, "traces": traces,
+              "max_abs_difference_over_rms_vs_first": agreement}
     out = args.out or RESULTS / f"embed-power-{common.slug(record['device'])}.json"
     print(common.write_json(record, out))
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -131,6 +131,22 @@ def build_tiny_t5(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def interpreted() -> Iterator[None]:
+    """The Triton kernels (packed attention, fused norm) built for Triton's CPU interpreter
+    (tests/conftest.py chooses it for CPU runs), fresh for this test."""
+    from ctrlpost.data import fused_norm, packed_attention
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.fail("the CPU kernel tests need TRITON_INTERPRET=1 from the start of the run")
+    kernels = (packed_attention._kernel, fused_norm._kernel)
+    for kernel in kernels:
+        kernel.cache_clear()
+    yield
+    for kernel in kernels:
+        kernel.cache_clear()
 
 
 @pytest.fixture(scope="session")

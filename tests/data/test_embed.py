@@ -124,7 +124,8 @@ def test_rerun_skips_done_and_replaces_invalid(tmp_path: Path, encoder: embed.Te
     calls: list[int] = []
     original = embed.TextEncoder._launch
     monkeypatch.setattr(embed.TextEncoder, "_launch",
-                        lambda self, caps: calls.append(len(caps)) or original(self, caps))
+                        lambda self, caps, copies: calls.append(len(caps))
+                        or original(self, caps, copies))
     loads: list[str] = []
     monkeypatch.setattr(embed, "load_text_encoder",
                         lambda name, **k: loads.append(name) or encoder)

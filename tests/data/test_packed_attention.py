@@ -4,7 +4,6 @@ the padded encoder's numbers."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,19 +13,6 @@ import torch
 from ctrlpost.data import embed, packed_attention, t5
 
 from .test_t5 import padded_batch
-
-
-@pytest.fixture
-def interpreted() -> Iterator[None]:
-    """The kernel built for Triton's CPU interpreter (tests/conftest.py chooses it for CPU
-    runs), fresh for this test."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.fail("the CPU kernel tests need TRITON_INTERPRET=1 from the start of the run")
-    packed_attention._kernel.cache_clear()
-    yield
-    packed_attention._kernel.cache_clear()
 
 
 def dense_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, lengths: list[int],
@@ -110,8 +96,9 @@ def test_text_encoder_splits_packed_outputs_per_caption(interpreted: None,
     got, want = packed.encode(captions), padded.encode(captions)
     assert [g.shape for g in got] == [w.shape for w in want] == [
         (n, 32) for n in encoder.token_lengths(captions)]
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), atol=1e-3)
+    for g, w in zip(got, want, strict=True):  # float16 outputs: within one rounding step
+        np.testing.assert_allclose(g.astype(np.float32), w.astype(np.float32), rtol=2**-10,
+                                   atol=1e-3)
 
     # A packed batch's token budget counts the tokens it holds; a padded one's, its padding.
     budget = sum(encoder.token_lengths(captions))

@@ -76,10 +76,12 @@ class TextEncoder:
                        ) -> Iterator[list[np.ndarray]]:
         """:meth:`encode` of each batch of token ids in turn, with the next batch already queued
         on the device while the host copies out and hands over the previous one (so the GPU
-        does not wait for pickling or writing)."""
+        does not wait for pickling or writing). On CUDA the outputs come to the host on a
+        stream of their own, so the next batch's products do not wait for the copy."""
         in_flight: _Launched | None = None
+        copies = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         for token_ids in batches:
-            launched = self._launch(token_ids)
+            launched = self._launch(token_ids, copies)
             if in_flight is not None:
                 yield in_flight.collect()
             in_flight = launched
@@ -87,9 +89,10 @@ class TextEncoder:
             yield in_flight.collect()
 
     @torch.inference_mode()
-    def _launch(self, token_ids: Sequence[Sequence[int]]) -> _Launched:
+    def _launch(self, token_ids: Sequence[Sequence[int]],
+                copies: torch.cuda.Stream | None) -> _Launched:
         lengths = [len(ids) for ids in token_ids]
-        cuda = self.device.type == "cuda"
+        cuda = copies is not None
         if self.network.packed:
             ids_T = torch.from_numpy(np.concatenate([np.asarray(ids, np.int64)
                                                      for ids in token_ids]))
@@ -100,12 +103,20 @@ class TextEncoder:
         else:
             out = self._padded(token_ids, lengths)
         host = torch.empty(out.shape, dtype=torch.float16, pin_memory=cuda)
-        host.copy_(out, non_blocking=cuda)
         finite = torch.empty((), dtype=torch.bool, pin_memory=cuda)
-        finite.copy_(torch.isfinite(out).all(), non_blocking=cuda)
-        done = torch.cuda.Event() if cuda else None
-        if done is not None:
+        all_finite = torch.isfinite(out).all()
+        if copies is None:
+            host.copy_(out)
+            finite.copy_(all_finite)
+            return _Launched(host, lengths, finite, None)
+        copies.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(copies):
+            host.copy_(out, non_blocking=True)
+            finite.copy_(all_finite, non_blocking=True)
+            done = torch.cuda.Event()
             done.record()
+        for tensor in (out, all_finite):  # not reused by the next batch before the copy ends
+            tensor.record_stream(copies)
         return _Launched(host, lengths, finite, done)
 
     def _padded(self, token_ids: Sequence[Sequence[int]], lengths: list[int]) -> torch.Tensor:

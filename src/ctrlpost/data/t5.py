@@ -278,14 +278,19 @@ def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) ->
         attended = attend(encoder, q, k, v, bias, dense_bias)  # [B, H, L, Dk]
         return attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
-    return _stack(encoder, encoder.embedding_V_D[ids_B_L], attention)
+    def norm(hidden: torch.Tensor, weight_D: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden, weight_D, encoder.eps).to(encoder.compute_dtype)
+
+    return _stack(encoder, encoder.embedding_V_D[ids_B_L], attention, norm)
 
 
 def encode_packed(encoder: T5Encoder, ids_T: torch.Tensor, lengths: Sequence[int]
                   ) -> torch.Tensor:
     """The encoder stack over captions packed end to end (``ids_T``: the token ids of each
     caption in turn, no padding): float32 ``[T, D]``. Attention is
-    :func:`ctrlpost.data.packed_attention.packed_attention`."""
+    :func:`ctrlpost.data.packed_attention.packed_attention`, and the norms before the products
+    are :func:`ctrlpost.data.fused_norm.rms_norm_to` (both Triton kernels)."""
+    from ctrlpost.data.fused_norm import rms_norm_to
     from ctrlpost.data.packed_attention import caption_bounds, packed_attention
 
     starts_S, lengths_S = caption_bounds(lengths, ids_T.device)
@@ -296,24 +301,29 @@ def encode_packed(encoder: T5Encoder, ids_T: torch.Tensor, lengths: Sequence[int
         return packed_attention(qkv_T_3HD, bias_H_O, starts_S, lengths_S, max_length=longest,
                                 heads=encoder.heads, head_dim=encoder.head_dim)
 
-    return _stack(encoder, encoder.embedding_V_D[ids_T], attention)
+    def norm(hidden: torch.Tensor, weight_D: torch.Tensor) -> torch.Tensor:
+        return rms_norm_to(hidden, weight_D, encoder.eps, encoder.compute_dtype)
+
+    return _stack(encoder, encoder.embedding_V_D[ids_T], attention, norm)
 
 
 def _stack(encoder: T5Encoder, hidden: torch.Tensor,
-           attention: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+           attention: Callable[[torch.Tensor], torch.Tensor],
+           norm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The layers and the final norm over float32 token embeddings (``hidden``, a new tensor:
     the residual stream is updated in place); ``attention`` maps each layer's fused q/k/v
-    product to the attended values, token by token."""
+    product to the attended values, token by token; ``norm`` maps the stream and a norm's
+    weight to the products' input in the compute dtype."""
     low, eps, fused = encoder.compute_dtype, encoder.eps, encoder.fused_products
     zero_bias = None
     if fused and hidden.is_cuda and not encoder.gated:
         zero_bias = torch.zeros(encoder.blocks[0].in_weight.shape[0], dtype=low,
                                 device=hidden.device)
     for block in encoder.blocks:
-        x = rms_norm(hidden, block.attn_norm_D, eps).to(low)
+        x = norm(hidden, block.attn_norm_D)
         attended = attention(F.linear(x, block.qkv_weight))
         hidden = add_product(hidden, attended, block.out_weight, fused=fused)
-        x = rms_norm(hidden, block.ff_norm_D, eps).to(low)
+        x = norm(hidden, block.ff_norm_D)
         if encoder.gated:
             gate, linear = F.linear(x, block.in_weight).chunk(2, dim=-1)
             inner = encoder.activation(gate) * linear
