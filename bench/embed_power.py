@@ -8,8 +8,13 @@ score's bias by its own offset, as before the bias run: bench/attention_variants
 ``lean-bn32`` / ``lean-bn16`` (the kernel with 32 / 16 keys per tile), ``lean-bm128``
 (128 queries per tile, 8 warps), ``lean-torchnorm`` (the norms as ``F.rms_norm`` then a cast,
 as before ``ctrlpost.data.fused_norm``), ``lean-split`` / ``lean-split96`` (captions of at most
-64 / 96 tokens in 64-query tiles, longer ones in 128-query tiles: two launches per layer).
-Each variant's embeddings are compared with the first's after the warm-up.
+64 / 96 tokens in 64-query tiles, longer ones in 128-query tiles: two launches per layer),
+``lean-att:<setting>=<int>/…`` (the attention kernel with other launch settings, e.g.
+``lean-att:block_n=64/warps=8``), ``lean-tokens<N>`` (batches of at most N tokens instead of the
+recipe's), ``lean-first<N>`` (the first chunk tokenized is N captions instead of 64). Each
+variant's embeddings are compared with the first's after the warm-up. The logger also records
+why the SM clock is lowered (nvidia-smi's clock event reasons: the software power cap, thermal,
+power brake).
 
     python bench/embed_power.py --variants lean,lean-gather --rounds 5
     python bench/embed_power.py --variants lean --rounds 0 --trace   # where a pass's time goes
@@ -22,6 +27,7 @@ after the last one, and between kernels (the longest gaps with the kernels aroun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import subprocess
 import sys
@@ -115,7 +121,7 @@ def split_encode_packed(encoder: t5.T5Encoder, ids_T: torch.Tensor, lengths: lis
 
 
 def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
-    """One pass as `embed` batches it; ``lean-no-tma`` with tensor descriptors turned off."""
+    """One pass as `embed` batches it, with ``variant``'s change patched in."""
     patches = {"lean-no-tma": ("copies_by_tma", lambda qkv: False),
                "lean-gather": ("packed_attention", gather_attention),
                "lean-bn32": ("packed_attention",
@@ -125,22 +131,33 @@ def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
                "lean-bm128": ("packed_attention",
                               functools.partial(packed_attention.packed_attention,
                                                 block_m=128, warps=8))}
-    if variant.startswith("lean-split"):
-        short = int(variant.removeprefix("lean-split") or 64)
-        with mock.patch.object(embed_module, "encode_packed",
-                               functools.partial(split_encode_packed, short=short)):
-            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
-                                       max_tokens=DEFAULTS.batch_tokens)
-    if variant == "lean-torchnorm":
-        with mock.patch.object(fused_norm, "rms_norm_to", torch_norm):
-            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
-                                       max_tokens=DEFAULTS.batch_tokens)
+    max_tokens = DEFAULTS.batch_tokens
+    patch: Any = contextlib.nullcontext()
     if variant in patches:
-        with mock.patch.object(packed_attention, *patches[variant]):
-            return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
-                                       max_tokens=DEFAULTS.batch_tokens)
-    return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
-                                       max_tokens=DEFAULTS.batch_tokens)
+        patch = mock.patch.object(packed_attention, *patches[variant])
+    elif variant.startswith("lean-att:"):
+        settings = dict(kv.split("=") for kv in variant.removeprefix("lean-att:").split("/"))
+        patch = mock.patch.object(packed_attention, "packed_attention", functools.partial(
+            packed_attention.packed_attention, **{k: int(v) for k, v in settings.items()}))
+    elif variant.startswith("lean-split"):
+        patch = mock.patch.object(embed_module, "encode_packed", functools.partial(
+            split_encode_packed, short=int(variant.removeprefix("lean-split") or 64)))
+    elif variant == "lean-torchnorm":
+        patch = mock.patch.object(fused_norm, "rms_norm_to", torch_norm)
+    elif variant.startswith("lean-tokens"):
+        max_tokens = int(variant.removeprefix("lean-tokens"))
+    elif variant.startswith("lean-first"):
+        patch = mock.patch.object(embed_module, "FIRST_CHUNK",
+                                  int(variant.removeprefix("lean-first")))
+    elif variant != "lean":
+        raise SystemExit(f"unknown variant {variant!r}")
+    with patch:
+        return embed.ctrlpost_pass(encoder, captions, DEFAULTS.batch_size,
+                                   max_tokens=max_tokens)
+
+
+CLOCK_REASONS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal_slowdown",
+                 0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake"}  # nvidia-smi's bits
 
 
 def max_difference(ours: dict[int, Any], theirs: dict[int, Any]) -> float:
@@ -154,23 +171,31 @@ def max_difference(ours: dict[int, Any], theirs: dict[int, Any]) -> float:
 
 
 def samples_between(log: Path, start: float, end: float) -> dict[str, float]:
-    """Mean power (W) and SM clock (MHz) of the samples logged in [start, end] (Unix s)."""
-    power, clock = [], []
+    """Mean power (W) and SM clock (MHz) of the samples logged in [start, end] (Unix s), and
+    the fraction of samples in which each clock-lowering reason was active."""
+    power, clock, reasons = [], [], []
     for line in log.read_text().splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) != 3:
+        if len(fields) < 3:
             continue
         try:
             stamp, watts, mhz = float(fields[0]), float(fields[1]), float(fields[2])
+            mask = int(fields[3], 16) if len(fields) > 3 else None
         except ValueError:
             continue
         if start <= stamp <= end:
             power.append(watts)
             clock.append(mhz)
+            if mask is not None:
+                reasons.append(mask)
     if not power:
         return {"samples": 0}
-    return {"samples": len(power), "power_w": sum(power) / len(power),
-            "power_max_w": max(power), "sm_mhz": sum(clock) / len(clock)}
+    record: dict[str, float] = {"samples": len(power), "power_w": sum(power) / len(power),
+                                "power_max_w": max(power), "sm_mhz": sum(clock) / len(clock)}
+    for bit, name in CLOCK_REASONS.items():
+        if reasons:
+            record[f"{name}_fraction"] = sum(1 for r in reasons if r & bit) / len(reasons)
+    return record
 
 
 def kind(kernel: str) -> str:
@@ -264,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
 
     log = Path(tempfile.mkdtemp()) / "smi.csv"
-    script = ("while true; do echo \"$(date +%s.%N), $(nvidia-smi --query-gpu=power.draw,"
-              "clocks.sm --format=csv,noheader,nounits)\"; sleep 0.05; done")
+    fields = "power.draw,clocks.sm"
+    reasons = "clocks_event_reasons.active"  # older drivers do not know it: then left out
+    if subprocess.run(["nvidia-smi", f"--query-gpu={reasons}", "--format=csv"],
+                      capture_output=True).returncode == 0:
+        fields += "," + reasons
+    script = (f"while true; do echo \"$(date +%s.%N), $(nvidia-smi --query-gpu={fields} "
+              "--format=csv,noheader,nounits)\"; sleep 0.05; done")
     with log.open("w") as sink:
         logger = subprocess.Popen(["bash", "-c", script], stdout=sink)
     try:
@@ -288,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"round {round_} {name:12} {row['captions_per_s']:7.1f} captions/s  "
                       f"{row.get('power_w', 0):5.0f} W (max {row.get('power_max_w', 0):.0f})  "
-                      f"{row.get('sm_mhz', 0):5.0f} MHz", flush=True)
+                      f"{row.get('sm_mhz', 0):5.0f} MHz  power cap "
+                      f"{row.get('sw_power_cap_fraction', float('nan')):.0%} of samples",
+                      flush=True)
     finally:
         logger.terminate()
     traces = [trace_pass(name, encoder, captions) for name in variants] if args.trace else []
