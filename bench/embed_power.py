@@ -213,8 +213,16 @@ def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[
     from torch.profiler import ProfilerActivity, profile, record_function
 
     torch.cuda.synchronize()
+    def marked(name: str, method: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with record_function(name):
+                return method(*args, **kwargs)
+        return run
+
     activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
-    with profile(activities=activities) as prof, record_function("embed_pass"):
+    with (mock.patch.object(TextEncoder, "tokenize", marked("tokenize", TextEncoder.tokenize)),
+          mock.patch.object(TextEncoder, "_launch", marked("launch", TextEncoder._launch)),
+          profile(activities=activities) as prof, record_function("embed_pass")):
         run_pass(variant, encoder, captions)
         torch.cuda.synchronize()
     path = Path(tempfile.mkdtemp()) / "trace.json"
@@ -251,6 +259,13 @@ def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[
         "kernel_ms_by_kind": {k: v * ms for k, v in sorted(by_kind.items())},
         "kernels": [{"name": n, "calls": len(d), "ms": sum(d) * ms}
                     for n, d in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]],
+        "first_host_ops": [{"name": e["name"][:60], "at_ms": (e["ts"] - start) * ms,
+                            "ms": e["dur"] * ms}
+                           for e in sorted((e for e in events if e.get("ph") == "X"
+                                            and e.get("cat") in ("cpu_op", "user_annotation")
+                                            and e.get("name") != "embed_pass"),
+                                           key=lambda e: e["ts"])
+                           if e["ts"] - start < lead][:40],
         "longest_gaps": [{"us": g, "after": a, "before": b, "at_ms": at * ms}
                          for g, a, b, at in gaps[:15]],
     }
@@ -261,6 +276,8 @@ def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[
           flush=True)
     for k in record["kernels"]:
         print(f"    {k['ms']:8.1f} ms {k['calls']:5d}  {k['name']}")
+    for op in record["first_host_ops"]:
+        print(f"    host {op['at_ms']:7.2f} ms (+{op['ms']:.2f})  {op['name']}")
     for g in record["longest_gaps"]:
         print(f"    gap {g['us']:8.1f} us at {g['at_ms']:7.1f} ms  {g['after']} -> {g['before']}")
     return record
