@@ -122,14 +122,14 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     bias = torch.randn(heads, 2 * max(lengths) - 1, generator=generator) * 2
     starts_S, lengths_S = packed_attention.caption_bounds(lengths, device)
     want = dense_attention(qkv.bfloat16().float(), bias, lengths, heads, head_dim)
-    assert packed_attention.copies_by_tma(qkv.to(device)) == (
-        torch.cuda.get_device_capability(device) >= (9, 0))
+    qkv_T_3HD, bias_H_O = qkv.to(device, torch.bfloat16), bias.to(device)
+    by_tma = packed_attention.copies_by_tma(qkv_T_3HD)
+    assert by_tma == (torch.cuda.get_device_capability(device) >= (9, 0))
     for block_m, block_n in ((64, 32), (64, 16), (32, 64), (64, 64), (128, 64)):
-        for tma in {False, packed_attention.copies_by_tma(qkv.to(device))}:
+        for tma in {False, by_tma}:
             got = packed_attention.packed_attention(
-                qkv.to(device, torch.bfloat16), bias.to(device), starts_S, lengths_S,
-                max_length=max(lengths), heads=heads, head_dim=head_dim, block_m=block_m,
-                block_n=block_n, tma=tma)
+                qkv_T_3HD, bias_H_O, starts_S, lengths_S, max_length=max(lengths), heads=heads,
+                head_dim=head_dim, block_m=block_m, block_n=block_n, tma=tma)
             error = float((got.double().cpu() - want).norm() / want.norm())
             assert error < 1e-2, (block_m, block_n, tma, error)
 
