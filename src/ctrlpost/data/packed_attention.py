@@ -147,6 +147,7 @@ def _kernel() -> Any:
         total = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         bias_row = bias_ptr + head * bias_stride + max_offset
+        log2_e = 1.4426950408889634  # the softmax is in base 2 (see the loop)
         # A tile's bias depends on key − query only: its BLOCK_M + BLOCK_N − 1 offsets are read
         # as one run, then spread over the tile in registers (reading each element's own
         # offset costs 2–9 % more kernel time: bench/attention_variants.py).
@@ -169,10 +170,10 @@ def _kernel() -> Any:
             offsets = tl.minimum(tl.maximum(lowest + tl.arange(0, WINDOW), -max_offset),
                                  max_offset)
             # Softmax in base 2: scores and bias scaled by log2(e), so each score costs one
-            # multiply-add and one exp2 (4 % less kernel time than exp: bench/embed_power.py).
-            bias_run = tl.load(bias_row + offsets) * 1.4426950408889634
+            # multiply-add and one exp2 (4 % less kernel time than exp: bench/NOTES.md).
+            bias_run = tl.load(bias_row + offsets) * log2_e
             bias = tl.reshape(tl.gather(bias_run, spread, 0), [BLOCK_M, BLOCK_N])
-            scores = tl.dot(q, tl.trans(k)) * 1.4426950408889634 + bias
+            scores = tl.dot(q, tl.trans(k)) * log2_e + bias
             scores = tl.where(key_real[None, :], scores, float("-inf"))
             new_best = tl.maximum(best, tl.max(scores, 1))
             weights = tl.exp2(scores - new_best[:, None])
