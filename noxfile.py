@@ -46,7 +46,7 @@ def gpu(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff lint and format check."""
+    """ruff lint."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", "src", "tests", "plugins", "bench", "noxfile.py")
 

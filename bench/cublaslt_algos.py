@@ -6,6 +6,7 @@ is written as torch computes it (row-major ``Y[M, N] = X[M, K] · W[N, K]ᵀ``),
 cuBLAS's column-major terms is ``Yᵀ = op(W)ᵀ-layout · X``: A = W transposed, B = X.
 
     python bench/cublaslt_algos.py --tokens 8160 --dtypes float16,bfloat16
+    python bench/cublaslt_algos.py --energy 1.0 --rounds 2   # joules per product instead
 """
 
 from __future__ import annotations
@@ -173,12 +174,14 @@ def products(tokens: int, dtype: torch.dtype) -> dict[str, dict[str, Any]]:
 
 
 def compare(lib: ctypes.CDLL, handle: ctypes.c_void_p, tokens: int, dtype: torch.dtype,
-            count: int, rounds: int) -> list[dict[str, Any]]:
+            count: int, rounds: int, only: set[str] | None = None) -> list[dict[str, Any]]:
     """Each product's algorithms timed once, then torch's call and the fastest of them timed
     alternately ``rounds`` times (the clock drifts under a power cap: only alternation is
     fair)."""
     rows = []
     for name, spec in products(tokens, dtype).items():
+        if only and name not in only:
+            continue
         m, k = spec["x"].shape
         flop = 2 * m * k * spec["w"].shape[0]
         product = Product(lib, handle, spec["x"], spec["w"], spec["out"],
@@ -202,6 +205,57 @@ def compare(lib: ctypes.CDLL, handle: ctypes.c_void_p, tokens: int, dtype: torch
     return rows
 
 
+def sustained(meter: common.EnergyMeter, run: Callable[[], Any],
+              seconds: float) -> tuple[float, float]:
+    """(ms, joules) per call of ``run`` held back to back for about ``seconds``: what a
+    product costs in energy when the GPU runs it at its power limit, as it does inside a pass."""
+    calls = max(10, round(seconds * 1000 / ms_per_call(run, repeats=3)))
+
+    def held(n: int) -> None:
+        for _ in range(n):
+            run()  # each output dropped at once: torch's ReLU product allocates a new one
+
+    held(calls // 4)  # the clock settles to the power limit before the counter is read
+    elapsed, joules, _ = meter.measured(functools.partial(held, calls), torch.device("cuda"))
+    return elapsed * 1000 / calls, joules / calls
+
+
+def compare_energy(lib: ctypes.CDLL, handle: ctypes.c_void_p, meter: common.EnergyMeter,
+                   tokens: int, dtype: torch.dtype, count: int, rounds: int,
+                   seconds: float, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """torch's call and every heuristic candidate, each held for ``seconds`` in turn,
+    ``rounds`` times round-robin: time and energy per call. A kernel that finishes sooner
+    but draws more power gains nothing at the power limit; one that spends fewer joules per
+    product would."""
+    rows = []
+    for name, spec in products(tokens, dtype).items():
+        if only and name not in only:
+            continue
+        m, k = spec["x"].shape
+        flop = 2 * m * k * spec["w"].shape[0]
+        product = Product(lib, handle, spec["x"], spec["w"], spec["out"],
+                          epilogue=spec["epilogue"], accumulate=spec["acc"])
+        runs = {"torch": spec["torch"]} | {
+            f"algo{i}": functools.partial(product.run, algo)
+            for i, algo in enumerate(product.algorithms(count))}
+        readings: dict[str, list[tuple[float, float]]] = {key: [] for key in runs}
+        for _ in range(rounds):
+            for key, run in runs.items():
+                readings[key].append(sustained(meter, run, seconds))
+        torch_j = common.median([j for _, j in readings["torch"]])
+        for key, pairs in readings.items():
+            ms, joules = common.median([a for a, _ in pairs]), common.median([j for _, j in pairs])
+            row = {"dtype": str(dtype).removeprefix("torch."), "product": name, "tokens": m,
+                   "kernel": key, "ms": ms, "joules": joules, "watts": joules / ms * 1000,
+                   "tflop_per_joule": flop / joules / 1e12, "tflops": flop / ms / 1e9,
+                   "energy_vs_torch": joules / torch_j - 1, "readings": pairs}
+            rows.append(row)
+            print(f"{row['dtype']:9} {m:5} {name:18} {key:6} {ms:.4f} ms  {joules:.4f} J  "
+                  f"{row['watts']:5.0f} W  {row['tflop_per_joule']:.3f} TFLOP/J  "
+                  f"energy {row['energy_vs_torch'] * 100:+.1f} % vs torch", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", default="8160",
@@ -211,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtypes", default="float16,bfloat16")
     parser.add_argument("--count", type=int, default=64, help="algorithms to ask for")
     parser.add_argument("--warmup-s", type=float, default=8.0)
+    parser.add_argument("--energy", type=float, default=0.0, metavar="SECONDS",
+                        help="instead of timing: hold each candidate and torch's call for "
+                             "SECONDS at a time and read the GPU's energy counter")
+    parser.add_argument("--products", default="",
+                        help="only these products (comma-separated), e.g. ff_in_relu")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
@@ -221,15 +280,29 @@ def main(argv: list[str] | None = None) -> int:
     warm = products(4096, torch.bfloat16)["qkv"]["torch"]
     common.timed(lambda: [warm() for _ in range(int(args.warmup_s * 1000 / 1.3))],
                  torch.device("cuda"))
+    meter = common.EnergyMeter.open() if args.energy else None
+    if args.energy and meter is None:
+        raise SystemExit("--energy: NVML's energy counter cannot be read on this machine")
+    if meter is not None:
+        tick = meter.update_interval_s()
+        print(f"energy counter updates every {tick * 1000:.1f} ms (median while busy)")
+    only = set(args.products.split(",")) if args.products else None
     for tokens in [int(t) for t in args.tokens.split(",")]:
         for dtype_name in args.dtypes.split(","):
-            rows.extend(compare(lib, handle, tokens, getattr(torch, dtype_name), args.count,
-                                args.rounds))
+            if meter is not None:
+                rows.extend(compare_energy(lib, handle, meter, tokens,
+                                           getattr(torch, dtype_name), args.count,
+                                           args.rounds, args.energy, only))
+            else:
+                rows.extend(compare(lib, handle, tokens, getattr(torch, dtype_name),
+                                    args.count, args.rounds, only))
     record = {"benchmark": "cublaslt-algos", "device": common.device_name(torch.device("cuda")),
               "torch": torch.__version__, "date": common.now(),
               "command": "bench/cublaslt_algos.py " + " ".join(argv or sys.argv[1:]),
-              "rows": rows}
-    out = args.out or RESULTS / f"cublaslt-algos-{common.slug(record['device'])}.json"
+              "rows": rows,
+              "energy_counter_update_s": meter.update_interval_s() if meter else None}
+    name = "cublaslt-energy" if args.energy else "cublaslt-algos"
+    out = args.out or RESULTS / f"{name}-{common.slug(record['device'])}.json"
     print(common.write_json(record, out))
     return 0
 

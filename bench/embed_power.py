@@ -2,19 +2,22 @@
 while ``nvidia-smi`` logs power and SM clock: is the whole pass at the GPU's power limit, and
 does a change that speeds up a kernel alone speed up the pass?
 
-Variants: ``lean`` (what `embed` runs), ``lean-no-tma`` (the attention kernel on computed
-addresses instead of tensor descriptors), ``lean-gather`` (the attention kernel reading each
-score's bias by its own offset, as before the bias run: bench/attention_variants.py's ``tma``),
-``lean-bn32`` / ``lean-bn16`` (the kernel with 32 / 16 keys per tile), ``lean-bm128``
-(128 queries per tile, 8 warps), ``lean-torchnorm`` (the norms as ``F.rms_norm`` then a cast,
-as before ``ctrlpost.data.fused_norm``), ``lean-split`` / ``lean-split96`` (captions of at most
-64 / 96 tokens in 64-query tiles, longer ones in 128-query tiles: two launches per layer),
-``lean-att:<setting>=<int>/…`` (the attention kernel with other launch settings, e.g.
-``lean-att:block_n=64/warps=8``), ``lean-tokens<N>`` (batches of at most N tokens instead of the
-recipe's), ``lean-first<N>`` (the first chunk tokenized is N captions instead of 64). Each
-variant's embeddings are compared with the first's after the warm-up. The logger also records
-why the SM clock is lowered (nvidia-smi's clock event reasons: the software power cap, thermal,
-power brake).
+Variants: ``lean`` (what `embed` runs), ``lean-bf16`` (the same with bf16 weights),
+``lean-no-tma`` (the attention kernel on computed addresses instead of tensor descriptors),
+``lean-gather`` (the attention kernel reading each score's bias by its own offset, as before
+the bias run: bench/attention_variants.py's ``tma``), ``lean-bn32`` / ``lean-bn16`` (the kernel
+with 32 / 16 keys per tile), ``lean-bm128`` (128 queries per tile, 8 warps), ``lean-torchnorm``
+(the norms as ``F.rms_norm`` then a cast, as before ``ctrlpost.data.fused_norm``),
+``lean-split`` / ``lean-split96`` (captions of at most 64 / 96 tokens in 64-query tiles, longer
+ones in 128-query tiles: two launches per layer), ``lean-att:<setting>=<int>/…`` (the attention
+kernel with other launch settings, e.g. ``lean-att:block_n=64/warps=8``),
+``lean-lt:qkv=<rank>/ff_in=<rank>`` (those products on another of cuBLASLt's heuristic
+candidates, see :class:`HeuristicPicks`), ``lean-tokens<N>`` (batches of at most N tokens
+instead of the recipe's), ``lean-first<N>`` (the first chunk tokenized is N captions instead of
+64). Each variant's embeddings are compared with the first's after the warm-up. The logger also
+records why the SM clock is lowered (nvidia-smi's clock event reasons: the software power cap,
+thermal, power brake). Each pass's energy comes from NVML's counter (it moves every ~100 ms, so
+one pass's reading is good to a few %).
 
     python bench/embed_power.py --variants lean,lean-gather --rounds 5
     python bench/embed_power.py --variants lean --rounds 0 --trace   # where a pass's time goes
@@ -120,7 +123,66 @@ def split_encode_packed(encoder: t5.T5Encoder, ids_T: torch.Tensor, lengths: lis
     return t5._stack(encoder, encoder.embedding_V_D[ids_T], attention, norm)
 
 
-def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
+class HeuristicPicks:
+    """The q/k/v and the ReLU feed-forward products on a chosen candidate of cuBLASLt's
+    heuristic (by rank, per product: ``lean-lt:qkv=5/ff_in=2``) instead of torch's call; the
+    other products stay torch's. bench/cublaslt_algos.py's ``--energy`` run ranks them by time
+    held at the power limit. One descriptor set per (product, rows), made on first use."""
+
+    def __init__(self, picks: dict[str, int]):
+        import ctypes
+
+        import cublaslt_algos as lt
+
+        self.lt, self.picks = lt, picks
+        self.lib = lt.load_cublaslt()
+        self.handle = ctypes.c_void_p()
+        lt.check(self.lib.cublasLtCreate(ctypes.byref(self.handle)), "create")
+        self.ready: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def _run(self, name: str, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
+             epilogue: str) -> None:
+        key = (name, x.shape[0])
+        if key not in self.ready:
+            product = self.lt.Product(self.lib, self.handle, x, w, out, epilogue=epilogue,
+                                      accumulate=False)
+            algos = product.algorithms(8)
+            self.ready[key] = (product, algos[min(self.picks[name], len(algos) - 1)])
+        product, algo = self.ready[key]
+        product.x, product.w, product.out = x, w, out
+        product.run(algo)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if "qkv" not in self.picks:  # the T5 stack's only plain product is the fused q/k/v
+            return torch.nn.functional.linear(x, weight)
+        x_2d = x.reshape(-1, x.shape[-1])
+        out = torch.empty(x_2d.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+        self._run("qkv", x_2d, weight, out, "default")
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    def linear_relu(self, x: torch.Tensor, weight: torch.Tensor,
+                    zero_bias: torch.Tensor | None) -> torch.Tensor:
+        if "ff_in" not in self.picks:
+            return t5.linear_relu(x, weight, zero_bias)
+        x_2d = x.reshape(-1, x.shape[-1])
+        out = torch.empty(x_2d.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+        self._run("ff_in", x_2d, weight, out, "relu_bias")
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    def patched(self) -> contextlib.ExitStack:
+        functional = type("Functional", (), {
+            "__getattr__": lambda _, name: getattr(torch.nn.functional, name),
+            "linear": staticmethod(self.linear)})()
+        stack = contextlib.ExitStack()
+        stack.enter_context(mock.patch.object(t5, "F", functional))
+        stack.enter_context(mock.patch.object(t5, "linear_relu", self.linear_relu))
+        return stack
+
+
+_PICKS: dict[str, HeuristicPicks] = {}
+
+
+def run_variant(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
     """One pass as `embed` batches it, with ``variant``'s change patched in."""
     patches = {"lean-no-tma": ("copies_by_tma", lambda qkv: False),
                "lean-gather": ("packed_attention", gather_attention),
@@ -139,6 +201,12 @@ def run_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> Any:
         settings = dict(kv.split("=") for kv in variant.removeprefix("lean-att:").split("/"))
         patch = mock.patch.object(packed_attention, "packed_attention", functools.partial(
             packed_attention.packed_attention, **{k: int(v) for k, v in settings.items()}))
+    elif variant.startswith("lean-lt:"):
+        if variant not in _PICKS:
+            _PICKS[variant] = HeuristicPicks({
+                k: int(v) for k, v in (kv.split("=") for kv in
+                                       variant.removeprefix("lean-lt:").split("/"))})
+        patch = _PICKS[variant].patched()
     elif variant.startswith("lean-split"):
         patch = mock.patch.object(embed_module, "encode_packed", functools.partial(
             split_encode_packed, short=int(variant.removeprefix("lean-split") or 64)))
@@ -206,7 +274,7 @@ def kind(kernel: str) -> str:
     return "other"
 
 
-def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[str, Any]:
+def trace_pass(variant: str, run: Any) -> dict[str, Any]:
     """One profiled pass: wall time, kernel time by kind and by name, idle time and gaps."""
     import json
 
@@ -223,7 +291,7 @@ def trace_pass(variant: str, encoder: TextEncoder, captions: list[str]) -> dict[
     with (mock.patch.object(TextEncoder, "tokenize", marked("tokenize", TextEncoder.tokenize)),
           mock.patch.object(TextEncoder, "_launch", marked("launch", TextEncoder._launch)),
           profile(activities=activities) as prof, record_function("embed_pass")):
-        run_pass(variant, encoder, captions)
+        run()
         torch.cuda.synchronize()
     path = Path(tempfile.mkdtemp()) / "trace.json"
     prof.export_chrome_trace(str(path))
@@ -300,10 +368,26 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.padding_side = "right"
     captions = embed.make_captions(tokenizer, args.captions, median=64.0, seed=0)
     fp32, _ = embed.build_encoders(embed.T5_11B, device)
-    fp16 = embed.cast_copy(fp32, torch.float16)
-    del fp32
-    encoder = TextEncoder(tokenizer, lean_network(fp16), device, embed.MAX_LENGTH)
     variants = args.variants.split(",")
+    encoders = {dtype: TextEncoder(tokenizer, lean_network(embed.cast_copy(fp32, dtype)),
+                                   device, embed.MAX_LENGTH)
+                for dtype in (torch.float16, torch.bfloat16)
+                if dtype == torch.float16 or "lean-bf16" in variants}
+    del fp32
+
+    def run_pass(name: str, encoder: TextEncoder, captions: list[str]) -> Any:
+        if name == "lean-bf16":
+            return run_variant("lean", encoders[torch.bfloat16], captions)
+        return run_variant(name, encoder, captions)
+
+    encoder = encoders[torch.float16]
+
+    meter = common.EnergyMeter.open()
+    def measure(fn: Any) -> tuple[float, float, Any]:
+        if meter is not None:
+            return meter.measured(fn, device)
+        seconds, out = common.timed(fn, device)
+        return seconds, float("nan"), out
 
     log = Path(tempfile.mkdtemp()) / "smi.csv"
     fields = "power.draw,clocks.sm"
@@ -326,28 +410,40 @@ def main(argv: list[str] | None = None) -> int:
             for name in variants:
                 torch.cuda.synchronize()
                 start = time.time()
-                seconds, _ = common.timed(lambda n=name: run_pass(n, encoder, captions), device)
+                seconds, joules, _ = measure(lambda n=name: run_pass(n, encoder, captions))
                 end = time.time()
                 time.sleep(0.3)  # the logger's last samples of this pass
                 row = {"round": round_, "network": name, "seconds": seconds,
                        "captions_per_s": args.captions / seconds,
                        **samples_between(log, start, end)}
+                if meter is not None:
+                    row |= {"joules": joules, "energy_power_w": joules / seconds,
+                            "joules_per_caption": joules / args.captions}
                 rows.append(row)
                 print(f"round {round_} {name:12} {row['captions_per_s']:7.1f} captions/s  "
-                      f"{row.get('power_w', 0):5.0f} W (max {row.get('power_max_w', 0):.0f})  "
+                      f"{row.get('energy_power_w', float('nan')):5.0f} W by energy, "
+                      f"{row.get('joules_per_caption', float('nan')):.3f} J/caption  "
+                      f"smi {row.get('power_w', 0):5.0f} W (max {row.get('power_max_w', 0):.0f})  "
                       f"{row.get('sm_mhz', 0):5.0f} MHz  power cap "
                       f"{row.get('sw_power_cap_fraction', float('nan')):.0%} of samples",
                       flush=True)
     finally:
         logger.terminate()
-    traces = [trace_pass(name, encoder, captions) for name in variants] if args.trace else []
+    traces = ([trace_pass(name, lambda n=name: run_pass(n, encoder, captions))
+               for name in variants] if args.trace else [])
     summary = {name: common.median([r["captions_per_s"] for r in rows if r["network"] == name])
                for name in variants} if rows else {}
     print("medians:", {k: round(v, 1) for k, v in summary.items()})
+    energy = {name: {key: common.median([r[key] for r in rows if r["network"] == name])
+                     for key in ("energy_power_w", "joules_per_caption")}
+              for name in variants} if rows and meter is not None else {}
+    if energy:
+        print("median energy:", energy)
     record = {"benchmark": "embed-power", "device": common.device_name(device),
               "torch": torch.__version__, "date": common.now(),
               "command": "bench/embed_power.py " + " ".join(argv or sys.argv[1:]),
-              "rows": rows, "median_captions_per_s": summary, "traces": traces,
+              "rows": rows, "median_captions_per_s": summary, "median_energy": energy,
+              "traces": traces,
               "max_abs_difference_over_rms_vs_first": agreement}
     out = args.out or RESULTS / f"embed-power-{common.slug(record['device'])}.json"
     print(common.write_json(record, out))
