@@ -15,7 +15,7 @@ import argparse
 import ctypes
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +173,27 @@ def products(tokens: int, dtype: torch.dtype) -> dict[str, dict[str, Any]]:
     }
 
 
+def selected_products(
+    lib: ctypes.CDLL, handle: ctypes.c_void_p, tokens: int, dtype: torch.dtype,
+    only: set[str] | None,
+) -> Iterator[tuple[str, dict[str, Any], Product, int, int]]:
+    """(name, spec, cuBLASLt product, rows, FLOPs per call) of each product ``only`` keeps."""
+    for name, spec in products(tokens, dtype).items():
+        if only and name not in only:
+            continue
+        m, k = spec["x"].shape
+        yield name, spec, Product(lib, handle, spec["x"], spec["w"], spec["out"],
+                                  epilogue=spec["epilogue"], accumulate=spec["acc"]), \
+            m, 2 * m * k * spec["w"].shape[0]
+
+
 def compare(lib: ctypes.CDLL, handle: ctypes.c_void_p, tokens: int, dtype: torch.dtype,
             count: int, rounds: int, only: set[str] | None = None) -> list[dict[str, Any]]:
     """Each product's algorithms timed once, then torch's call and the fastest of them timed
     alternately ``rounds`` times (the clock drifts under a power cap: only alternation is
     fair)."""
     rows = []
-    for name, spec in products(tokens, dtype).items():
-        if only and name not in only:
-            continue
-        m, k = spec["x"].shape
-        flop = 2 * m * k * spec["w"].shape[0]
-        product = Product(lib, handle, spec["x"], spec["w"], spec["out"],
-                          epilogue=spec["epilogue"], accumulate=spec["acc"])
+    for name, spec, product, m, flop in selected_products(lib, handle, tokens, dtype, only):
         algos = product.algorithms(count)
         first = [ms_per_call(functools.partial(product.run, algo)) for algo in algos]
         best = min(range(len(algos)), key=first.__getitem__)
@@ -228,13 +236,7 @@ def compare_energy(lib: ctypes.CDLL, handle: ctypes.c_void_p, meter: common.Ener
     but draws more power gains nothing at the power limit; one that spends fewer joules per
     product would."""
     rows = []
-    for name, spec in products(tokens, dtype).items():
-        if only and name not in only:
-            continue
-        m, k = spec["x"].shape
-        flop = 2 * m * k * spec["w"].shape[0]
-        product = Product(lib, handle, spec["x"], spec["w"], spec["out"],
-                          epilogue=spec["epilogue"], accumulate=spec["acc"])
+    for name, spec, product, m, flop in selected_products(lib, handle, tokens, dtype, only):
         runs = {"torch": spec["torch"]} | {
             f"algo{i}": functools.partial(product.run, algo)
             for i, algo in enumerate(product.algorithms(count))}
