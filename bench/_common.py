@@ -118,7 +118,8 @@ class EnergyMeter:
         out = fn()
         synchronize(device)
         seconds, after = time.perf_counter() - start, self.joules()
-        return seconds, (after or 0.0) - (before or 0.0), out
+        joules = after - before if before is not None and after is not None else float("nan")
+        return seconds, joules, out
 
 
 def matmul_ceiling(device: torch.device, *, n: int = 8192, repeats: int = 20) -> dict[str, Any]:

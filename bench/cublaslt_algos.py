@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     meter = common.EnergyMeter.open() if args.energy else None
     if args.energy and meter is None:
         raise SystemExit("--energy: NVML's energy counter cannot be read on this machine")
-    if meter is not None:
-        tick = meter.update_interval_s()
+    tick = meter.update_interval_s() if meter is not None else None
+    if tick is not None:
         print(f"energy counter updates every {tick * 1000:.1f} ms (median while busy)")
     only = set(args.products.split(",")) if args.products else None
     for tokens in [int(t) for t in args.tokens.split(",")]:
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "date": common.now(),
               "command": "bench/cublaslt_algos.py " + " ".join(argv or sys.argv[1:]),
               "rows": rows,
-              "energy_counter_update_s": meter.update_interval_s() if meter else None}
+              "energy_counter_update_s": tick}
     name = "cublaslt-energy" if args.energy else "cublaslt-algos"
     out = args.out or RESULTS / f"{name}-{common.slug(record['device'])}.json"
     print(common.write_json(record, out))

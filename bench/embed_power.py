@@ -152,22 +152,23 @@ class HeuristicPicks:
         product.x, product.w, product.out = x, w, out
         product.run(algo)
 
+    def _product(self, name: str, x: torch.Tensor, weight: torch.Tensor,
+                 epilogue: str) -> torch.Tensor:
+        x_2d = x.reshape(-1, x.shape[-1])
+        out = torch.empty(x_2d.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+        self._run(name, x_2d, weight, out, epilogue)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if "qkv" not in self.picks:  # the T5 stack's only plain product is the fused q/k/v
             return torch.nn.functional.linear(x, weight)
-        x_2d = x.reshape(-1, x.shape[-1])
-        out = torch.empty(x_2d.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-        self._run("qkv", x_2d, weight, out, "default")
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return self._product("qkv", x, weight, "default")
 
     def linear_relu(self, x: torch.Tensor, weight: torch.Tensor,
                     zero_bias: torch.Tensor | None) -> torch.Tensor:
         if "ff_in" not in self.picks:
             return t5.linear_relu(x, weight, zero_bias)
-        x_2d = x.reshape(-1, x.shape[-1])
-        out = torch.empty(x_2d.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-        self._run("ff_in", x_2d, weight, out, "relu_bias")
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return self._product("ff_in", x, weight, "relu_bias")
 
     def patched(self) -> contextlib.ExitStack:
         functional = type("Functional", (), {
@@ -375,14 +376,13 @@ def main(argv: list[str] | None = None) -> int:
                 if dtype == torch.float16 or "lean-bf16" in variants}
     del fp32
 
-    def run_pass(name: str, encoder: TextEncoder, captions: list[str]) -> Any:
+    def run_pass(name: str) -> Any:
         if name == "lean-bf16":
             return run_variant("lean", encoders[torch.bfloat16], captions)
-        return run_variant(name, encoder, captions)
-
-    encoder = encoders[torch.float16]
+        return run_variant(name, encoders[torch.float16], captions)
 
     meter = common.EnergyMeter.open()
+
     def measure(fn: Any) -> tuple[float, float, Any]:
         if meter is not None:
             return meter.measured(fn, device)
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     with log.open("w") as sink:
         logger = subprocess.Popen(["bash", "-c", script], stdout=sink)
     try:
-        outputs = {name: run_pass(name, encoder, captions) for name in variants}  # warm-up
+        outputs = {name: run_pass(name) for name in variants}  # warm-up
         agreement = {name: max_difference(outputs[name], outputs[variants[0]])
                      for name in variants[1:]}
         del outputs
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in variants:
                 torch.cuda.synchronize()
                 start = time.time()
-                seconds, joules, _ = measure(lambda n=name: run_pass(n, encoder, captions))
+                seconds, joules, _ = measure(lambda n=name: run_pass(n))
                 end = time.time()
                 time.sleep(0.3)  # the logger's last samples of this pass
                 row = {"round": round_, "network": name, "seconds": seconds,
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     finally:
         logger.terminate()
-    traces = ([trace_pass(name, lambda n=name: run_pass(n, encoder, captions))
+    traces = ([trace_pass(name, lambda n=name: run_pass(n))
                for name in variants] if args.trace else [])
     summary = {name: common.median([r["captions_per_s"] for r in rows if r["network"] == name])
                for name in variants} if rows else {}
