@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import signal
 import socket
 import uuid
 from collections.abc import Sequence
@@ -20,6 +22,8 @@ from ctrlpost.locks import exclusive_lock
 from ctrlpost.recipe import Recipe
 
 RUN_LOCK = ".train.lock"
+# A record of the rank log (worker._setup_logging) starts with its date.
+_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d ")
 
 
 def under_launcher() -> bool:
@@ -84,19 +88,45 @@ def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: ob
         elastic_launch(config, main)(recipe_path, overrides, options)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise LaunchError(
-            f"rank {rank} failed (exit code {failure.exitcode}): {_last_error(logs, rank)}; "
-            f"see {logs / f'rank{rank}.log'}"
-        ) from None
+        raise rank_failure(logs, rank, failure.exitcode) from None
 
 
-def _last_error(logs: Path, rank: int) -> str:
-    """The last line of the rank's traceback, if it wrote one."""
+def rank_failure(logs: Path, rank: int, exitcode: int) -> LaunchError:
+    """One line for a failed rank: how it ended, what its log says, and where that log is."""
     path = logs / f"rank{rank}.log"
+    return LaunchError(f"rank {rank} {_how_it_ended(exitcode)}: {last_error(path)}; see {path}")
+
+
+def _how_it_ended(exitcode: int) -> str:
+    """``failed (exit code 1)``, or ``was killed by SIGSEGV`` for a signal."""
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-exitcode).name}"
+    return f"failed (exit code {exitcode})"
+
+
+def last_error(path: Path) -> str:
+    """What a rank's log says went wrong: the last line of its Python traceback, or, after a
+    native crash, faulthandler's verdict and the innermost frame of the crashing thread."""
     if not path.is_file():
         return "no log written"
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "empty log"
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+             if line.strip()]
+    return _native_crash(lines) or (lines[-1] if lines else "empty log")
+
+
+def _native_crash(lines: list[str]) -> str | None:
+    """``Fatal Python error: ... in File "...", line N in f`` if faulthandler's report is the
+    last thing in the log (the log is appended to by every attempt of the run)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
+    if not starts or any(_LOG_RECORD.match(line) for line in lines[starts[-1]:]):
+        return None
+    report = lines[starts[-1]:]
+    # The crashing thread is "Current thread ...", its innermost frame listed first.
+    current = [i for i, line in enumerate(report) if line.startswith("Current thread")]
+    frame = next((line for line in report[current[0] + 1:] if line.startswith("File ")),
+                 None) if current else None
+    return f"{report[0]} in {frame}" if frame else report[0]
 
 
 def _free_port() -> int:

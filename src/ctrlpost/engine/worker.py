@@ -7,12 +7,15 @@ and the launcher reports one line naming that file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import faulthandler
 import importlib.metadata
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from ctrlpost.diffusion import x0_from_latent
 from ctrlpost.engine import build, checkpoint
 from ctrlpost.engine.checkpoint import TrainingState
 from ctrlpost.engine.ema import PowerEMA
+from ctrlpost.engine.launch import under_launcher
 from ctrlpost.engine.metrics import RunLogger, truncate_metrics
 from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.seeding import seeded_generator
@@ -54,15 +58,16 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
     runtime = init_distributed(recipe.parallel.backend)
     run_dir = recipe.run_dir()
     log_path = _setup_logging(run_dir, runtime.rank)
-    try:
-        train(recipe, runtime, options, recipe_path=recipe_path)
-    except BaseException:
-        log.error("rank %d failed:\n%s", runtime.rank, traceback.format_exc())
-        _mark_failure(log_path)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with crash_traces(log_path, until_exit=under_launcher()):
+        try:
+            train(recipe, runtime, options, recipe_path=recipe_path)
+        except BaseException:
+            log.error("rank %d failed:\n%s", runtime.rank, traceback.format_exc())
+            _mark_failure(log_path)
+            raise
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def init_distributed(backend: str) -> build.Runtime:
@@ -246,6 +251,28 @@ def _setup_logging(run_dir: Path, rank: int) -> Path:
     root.setLevel(logging.INFO)
     root.addHandler(handler)
     return path
+
+
+@contextlib.contextmanager
+def crash_traces(log_path: Path, *, until_exit: bool) -> Iterator[None]:
+    """On a native crash (a segfault or abort inside a library), write every thread's Python
+    stack into the rank's log, which would otherwise stay empty.
+
+    A process that is only a rank keeps this until it exits (``until_exit``), so a crash while
+    tearing down is caught as well; the in-process rank of `ctrlpost train` gives the handler
+    back to stderr when it returns.
+    """
+    stream = log_path.open("a", encoding="utf-8")
+    was_enabled = faulthandler.is_enabled()
+    faulthandler.enable(file=stream, all_threads=True)
+    try:
+        yield
+    finally:
+        if not until_exit:
+            faulthandler.disable()
+            stream.close()
+            if was_enabled:
+                faulthandler.enable()
 
 
 def _mark_failure(log_path: Path) -> None:
