@@ -41,8 +41,14 @@ class Workspace:
                                 env=self.env(), timeout=600)
         if check and result.returncode != 0:
             raise AssertionError(f"train failed ({result.returncode}):\n{result.stdout}\n"
-                                 f"{result.stderr}")
+                                 f"{result.stderr}{rank_logs(output)}")
         return result
+
+
+def rank_logs(output: Path) -> str:
+    """Every rank's log of a failed run (a native crash's stacks are only there)."""
+    logs = sorted((run_dir(output) / "logs").glob("rank*.log"))
+    return "".join(f"\n--- {path.name}:\n{path.read_text(errors='replace')}" for path in logs)
 
 
 def run_dir(output: Path) -> Path:
