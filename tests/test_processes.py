@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,38 @@ def test_a_child_that_asked_dies_with_its_sigkilled_parent() -> None:
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+EXIT_SCRIPT = """
+import atexit, logging, sys
+from pathlib import Path
+from ctrlpost.processes import exit_without_teardown
+
+folder, outcome = Path(sys.argv[1]), sys.argv[2]
+# Registered first, so it runs after the guard's handler: stands for the interpreter's teardown.
+atexit.register(lambda: (folder / "teardown-ran").touch())
+finished = exit_without_teardown()
+log = logging.getLogger("rank")
+log.addHandler(logging.FileHandler(folder / "rank.log"))
+log.warning("checkpoint written")
+sys.stdout.write("still buffered")
+if outcome == "finished":
+    finished()
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_a_finished_rank_skips_teardown_and_a_failed_one_keeps_its_status(
+        tmp_path: Path, outcome: str) -> None:
+    result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), outcome],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == "still buffered"  # flushed either way
+    assert (tmp_path / "rank.log").read_text() == "checkpoint written\n"
+    if outcome == "finished":
+        assert result.returncode == 0
+        assert not (tmp_path / "teardown-ran").exists()
+    else:
+        assert result.returncode == 3
+        assert (tmp_path / "teardown-ran").exists()

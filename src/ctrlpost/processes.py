@@ -10,15 +10,22 @@ Two guards, both no-ops where the platform lacks what they need:
 * :func:`watch_owner`: a data-loader worker, whose parent is a fork server rather than the rank,
   polls the rank and leaves once it is gone (a zombie counts as gone, and a recycled pid is told
   apart by its start time).
+
+And one for the end of a rank's life: :func:`exit_without_teardown` lets a rank that finished
+its work leave before the interpreter and the C++ libraries tear themselves down.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +103,34 @@ def watch_owner(owner: ProcessIdentity, *, interval_s: float = 2.0) -> threading
     thread = threading.Thread(target=watch, name="ctrlpost-owner-watch", daemon=True)
     thread.start()
     return thread
+
+
+def exit_without_teardown() -> Callable[[], None]:
+    """Arm an exit handler that ends this process with ``os._exit(0)``; returns ``finished``,
+    to be called once the process's work is done and its results are delivered.
+
+    Until ``finished`` is called, exit goes on as usual (a failure keeps its exit status). After
+    it, the process still runs Python's exit work up to this handler (multiprocessing flushes
+    its queues, handlers registered later run first), then leaves with its logs and standard
+    streams flushed, skipping module teardown and C++ static destructors. A rank needs this:
+    its gloo process group outlives ``destroy_process_group`` (DTensor caches keep it), and when
+    its threads meet the teardown while a peer closes its sockets, a rank that finished cleanly
+    dies by SIGABRT or SIGSEGV, failing a run whose checkpoints are all written.
+
+    Call it early: handlers run in reverse order of registration, so everything registered
+    later (compile worker pools, for instance) still runs before it.
+    """
+    done = threading.Event()
+
+    def leave() -> None:
+        if not done.is_set():
+            return
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            # A stream closed or replaced by then has nothing left to lose.
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()
+        os._exit(0)
+
+    atexit.register(leave)
+    return done.set

@@ -32,7 +32,7 @@ from ctrlpost.engine.metrics import RunLogger, truncate_metrics
 from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.seeding import seeded_generator
 from ctrlpost.engine.trainer import LoopConfig, Trainer
-from ctrlpost.processes import die_with_parent
+from ctrlpost.processes import die_with_parent, exit_without_teardown
 from ctrlpost.recipe import Recipe, dump_toml, load
 
 log = logging.getLogger("ctrlpost.engine")
@@ -54,6 +54,7 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
         # Started by our launcher or torchrun: go down with it, even when it is SIGKILLed. (Not
         # for the in-process single rank, whose parent is the user's shell.)
         die_with_parent()
+    finished = exit_without_teardown() if under_launcher() else None
     recipe = load(recipe_path, overrides)
     runtime = init_distributed(recipe.parallel.backend)
     run_dir = recipe.run_dir()
@@ -68,6 +69,8 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
+    if finished is not None:
+        finished()
 
 
 def init_distributed(backend: str) -> build.Runtime:
