@@ -127,6 +127,20 @@ def test_modalities_lists_plugins() -> None:
     assert unknown.exit_code == 2
 
 
+def test_modalities_say_on_which_opencv_hints_are_exact() -> None:
+    import cv2
+
+    declared = {"blur": ">=4.10,<4.12", "edge": ">=4.10,<5.2"}
+    for name, versions in declared.items():
+        entry = json.loads(runner.invoke(app, ["modalities", name, "--json"]).output)["exact_on"]
+        assert entry == [{"library": "OpenCV", "module": "cv2", "versions": versions,
+                          "why": entry[0]["why"], "installed": cv2.__version__,
+                          "exact": True}], "the install does not keep OpenCV in the exact range"
+        shown = " ".join(runner.invoke(app, ["modalities", name]).output.split())
+        assert f"byte-identical to the reference's on OpenCV {versions}" in shown
+        assert f"OpenCV {cv2.__version__} in use: exact" in shown
+
+
 def test_help_does_not_import_torch(ctrlpost_exe: list[str]) -> None:
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "ctrlpost", "--help"],
                             capture_output=True, text=True, timeout=60)

@@ -269,18 +269,21 @@ def modalities(
     if name is not None:
         modality = registry.get_modality(name)
         schema = modality.params_model.model_json_schema()
+        exactness = registry.exactness(modality)
         if as_json:
-            typer.echo(json.dumps({"name": modality.name, "params": schema}, indent=2))
+            typer.echo(json.dumps({"name": modality.name, "params": schema,
+                                   "exact_on": exactness}, indent=2))
             return
-        from ctrlpost.console import print_params
+        from ctrlpost.console import print_exactness, print_params
 
         print_params(modality, schema)
+        print_exactness(exactness)
         return
     found = registry.installed_modalities()
     rows: list[dict[str, Any]] = [
         {"name": m.name, "from": registry.origin_of(m.name), "hint_key": m.hint_key,
          "presets": list(m.presets), "fidelity": registry.fidelity_headline(m),
-         "summary": m.summary}
+         "summary": m.summary, "exact_on": registry.exactness(m)}
         for m in found.values()
     ]
     if as_json:

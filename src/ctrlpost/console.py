@@ -42,6 +42,27 @@ def print_params(modality: Any, schema: dict[str, Any]) -> None:
     Console(highlight=False).print(table)
 
 
+def print_exactness(exactness: list[dict[str, Any]]) -> None:
+    """`modalities NAME`: on which library versions the hints equal the reference's, and whether
+    the version in use is one of them."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    if not exactness:
+        console.print("hints: no byte-for-byte claim against the reference")
+    for entry in exactness:
+        library, versions = escape(entry["library"]), escape(entry["versions"])
+        claim = f"hints are byte-identical to the reference's on {library} {versions}"
+        if entry["installed"] is None:
+            console.print(f"{claim}; {library} ({entry['module']}) is not installed")
+        elif entry["exact"]:
+            console.print(f"{claim}; {library} {escape(entry['installed'])} in use: exact")
+        else:
+            console.print(f"{claim}; {library} {escape(entry['installed'])} in use: [yellow]not "
+                          f"exact[/] ({escape(entry['why'])})")
+
+
 def print_fidelity(report: Any) -> None:
     """`verify --fidelity`: per clip, each checkpoint's headline score beside the clip's floor
     (decoded noise) and ceiling (tokenizer reconstruction); then the mean and where the strips

@@ -50,10 +50,44 @@ class FidelityMetric(Protocol):
 
 
 @dataclass(frozen=True)
+class ExactOn:
+    """The versions of a library on which a modality's hints equal the reference's byte for byte.
+
+    ``versions`` is a PEP 440 specifier (``">=4.10,<4.12"``) checked against the
+    ``__version__`` of the importable ``module`` actually in use: two distributions (e.g.
+    ``opencv-python`` and ``opencv-python-headless``) can provide the same module, so the
+    module, not a distribution's metadata, says which code renders the hints.
+    """
+
+    library: str
+    module: str
+    versions: str
+    why: str = ""
+
+    def installed_version(self) -> str | None:
+        """The version of ``module`` in use, or None when it cannot be imported."""
+        import importlib
+
+        try:
+            return str(importlib.import_module(self.module).__version__)
+        except ImportError:
+            return None
+
+    def holds(self) -> bool | None:
+        """Whether the version in use is in ``versions`` (None: the module is missing)."""
+        from packaging.specifiers import SpecifierSet
+
+        version = self.installed_version()
+        return None if version is None else SpecifierSet(self.versions).contains(version)
+
+
+@dataclass(frozen=True)
 class Modality:
     """What a plugin tells ctrlpost about one control modality.
 
-    ``build_generator`` receives a validated instance of ``params_model``.
+    ``build_generator`` receives a validated instance of ``params_model``. ``exact_on`` lists
+    the library versions on which the hints are byte-identical to the reference's (empty: no
+    such claim).
     """
 
     name: str
@@ -63,6 +97,7 @@ class Modality:
     hint_channels: int = 3
     hint_key: str = ""
     presets: tuple[str, ...] = field(default_factory=tuple)
+    exact_on: tuple[ExactOn, ...] = field(default_factory=tuple)
 
     def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""

@@ -142,3 +142,13 @@ def validate_params(modality: Modality, raw: Mapping[str, Any]) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "params"
         raise PluginError(f"{modality.name}.{where}: {first['msg']}") from None
+
+
+def exactness(modality: Modality) -> list[dict[str, Any]]:
+    """Per library the modality's hints depend on: the versions on which they equal the
+    reference's byte for byte, the version in use (None: not installed) and whether it is one."""
+    return [
+        {"library": entry.library, "module": entry.module, "versions": entry.versions,
+         "why": entry.why, "installed": entry.installed_version(), "exact": entry.holds()}
+        for entry in modality.exact_on
+    ]
