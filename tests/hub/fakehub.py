@@ -16,9 +16,11 @@ answers LFS files with a 302 to that host (like the real hub's CDN), which serve
 
 Fault injection (each with ``times``: how many requests it hits, None = all): drop the connection
 after N bytes of a GET, serve a wrong body of the same length, ignore Range (200 + whole file),
-answer an HTTP error with the hub's ``X-Error-Code`` / ``X-Error-Message`` headers, or gate a
-repo (401 without a token, 403 with a token that has not accepted the license). Every request is
-logged (method, path, headers).
+answer an HTTP error with the hub's ``X-Error-Code`` / ``X-Error-Message`` headers (on the
+listing, the HEAD access check or the GET of a file, optionally with ``Retry-After`` and only
+after some requests went through), or gate a repo (401 without a token, 403 with a token that has
+not accepted the license). The listing can also misreport a file: no hash at all, or the blob id
+of other bytes. Every request is logged (method, path, headers, arrival time).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +44,7 @@ class Logged:
     path: str  # without the query
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-case names
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -56,11 +60,17 @@ class Fault:
     error_code: str | None = None
     message: str = ""
     api: bool = False  # also for /api/ requests (repo-level faults)
+    listing_only: bool = False  # only for /api/ requests
+    method: str | None = None  # only for this HTTP method ("HEAD", "GET")
+    retry_after: str | None = None  # the Retry-After header of a "status" fault
+    after_requests: int = 0  # let this many matching requests through first
 
-    def matches(self, repo: str, file: str | None, api: bool) -> bool:
+    def matches(self, repo: str, file: str | None, api: bool, method: str) -> bool:
         if self.times is not None and self.times <= 0:
             return False
-        if self.repo != repo or (api and not self.api):
+        if self.repo != repo or (api and not self.api) or (self.listing_only and not api):
+            return False
+        if self.method is not None and self.method != method:
             return False
         return self.file is None or self.file == file
 
@@ -86,6 +96,8 @@ class FakeHub:
     log: list[Logged] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     gates: dict[str, Gate] = field(default_factory=dict)
+    #: What the listing says a file's hash is, instead of the truth: None = no hash at all.
+    listed_oids: dict[tuple[str, str], str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -135,10 +147,17 @@ class FakeHub:
         return {p.relative_to(base).as_posix(): p.read_bytes()
                 for p in sorted(base.rglob("*")) if p.is_file()}
 
-    def entry(self, path: str, data: bytes) -> dict[str, object]:
-        """The metadata of one file, as the tree API sends it."""
+    def entry(self, path: str, data: bytes, repo: str | None = None) -> dict[str, object]:
+        """The metadata of one file, as the tree API sends it (``listed_oids`` applied)."""
         item: dict[str, object] = {"type": "file", "path": path, "size": len(data),
                                    "oid": git_blob_sha1(data)}
+        if repo is not None and (repo, path) in self.listed_oids:
+            oid = self.listed_oids[repo, path]
+            if oid is None:
+                del item["oid"]
+            else:
+                item["oid"] = oid
+            return item  # misreported files are listed as plain git files
         if self.is_lfs(path):
             item["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
                            "pointerSize": 134}
@@ -159,24 +178,52 @@ class FakeHub:
         self.faults.append(Fault(repo, file, "wrong", times))
 
     def fail(self, repo: str, file: str | None, status: int, *, error_code: str | None = None,
-             message: str = "", times: int | None = None, api: bool = False) -> None:
-        """Answer ``status`` with the hub's error headers (``api``: also for /api/ calls)."""
+             message: str = "", times: int | None = None, api: bool = False,
+             method: str | None = None, retry_after: str | None = None,
+             after_requests: int = 0) -> None:
+        """Answer ``status`` with the hub's error headers (``api``: also for /api/ calls;
+        ``method``: only HEAD, the access check, or only GET, the download; ``retry_after``:
+        with that ``Retry-After`` header; ``after_requests``: once that many went through)."""
         self.faults.append(Fault(repo, file, "status", times, status=status,
-                                 error_code=error_code, message=message, api=api))
+                                 error_code=error_code, message=message, api=api, method=method,
+                                 retry_after=retry_after, after_requests=after_requests))
+
+    def fail_listing(self, repo: str, status: int, *, times: int | None = None,
+                     retry_after: str | None = None) -> None:
+        """Answer the repo's /api/ listing with ``status`` (its files are served normally)."""
+        self.faults.append(Fault(repo, None, "status", times, status=status, api=True,
+                                 listing_only=True, retry_after=retry_after))
+
+    def list_without_hash(self, repo: str, file: str) -> None:
+        """List ``file`` with its size but no sha256 and no blob id."""
+        self.listed_oids[repo, file] = None
+
+    def list_wrong_blob_id(self, repo: str, file: str) -> None:
+        """List ``file`` as a git file whose blob id is that of other bytes of the same size,
+        so the content served never matches it."""
+        data = (self.root / repo / file).read_bytes()
+        self.listed_oids[repo, file] = git_blob_sha1(bytes(b ^ 0xFF for b in data))
 
     def gate(self, repo: str, accepted_tokens: frozenset[str] = frozenset()) -> None:
         """Make ``repo`` gated: files need a token that accepted the license."""
         self.gates[repo] = Gate(accepted_tokens)
 
-    def take_fault(self, repo: str, file: str | None, api: bool, kinds: tuple[str, ...]
-                   ) -> Fault | None:
+    def take_fault(self, repo: str, file: str | None, api: bool, kinds: tuple[str, ...],
+                   method: str = "GET") -> Fault | None:
+        """The first matching fault that is due; every matching fault still waiting
+        (``after_requests``) counts this request, whichever fault hits it."""
         with self._lock:
+            due: Fault | None = None
             for fault in self.faults:
-                if fault.kind in kinds and fault.matches(repo, file, api):
-                    if fault.times is not None:
-                        fault.times -= 1
-                    return fault
-        return None
+                if fault.kind not in kinds or not fault.matches(repo, file, api, method):
+                    continue
+                if fault.after_requests > 0:
+                    fault.after_requests -= 1
+                elif due is None:
+                    due = fault
+            if due is not None and due.times is not None:
+                due.times -= 1
+            return due
 
     # -- the log --------------------------------------------------------------------------
 
@@ -231,9 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, repo: str, rest: list[str], query: dict[str, list[str]]) -> None:
         hub = self.server_hub
-        fault = hub.take_fault(repo, None, True, ("status",))
+        fault = hub.take_fault(repo, None, True, ("status",), self.command)
         if fault is not None:
-            return self._error(fault.status, fault.error_code, fault.message)
+            return self._error(fault.status, fault.error_code, fault.message,
+                               retry_after=fault.retry_after)
         if not (hub.root / repo).is_dir():
             return self._error(404, "RepoNotFound", "Repository not found")
         if rest and rest[0] not in ("revision", "tree"):
@@ -248,8 +296,10 @@ class _Handler(BaseHTTPRequestHandler):
         for path, data in files.items():
             sibling: dict[str, object] = {"rfilename": path}
             if blobs:
-                entry = hub.entry(path, data)
-                sibling.update(size=len(data), blobId=entry["oid"])
+                entry = hub.entry(path, data, repo)
+                sibling["size"] = len(data)
+                if "oid" in entry:
+                    sibling["blobId"] = entry["oid"]
                 if "lfs" in entry:
                     lfs = dict(entry["lfs"])  # type: ignore[call-overload]
                     sibling["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"],
@@ -275,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
             if recursive:
                 parents = path.split("/")[:-1]
                 folders.update("/".join(parents[: i + 1]) for i in range(len(parents)))
-            items.append(self.server_hub.entry(path, data))
+            items.append(self.server_hub.entry(path, data, repo))
         dirs = [{"type": "directory", "path": d, "oid": hashlib.sha1(d.encode()).hexdigest()}
                 for d in sorted(folders) if d.startswith(prefix) and d != under]
         self._json(dirs + items)
@@ -284,9 +334,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo: str, revision: str, file: str, *, head: bool) -> None:
         hub = self.server_hub
-        fault = hub.take_fault(repo, file, False, ("status",))
+        fault = hub.take_fault(repo, file, False, ("status",), self.command)
         if fault is not None:
-            return self._error(fault.status, fault.error_code, fault.message)
+            return self._error(fault.status, fault.error_code, fault.message,
+                               retry_after=fault.retry_after)
         if not (hub.root / repo).is_dir():
             return self._error(404, "RepoNotFound", "Repository not found")
         if revision not in ("main", hub.commit(repo)):
@@ -391,9 +442,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, code: str | None, message: str,
-               commit: str | None = None) -> None:
+               commit: str | None = None, retry_after: str | None = None) -> None:
         body = json.dumps({"error": message}).encode()
         self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         if code:
             self.send_header("X-Error-Code", code)
         if message:

@@ -516,6 +516,18 @@ def test_cli_hash_failure_exits_1(hub: Any, tmp_path: Path) -> None:
     assert (tmp_path / "ck" / TRANSFER / "base_model.pt").is_file()
 
 
+def test_cli_persistent_5xx_exits_2_with_one_line(hub: Any, tmp_path: Path) -> None:
+    # Retry-After: 0 lets the default policy (5 retries) run out without waiting.
+    hub.fail(TRANSFER, "base_model.pt", 503, method="GET", retry_after="0")
+    result = run_cli(hub, tmp_path)
+    assert result.returncode == 2, result.stderr
+    error, hint = one_error(result)
+    assert error == (f"error: the hub at {hub.url} answered HTTP 503 for "
+                     f"{TRANSFER}/base_model.pt 6 times in a row")
+    assert "re-run later (partial downloads resume)" in hint
+    assert len([r for r in hub.requests("GET") if r.path.endswith("/base_model.pt")]) == 6
+
+
 def test_cli_offers_the_command_and_its_options() -> None:
     def complete(words: str) -> list[str]:
         cword = len(words.split()) - (0 if words.endswith(" ") else 1)

@@ -9,23 +9,31 @@ and the reference's MD5 are computed in chunks as the bytes arrive. huggingface_
 everything else: URLs, the token (``HF_TOKEN`` or ``hf auth login``), the shared HTTP client,
 ``HF_HUB_OFFLINE``, and the classification of the hub's errors, mapped here to one-line
 :class:`~ctrlpost.errors.WeightsError` messages that name the fix.
+
+Every request to the hub (listing, access check, download) goes through one retry policy,
+:class:`Retry`: HTTP 5xx and 429 are retried with capped exponential backoff, or after the
+``Retry-After`` the hub asks for; other 4xx are answers, not accidents, and fail at once.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from ctrlpost.errors import WeightsError
 from ctrlpost.hub.catalog import LICENSE_URL
 
 CHUNK_BYTES = 8 * 2**20
+
+_T = TypeVar("_T")
 
 
 class FileProgress(Protocol):
@@ -156,14 +164,97 @@ def _drop_stale_partials(dest: Path, keep: Path) -> None:
 
 @dataclass(frozen=True)
 class Retry:
-    """How transient network failures are retried: ``attempts`` in a row without progress, with
-    exponential waits from ``wait_s`` (capped at 8 s); a drop after some bytes resumes at once."""
+    """How every request to the hub is retried after a transient failure.
+
+    Transient: HTTP 5xx and 429 (an overloaded or restarting hub or CDN), and, for downloads, a
+    dropped connection. ``attempts`` retries in a row without progress, waiting ``wait_s``,
+    doubled each time up to ``max_wait_s``; a 429 or 503 with ``Retry-After`` waits what the hub
+    asks instead (at most ``max_retry_after_s``, so a bogus header cannot hang the command). A
+    download dropped after some bytes resumes at once, and that resets the count.
+    """
 
     attempts: int = 5
     wait_s: float = 1.0
+    max_wait_s: float = 8.0
+    max_retry_after_s: float = 120.0
+
+    def delay_s(self, failures: int, exc: BaseException) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...), ``exc``."""
+        asked = retry_after_s(exc)
+        if asked is not None:
+            return min(asked, self.max_retry_after_s)
+        return min(self.wait_s * 2 ** (failures - 1), self.max_wait_s)
+
+    def pause(self, failures: int, exc: Exception) -> None:
+        """Wait before the next try, or raise when the retries are spent: :class:`GaveUp` for a
+        transient HTTP status, ``exc`` itself otherwise (a transport error)."""
+        if failures > self.attempts:
+            if is_transient_status(http_status(exc)):
+                raise GaveUp(exc, tries=failures) from exc
+            raise exc
+        time.sleep(self.delay_s(failures, exc))
 
 
 DEFAULT_RETRY = Retry()
+
+
+class GaveUp(Exception):
+    """The hub kept answering a transient HTTP error (5xx, 429) through every retry."""
+
+    def __init__(self, cause: Exception, *, tries: int) -> None:
+        self.status = http_status(cause)
+        self.tries = tries
+        super().__init__(f"HTTP {self.status} {tries} times in a row")
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a hub error (huggingface_hub's errors carry the response), else None."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def is_transient_status(status: int | None) -> bool:
+    """5xx and 429 may succeed on a later try; other statuses are the hub's final answer."""
+    return status is not None and (status == 429 or 500 <= status <= 599)
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds a 429/503 asks to wait (``Retry-After``: seconds or an HTTP date), else None."""
+    import email.utils  # only on a failure: the CLI starts on every TAB
+
+    response = getattr(exc, "response", None)
+    if response is None or response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # HTTP dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def with_retries(call: Callable[[], _T], *, retry: Retry) -> _T:
+    """``call()`` (one request to the hub), retried on HTTP 5xx / 429 as ``retry`` says.
+
+    Transport errors are not retried here: a dead network or a wrong endpoint should fail in
+    seconds, not after a minute of backoff (downloads, which also resume, see :func:`download`).
+    """
+    failures = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient_status(http_status(exc)):
+                raise
+            failures += 1
+            retry.pause(failures, exc)
 
 
 def download(
@@ -178,12 +269,12 @@ def download(
 ) -> dict[str, str]:
     """Download ``url`` to ``dest`` (resuming a partial), verify it, move it into place.
 
-    Returns the digests computed. Raises :class:`HashMismatch` (partial deleted), hub errors from
-    huggingface_hub, transport errors once retries are spent (partial kept for the next run), and
+    Dropped connections and HTTP 5xx / 429 are retried as ``retry`` says, each retry resuming
+    the partial file with a Range request. Returns the digests computed. Raises
+    :class:`HashMismatch` (partial deleted), :class:`GaveUp` or a transport error once retries
+    are spent (partial kept for the next run), other hub errors from huggingface_hub, and
     :class:`OSError` / :class:`WeightsError` for a full disk (partial kept).
     """
-    import httpx2
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(dest, expected)
     _drop_stale_partials(dest, partial)
@@ -202,24 +293,37 @@ def download(
             done = _transfer(url, partial, done, digests, headers, progress, expected.size,
                              timeout_s)
             break
-        except (httpx2.TransportError, _Truncated) as exc:
-            if isinstance(exc, httpx2.ProxyError | httpx2.UnsupportedProtocol):
+        except Exception as exc:
+            if not _worth_retrying(exc):
                 raise
             on_disk = partial.stat().st_size if partial.exists() else 0
             # A drop after some bytes is the common case on long downloads: resume at once.
             failures = 0 if on_disk > done else failures + 1
             done = on_disk
-            if failures > retry.attempts:
-                raise
             if failures:
-                time.sleep(min(retry.wait_s * 2 ** (failures - 1), 8.0))
+                retry.pause(failures, exc)
     actual = digests.hexdigests()
+    if expected.git_sha1 and not expected.sha256 and "git_sha1" not in actual:
+        # The blob id hashes the size first; unknown before the transfer, so hash it now
+        # (git-stored files are small).
+        size = partial.stat().st_size
+        actual.update(hash_file(partial, Digests(sha256=False, git_sha1_size=size, md5=False)))
     wrong = mismatch(expected, actual)
     if wrong is not None:
         partial.unlink(missing_ok=True)
         raise wrong
     os.replace(partial, dest)
     return actual
+
+
+def _worth_retrying(exc: Exception) -> bool:
+    """A dropped or truncated transfer, or a transient HTTP status; not a misconfiguration."""
+    import httpx2
+
+    if isinstance(exc, httpx2.ProxyError | httpx2.UnsupportedProtocol):
+        return False
+    return (isinstance(exc, httpx2.TransportError | _Truncated)
+            or is_transient_status(http_status(exc)))
 
 
 class _Truncated(Exception):
@@ -318,7 +422,10 @@ def hub_error(exc: Exception, *, repo_id: str, path: str | None, endpoint: str) 
     )
 
     what = f"{repo_id}/{path}" if path else repo_id
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, GaveUp):
+        return gave_up(exc, what=what if path else f"the file list of {repo_id}",
+                       endpoint=endpoint)
+    status = http_status(exc)
     if isinstance(exc, OfflineModeIsEnabled):
         return WeightsError(
             f"HF_HUB_OFFLINE=1: cannot download {what}",
@@ -360,6 +467,22 @@ def hub_error(exc: Exception, *, repo_id: str, path: str | None, endpoint: str) 
     return network_error(endpoint, exc)
 
 
+def gave_up(exc: GaveUp, *, what: str, endpoint: str) -> WeightsError:
+    """The error for a hub that kept failing ``what`` through every retry."""
+    if exc.status == 429:
+        return WeightsError(
+            f"the hub at {endpoint} answered HTTP 429 (too many requests) for {what} "
+            f"{exc.tries} times in a row",
+            hint="wait a few minutes and re-run (partial downloads resume); requests with a "
+            "token (`hf auth login` or HF_TOKEN) get a higher rate limit",
+        )
+    return WeightsError(
+        f"the hub at {endpoint} answered HTTP {exc.status} for {what} {exc.tries} times in a row",
+        hint="the hub is failing: re-run later (partial downloads resume), or set HF_ENDPOINT "
+        "to a mirror",
+    )
+
+
 def missing_file(repo_id: str, path: str, endpoint: str) -> WeightsError:
     """The error for a file the repo does not have."""
     return WeightsError(
@@ -390,8 +513,11 @@ def request_headers(token: str | bool | None) -> dict[str, str]:
     return build_hf_headers(token=token, library_name="ctrlpost", library_version=__version__)
 
 
-def check_access(url: str, *, token: str | bool | None, endpoint: str, timeout_s: float) -> None:
-    """HEAD a file (no retries): a 401/403/404 surfaces before any byte of any file is fetched."""
+def check_access(url: str, *, token: str | bool | None, endpoint: str, timeout_s: float,
+                 retry: Retry = DEFAULT_RETRY) -> None:
+    """HEAD a file: a 401/403/404 surfaces before any byte of any file is fetched (5xx / 429
+    are retried as ``retry`` says)."""
     from huggingface_hub import get_hf_file_metadata
 
-    get_hf_file_metadata(url, token=token, endpoint=endpoint, timeout=timeout_s)
+    with_retries(lambda: get_hf_file_metadata(url, token=token, endpoint=endpoint,
+                                              timeout=timeout_s), retry=retry)

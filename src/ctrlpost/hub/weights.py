@@ -131,9 +131,11 @@ def fetch(
 ) -> FetchReport:
     """Have every planned file in place and verified; download what is missing or wrong.
 
-    Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable, only checks what is present and
-    raises if anything is missing. A file failing its hash is retried ``hash_attempts`` times in
-    all, then reported as failed (and never left in place).
+    Offline (``HF_HUB_OFFLINE=1``) or with the hub unreachable (or its listing failing through
+    every retry), only checks what is present and raises if anything is missing. Every request
+    retries HTTP 5xx / 429 as ``retry`` says. A file failing its hash is retried
+    ``hash_attempts`` times in all, then reported as failed (and never left in place); one the
+    hub lists without any hash is reported unverified.
     """
     endpoint = hub_endpoint(endpoint)
     timeout_s = hub_timeout(timeout_s)
@@ -142,7 +144,8 @@ def fetch(
         if hub_offline():
             return _without_hub(plan, cache, progress, "HF_HUB_OFFLINE=1")
         try:
-            plan = resolve(plan, endpoint=endpoint, token=token, timeout_s=timeout_s)
+            plan = resolve(plan, endpoint=endpoint, token=token, timeout_s=timeout_s,
+                           retry=retry)
         except HubUnreachable as exc:
             return _without_hub(plan, cache, progress, exc.message, exc)
     outcomes: dict[str, FileOutcome] = {}
@@ -162,7 +165,8 @@ def fetch(
     headers = request_headers(token)
     for f in todo:
         try:
-            check_access(_url(f, endpoint), token=token, endpoint=endpoint, timeout_s=timeout_s)
+            check_access(_url(f, endpoint), token=token, endpoint=endpoint, timeout_s=timeout_s,
+                         retry=retry)
         except Exception as exc:
             _raise_mapped(exc, f, endpoint)
     for f in todo:
@@ -208,8 +212,12 @@ def _download_one(f: PlannedFile, cache: HashCache, *, endpoint: str, headers: d
         cache.put(f.dest, digests, hub=bool(f.sha256 or f.git_sha1))
         size = f.dest.stat().st_size
         resumed = f"resumed at {fmt_bytes(resumed_at)}; " if resumed_at and attempt == 1 else ""
-        note = md5_note(f, digests)
-        return FileOutcome(f, "downloaded", f"{resumed}{note}".strip("; "),
+        # Nothing to compare the bytes with (the listing gave no sha256 or blob id, the catalog
+        # no MD5): say so, rather than vouch for a file that may be corrupt.
+        verified = bool(f.sha256 or f.git_sha1 or f.md5)
+        note = md5_note(f, digests) if verified else "the hub lists no hash for it"
+        return FileOutcome(f, "downloaded" if verified else "unverified",
+                           f"{resumed}{note}".strip("; "),
                            downloaded_bytes=size - (resumed_at if attempt == 1 else 0))
     return FileOutcome(f, "failed", detail)
 

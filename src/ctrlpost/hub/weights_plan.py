@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from ctrlpost.errors import WeightsError
 from ctrlpost.hub import catalog
 from ctrlpost.hub.catalog import KnownFile, RepoPatterns
-from ctrlpost.hub.download import Expected, disk_full, hub_error, missing_file, network_error
+from ctrlpost.hub.download import (
+    DEFAULT_RETRY,
+    Expected,
+    GaveUp,
+    Retry,
+    disk_full,
+    hub_error,
+    missing_file,
+    network_error,
+    with_retries,
+)
 
 if TYPE_CHECKING:
     from ctrlpost.recipe import WeightsSection
@@ -32,7 +42,8 @@ _HUB_NAME = re.compile(r"^[\w.-]+$")
 
 
 class HubUnreachable(WeightsError):
-    """The hub could not be reached (network down, DNS, refused connection)."""
+    """The hub could not be reached (network down, DNS, refused connection), or kept answering
+    5xx / 429 through every retry: either way, only what is on disk can be checked."""
 
 
 @dataclass(frozen=True)
@@ -195,15 +206,16 @@ def hub_offline() -> bool:
 
 
 def resolve(plan: WeightsPlan, *, endpoint: str | None = None, token: str | bool | None = None,
-            timeout_s: float | None = None) -> WeightsPlan:
+            timeout_s: float | None = None, retry: Retry = DEFAULT_RETRY) -> WeightsPlan:
     """Fill in sizes, hashes and the commit from the hub; expand patterns; drop absent optionals.
 
-    One metadata request per repo (``/api/models/{repo}/revision/main?blobs=true``, no retries,
-    so a dead network fails in seconds). Raises :class:`HubUnreachable` or a mapped WeightsError.
+    One metadata request per repo (``/api/models/{repo}/revision/main?blobs=true``; HTTP 5xx /
+    429 are retried as ``retry`` says, transport errors are not, so a dead network fails in
+    seconds). Raises :class:`HubUnreachable` or a mapped WeightsError.
     """
     endpoint = hub_endpoint(endpoint)
     timeout = hub_timeout(timeout_s)
-    listings = {repo_id: _listing(repo_id, endpoint, token, timeout)
+    listings = {repo_id: _listing(repo_id, endpoint, token, timeout, retry)
                 for repo_id in dict.fromkeys([f.repo_id for f in plan.files]
                                              + [p.repo_id for p in plan.patterns])}
     files: list[PlannedFile] = []
@@ -220,26 +232,28 @@ def resolve(plan: WeightsPlan, *, endpoint: str | None = None, token: str | bool
 
 
 def resolve_if_possible(plan: WeightsPlan, *, endpoint: str | None = None,
-                        token: str | bool | None = None) -> WeightsPlan:
+                        token: str | bool | None = None,
+                        retry: Retry = DEFAULT_RETRY) -> WeightsPlan:
     """:func:`resolve`, or the catalog's estimates with a note when offline or unreachable."""
     if hub_offline():
         return replace(plan, notes=(*plan.notes, "HF_HUB_OFFLINE=1: sizes are the catalog's "
                                     "estimates; repo patterns are not expanded"))
     try:
-        return resolve(plan, endpoint=endpoint, token=token)
+        return resolve(plan, endpoint=endpoint, token=token, retry=retry)
     except HubUnreachable as exc:
         return replace(plan, notes=(*plan.notes, f"{exc.message}: sizes are the catalog's "
                                     "estimates"))
 
 
-def _listing(repo_id: str, endpoint: str, token: str | bool | None,
-             timeout_s: float) -> tuple[str, dict[str, Any]]:
+def _listing(repo_id: str, endpoint: str, token: str | bool | None, timeout_s: float,
+             retry: Retry) -> tuple[str, dict[str, Any]]:
     """(commit, {path: sibling}) of a repo's main branch."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token, library_name="ctrlpost")
     try:
-        info = api.model_info(repo_id, revision="main", files_metadata=True, timeout=timeout_s)
+        info = with_retries(lambda: api.model_info(repo_id, revision="main", files_metadata=True,
+                                                   timeout=timeout_s), retry=retry)
     except Exception as exc:
         mapped = hub_failure(exc, repo_id=repo_id, path=None, endpoint=endpoint)
         if mapped is None:
@@ -258,6 +272,9 @@ def hub_failure(exc: Exception, *, repo_id: str, path: str | None,
     if isinstance(exc, httpx2.TransportError):
         down = network_error(endpoint, exc)
         return HubUnreachable(down.message, hint=down.hint)
+    if isinstance(exc, GaveUp):
+        failing = hub_error(exc, repo_id=repo_id, path=path, endpoint=endpoint)
+        return HubUnreachable(failing.message, hint=failing.hint)
     if isinstance(exc, HfHubHTTPError | OfflineModeIsEnabled):
         return hub_error(exc, repo_id=repo_id, path=path, endpoint=endpoint)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
