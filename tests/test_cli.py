@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ctrlpost import __version__
@@ -159,3 +160,174 @@ def test_completion_does_not_import_torch() -> None:
     assert result.stdout.split() == ["blur", "edge"]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert not {m for m in imported if m.split(".")[0] == "torch"}
+
+
+# ---------------------------------------------------------------------------------------------
+# bounded recipe values and file system errors, through the real commands
+
+OUT_OF_BOUNDS = {
+    "optim.lr=inf": ("optim.lr", "finite number"),
+    "optim.lr=nan": ("optim.lr", "finite number"),
+    "job.seed=18446744073709551616": ("job.seed", "at most 9223372036854775807"),
+    "parallel.nproc_per_node=100000": ("parallel.nproc_per_node", "at most 64"),
+    "job.name='../../../escape'": ("job.name", "e.g. 'escape'"),
+    "train.steps=100000000000000000000": ("train.steps", "at most 999999999"),
+}
+
+
+@pytest.mark.parametrize("override", list(OUT_OF_BOUNDS))
+def test_verify_rejects_out_of_bounds_values(repo: Path, override: str) -> None:
+    recipe = repo / "recipes/edge_tiny.toml"
+    result = runner.invoke(app, ["verify", str(recipe), "--stages", "recipe", "--set", override])
+    key, needle = OUT_OF_BOUNDS[override]
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {recipe}: {key}: "), errors
+    assert needle in errors[0] and "Traceback" not in result.output
+
+
+def test_verify_reports_every_bound_at_once_in_one_line_each(tmp_path: Path,
+                                                            ctrlpost_exe: list[str]) -> None:
+    recipe = tmp_path / "bounds.toml"
+    recipe.write_text('[job]\nname = "../../../escape"\nseed = 18446744073709551616\n'
+                      '[[control]]\nmodality = "edge"\n[optim]\nlr = inf\n'
+                      '[parallel]\nnproc_per_node = 100000\n[train]\nsteps = 5\n')
+    result = run_cli(ctrlpost_exe, "verify", str(recipe), "--set", "optim.eps=nan",
+                     "--set", "train.steps=100000000000000000000")
+    assert result.returncode == 2
+    keys = [line.split(": ")[2] for line in result.stderr.strip().splitlines()]
+    assert sorted(keys) == ["job.name", "job.seed", "optim.eps", "optim.lr",
+                            "parallel.nproc_per_node", "train.steps"], result.stderr
+    assert all(line.startswith(f"error: {recipe}: ")
+               for line in result.stderr.strip().splitlines())
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def _read_only_mount_works(tmp: Path) -> bool:
+    probe = tmp / "probe"
+    probe.mkdir()
+    try:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                               READ_ONLY + "; exec touch \"$0/x\"", str(probe)],
+                              capture_output=True, text=True, timeout=30)
+    except OSError:
+        return False
+    return "Read-only file system" in done.stderr
+
+
+# Remount folder $0 read-only in a private mount namespace (no one else sees it).
+READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0"'
+
+
+def run_unwritable(exe: list[str], folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``folder`` unwritable to it: mode 0o555 for a normal user; for root,
+    whom modes do not stop, a read-only bind mount of the folder (EROFS, as on a read-only
+    volume) in a user and mount namespace of its own."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return run_cli(exe, *args)
+        finally:
+            folder.chmod(0o755)
+    if not _read_only_mount_works(folder.parent):
+        pytest.skip("running as root without `unshare` and mount namespaces")
+    return run_cli(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                    READ_ONLY + ' && exec "$@"', str(folder), *exe], *args)
+
+
+def assert_one_line_about(result: subprocess.CompletedProcess[str], path: Path,
+                          fix: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, lines
+    if os.geteuid() == 0:
+        assert lines[0].startswith(f"error: cannot write {path}: read-only file system; ")
+    else:
+        assert lines[0].startswith(f"error: cannot access {path}: permission denied; ")
+    assert lines[0].endswith(f"({fix})"), lines[0]
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_read_only_weights_folder(tmp_path: Path, repo: Path, ctrlpost_exe: list[str]) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = run_unwritable(ctrlpost_exe, weights, "fetch-weights",
+                            str(repo / "recipes/edge_tiny.toml"),
+                            "--set", f"weights.dir={json.dumps(str(weights))}")
+    assert_one_line_about(result, weights / "ctrlpost", "--set weights.dir=DIR")
+    assert list(weights.iterdir()) == []
+
+
+def test_weights_folder_below_a_file(tmp_path: Path, repo: Path,
+                                     ctrlpost_exe: list[str]) -> None:
+    (tmp_path / "file").write_text("")
+    weights = tmp_path / "file" / "weights"
+    result = run_cli(ctrlpost_exe, "fetch-weights", str(repo / "recipes/edge_tiny.toml"),
+                     "--set", f"weights.dir={json.dumps(str(weights))}")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {weights}/") and "is a file, not a folder" in line
+    assert "internal error" not in line
+
+
+def test_unwritable_dataset_folder(tmp_path: Path, repo: Path, ctrlpost_exe: list[str]) -> None:
+    recipe = str(repo / "recipes/edge_tiny.toml")
+    weights, data = tmp_path / "weights", tmp_path / "data"
+    made = runner.invoke(app, ["fetch-weights", recipe, "--set",
+                               f"weights.dir={json.dumps(str(weights))}"])
+    assert made.exit_code == 0, made.output
+    (data / "metas").mkdir(parents=True)
+    (data / "metas" / "clip0.txt").write_text("a red ball rolls across a striped floor\n")
+    result = run_unwritable(ctrlpost_exe, data, "embed", recipe,
+                            "--set", f"weights.dir={json.dumps(str(weights))}",
+                            "--set", f"data.root={json.dumps(str(data))}")
+    assert_one_line_about(result, data / "t5_xxl", "--set data.root=DIR")
+
+
+def test_os_errors_name_the_path_and_the_fix(tmp_path: Path) -> None:
+    """Every OSError escaping a command is one line and exit 2: full disk, a rename, no path."""
+    import errno
+
+    import typer
+
+    from ctrlpost.cli import user_errors
+
+    raised: list[OSError] = [
+        OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.pt")),
+        PermissionError(errno.EACCES, "Permission denied", "/a/b", None, "/a/c"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+    ]
+    small = typer.Typer()
+
+    @small.command()
+    @user_errors
+    def embed(which: int) -> None:
+        raise raised[which]
+
+    lines = []
+    for i in range(len(raised)):
+        result = runner.invoke(small, [str(i)])
+        assert result.exit_code == 2 and "internal error" not in result.output
+        (line,) = result.stderr.strip().splitlines()
+        lines.append(line)
+    assert lines[0] == (f"error: cannot write {tmp_path / 'x.pt'}: no space left on the device; "
+                        f"free space on {mount_point(tmp_path)} (see df -h) or choose a folder "
+                        "on another disk (--set data.root=DIR)")
+    assert lines[1].startswith("error: cannot access /a/b (to /a/c): permission denied; ")
+    assert lines[2].startswith("error: no space left on the device; free space on the disk ")
+    assert lines[3] == ("error: Connection refused; rerun with CTRLPOST_DEBUG=1 to see where "
+                        "it happened")
+    debug = runner.invoke(small, ["0"], env={"CTRLPOST_DEBUG": "1"})
+    assert isinstance(debug.exception, OSError)
+
+
+def mount_point(path: Path) -> Path:
+    while not path.is_mount():
+        path = path.parent
+    return path
+
+
+def test_train_refuses_more_local_processes_than_a_machine_runs() -> None:
+    result = runner.invoke(app, ["train", "recipes/edge_tiny.toml", "--nproc", "100000"])
+    assert result.exit_code == 2 and "--nproc" in result.output

@@ -89,3 +89,24 @@ def test_control_block_count_is_checked(tmp_path: Path, weights_dir: Path) -> No
     code, report = verify(tmp_path, weights_dir, "--set", "model.num_control_blocks=2")
     (problem,) = report["problems"]
     assert "unexpected" in problem["message"] and "net.blocks.block2" in problem["message"]
+
+
+def test_more_local_ranks_than_this_machine_has_is_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctrlpost import preflight
+
+    monkeypatch.setattr(preflight, "_cpus", lambda: 2)
+    assert preflight.local_ranks_warning(2, "gloo") is None
+    warning = preflight.local_ranks_warning(8, "gloo")
+    assert warning == ("parallel.nproc_per_node = 8 but this machine has 2 CPU(s) and no GPU: to "
+                       "train here, set parallel.nproc_per_node = 2 or run `ctrlpost train "
+                       "--nproc 2`")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU visible, whatever the machine has
+    assert preflight.local_ranks_warning(8, "nccl") == warning
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[job]\nname = "x"\n[[control]]\nmodality = "edge"\n[train]\nsteps = 1\n'
+                      '[parallel]\nnproc_per_node = 8\nbackend = "gloo"\n')
+    result = runner.invoke(app, ["verify", str(recipe), "--json", "--stages", "recipe"])
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["ok"] is True  # verify may run on another machine
+    assert report["stages"][0]["summary"]["warning"] == warning

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,102 @@ def test_validation_section_defaults_and_rules(tmp_path: Path, repo: Path) -> No
             recipes.load(write(tmp_path, MINIMAL), [override])
         (problem,) = info.value.problems
         assert problem.path == where and all(n in problem.message for n in needles), problem
+
+
+def _float_keys(model: type, prefix: str) -> list[str]:
+    """Dotted override paths of every float field reachable from ``model`` (arrays: item 0)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        nested = recipes._model_of(field.annotation)
+        if nested is not None:
+            array = "tuple" in str(field.annotation) or "list" in str(field.annotation)
+            keys += _float_keys(nested, f"{prefix}{name}.{'0.' if array else ''}")
+        elif field.annotation in (float, float | None):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def test_every_float_of_the_recipe_is_finite(tmp_path: Path) -> None:
+    """The rule is recipe-wide (one config of every section), so a key added later has it too."""
+    keys = _float_keys(recipes.Recipe, "")
+    assert {"optim.lr", "control.0.weight", "diffusion.sigma_max", "train.ema_s"} <= set(keys)
+    path = write(tmp_path, MINIMAL)
+    for key in keys:
+        for value in ("inf", "-inf", "nan"):
+            with pytest.raises(RecipeInvalid) as info:
+                recipes.load(path, [f"{key}={value}"])
+            (problem,) = info.value.problems
+            assert problem.path == key.replace(".0.", "[0].") and "finite" in problem.message
+
+
+def test_free_form_tables_and_arrays_are_bounded_too(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    cases = {"optim.betas=[0.9, nan]": "optim.betas[1]",
+             "control.0.params={sigma = {low = [1.0, inf]}}": "control[0].params.sigma.low[1]",
+             "data.synthetic.width=100000000000000000000": "data.synthetic.width"}
+    for override, where in cases.items():
+        with pytest.raises(RecipeInvalid) as info:
+            recipes.load(path, [override])
+        (problem,) = info.value.problems
+        assert problem.path == where, problem
+
+
+@pytest.mark.parametrize(("override", "where", "needle"), [
+    ("job.seed=9223372036854775808", "job.seed", "at most 9223372036854775807"),
+    ("job.seed=-1", "job.seed", "greater than or equal to 0"),
+    ("validation.seed=18446744073709551616", "validation.seed", "signed 64-bit"),
+    ("train.steps=1000000000", "train.steps", "at most 999999999: checkpoint folders"),
+    ("checkpoint.every_steps=100000000000000000000", "checkpoint.every_steps", "at most"),
+    ("optim.warmup_steps=1000000000", "optim.warmup_steps", "at most 999999999"),
+    ("parallel.nproc_per_node=65", "parallel.nproc_per_node", "at most 64"),
+    ("parallel.nnodes=4097", "parallel.nnodes", "at most 4096"),
+    ("parallel.nnodes=128", "parallel", "8192 ranks; at most 4096"),  # × 64 per node
+    ("data.num_workers=100000", "data.num_workers", "at most 64"),
+    ("data.fetch.retries=11", "data.fetch.retries", "doubles the wait"),
+    ("validation.steps=1001", "validation.steps", "at most 1000"),
+])
+def test_counts_are_bounded(tmp_path: Path, override: str, where: str, needle: str) -> None:
+    with pytest.raises(RecipeInvalid) as info:
+        recipes.load(write(tmp_path, MINIMAL), ["parallel.nproc_per_node=64", override])
+    (problem,) = info.value.problems
+    assert problem.path == where and needle in problem.message, problem
+
+
+def test_largest_values_in_bounds_load(tmp_path: Path) -> None:
+    rec = recipes.load(write(tmp_path, MINIMAL), [
+        "job.seed=9223372036854775807", "train.steps=999999999", "parallel.nproc_per_node=64",
+        "parallel.nnodes=64", "validation.seed=0", "optim.lr=1e300"])
+    assert (rec.job.seed, rec.train.steps) == (2**63 - 1, 999_999_999)
+    assert recipes.validate(tomllib.loads(recipes.dump_toml(rec))) == rec
+
+
+def test_world_size_bound_is_the_memory_planners() -> None:
+    from ctrlpost.engine import layout
+    from ctrlpost.recipe_bounds import MAX_WORLD_SIZE
+
+    assert MAX_WORLD_SIZE == layout.MAX_GPUS
+
+
+@pytest.mark.parametrize(("name", "example"), [
+    ("../../../escape", "'escape'"), ("a/b", "'a_b'"), ("..", ""), (".hidden", "'hidden'"),
+    ("a\\b", "'a_b'"), ("nul\0", "'nul'"), ("/abs", "'abs'"),
+])
+@pytest.mark.parametrize("key", ["project", "group", "name"])
+def test_job_folders_are_single_path_components(tmp_path: Path, key: str, name: str,
+                                                example: str) -> None:
+    with pytest.raises(RecipeInvalid) as info:
+        recipes.load(write(tmp_path, MINIMAL), [f"job.{key}={json.dumps(name)}"])
+    (problem,) = info.value.problems
+    assert problem.path == f"job.{key}" and "one folder name" in problem.message
+    assert problem.message.endswith(f"; e.g. {example}" if example else f"(got {name!r})")
+
+
+def test_plain_job_folders_keep_the_run_inside_the_output_root(tmp_path: Path) -> None:
+    rec = recipes.load(write(tmp_path, MINIMAL),
+                       ['job.project="p..q"', 'job.group="g h"', 'job.name="run-1.5"'])
+    root = tmp_path / "runs"
+    run = rec.run_dir({"OUTPUT_ROOT": str(root)})
+    assert run == root / "p..q" / "g h" / "run-1.5"
+    assert run.resolve().is_relative_to(root.resolve())
+    with pytest.raises(RecipeInvalid, match="at most 255 bytes"):
+        recipes.load(write(tmp_path, MINIMAL), [f'job.name="{"x" * 256}"'])

@@ -26,7 +26,7 @@ from ctrlpost.completers import (
     complete_shell,
     complete_stages,
 )
-from ctrlpost.errors import CtrlpostError
+from ctrlpost.errors import CtrlpostError, Stopped, from_os_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,11 +54,9 @@ def _render_error(exc: CtrlpostError) -> None:
 
 
 def user_errors(fn: F) -> F:
-    """Render :class:`CtrlpostError` as ``error: ...`` (+ ``hint: ...``) and exit with its code.
-
-    Anything else is an internal error: one line and exit 1. ``CTRLPOST_DEBUG=1`` re-raises so
-    the full traceback is shown.
-    """
+    """Render :class:`CtrlpostError` as ``error: ...`` (+ ``hint: ...``) and exit with its code,
+    and an :class:`OSError` (read-only or full disk, no permission) as one line with its fix.
+    Anything else is an internal error: one line, exit 1. ``CTRLPOST_DEBUG=1`` re-raises."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -66,11 +64,12 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except CtrlpostError as exc:
+        except (CtrlpostError, OSError) as exc:
             if os.environ.get("CTRLPOST_DEBUG") == "1":
                 raise
-            _render_error(exc)
-            raise typer.Exit(exc.exit_code) from None
+            error = from_os_error(exc, command=fn.__name__) if isinstance(exc, OSError) else exc
+            _render_error(error)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except Exception as exc:
@@ -173,6 +172,8 @@ def verify(
         typer.Option("--gpu-memory", metavar="GiB", min=1.0,
                      help="Memory of one GPU for the layout stage."),
     ] = 80.0,
+    deep: Annotated[bool, typer.Option("--deep", help="Data stage: decode every frame of every "
+                                       "clip (slow), not just the first and the last.")] = False,
     fidelity: Annotated[
         bool,
         typer.Option("--fidelity", help="Then generate the \\[validation] clips with the control "
@@ -206,7 +207,7 @@ def verify(
         typer.echo(recipes.dump_toml(recipes.load(recipe, overrides or [])), nl=False)
         return
     report = preflight.run(recipe, overrides or [], stages=_stage_names(stages, preflight.STAGES),
-                           gpus=gpus, gpu_memory_gib=gpu_memory)
+                           gpus=gpus, gpu_memory_gib=gpu_memory, deep=deep)
     score = None
     if (fidelity or control or clips) and report.ok:
         from ctrlpost.engine.evaluate import score_fidelity
@@ -466,7 +467,7 @@ def train(
     overrides: SetOpt = None,
     nproc: Annotated[
         int | None,
-        typer.Option("--nproc", min=1, show_default=False,
+        typer.Option("--nproc", min=1, max=64, show_default=False,
                      help="Processes on this node (default: parallel.nproc_per_node)."),
     ] = None,
     synthetic: Annotated[
@@ -478,7 +479,7 @@ def train(
     """Post-train the control branch: checks everything first, then starts the ranks.
 
     Re-running the same command resumes from the latest complete checkpoint
-    (checkpoint.resume = "auto"). SIGTERM or Ctrl-C saves a checkpoint and exits cleanly.
+    (checkpoint.resume = "auto"). SIGTERM or Ctrl-C saves a checkpoint and exits with 143 / 130.
     """
     from ctrlpost import preflight
     from ctrlpost import recipe as recipes
@@ -500,8 +501,12 @@ def train(
             hint=f"run `ctrlpost verify {recipe}` to see them all",
         )
     loaded = recipes.load(recipe, overrides)
-    launch(loaded, str(recipe), overrides, nproc=nproc or loaded.parallel.nproc_per_node,
-           synthetic=synthetic)
+    try:
+        launch(loaded, str(recipe), overrides, nproc=nproc or loaded.parallel.nproc_per_node,
+               synthetic=synthetic)
+    except Stopped as stopped:
+        typer.echo(stopped.message, err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ stage that needs an earlier stage's result is skipped when that stage failed.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +79,7 @@ class Context:
     recipe: Recipe | None = None
     gpus: int | None = None  # layout stage: None = parallel.nnodes × parallel.nproc_per_node
     gpu_memory_gib: float = 80.0
+    deep: bool = False  # data stage: decode every frame of every clip
 
 
 StageFn = Callable[[Context], tuple[list[Problem], dict[str, Any]]]
@@ -93,8 +96,36 @@ def recipe_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     except RecipeError as exc:
         return [Problem("recipe", "", exc.message)], {}
     rec = ctx.recipe
-    return [], {"run_dir": str(rec.run_dir()), "flavor": rec.model.flavor,
-                "steps": rec.train.steps}
+    summary: dict[str, Any] = {"run_dir": str(rec.run_dir()), "flavor": rec.model.flavor,
+                               "steps": rec.train.steps}
+    warning = local_ranks_warning(rec.parallel.nproc_per_node, rec.parallel.backend)
+    if warning:
+        summary["warning"] = warning
+    return [], summary
+
+
+def local_ranks_warning(nproc: int, backend: str) -> str | None:
+    """A warning when this machine cannot give each local rank its own GPU (or CPU, for ranks
+    on CPUs); None when it can. Only a warning: `verify` often runs on another machine than
+    the job. Read without importing torch (~2 s): NVIDIA's driver lists each GPU under /proc."""
+    gpus = 0
+    if backend != "gloo":
+        with contextlib.suppress(OSError):
+            gpus = len(os.listdir("/proc/driver/nvidia/gpus"))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            gpus = min(gpus, len([d for d in visible.split(",") if d.strip()]))
+    have, kind = (gpus, "GPU(s)") if gpus else (_cpus(), "CPU(s) and no GPU")
+    if nproc <= have:
+        return None
+    return (f"parallel.nproc_per_node = {nproc} but this machine has {have} {kind}: to train "
+            f"here, set parallel.nproc_per_node = {have} or run `ctrlpost train --nproc {have}`")
+
+
+def _cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - macOS and Windows
 
 
 def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
@@ -177,15 +208,24 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
 
 
 def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
-    """Every clip decodes and is long enough, has a caption and a well-formed embedding."""
+    """Every clip decodes and is long enough, has a caption and a well-formed embedding, and
+    still has the sha256 the dataset's manifest recorded for it (clips it lists).
+
+    ``ctx.deep`` decodes every frame instead of the first and the last.
+    """
     from ctrlpost.data.checks import check_dataset
+    from ctrlpost.hub.sources import manifest
+    from ctrlpost.hub.sources.layout import DatasetLayout
     from ctrlpost.models.args import get_flavor
 
     assert ctx.recipe is not None
     data = ctx.recipe.data
+    records = manifest.load(DatasetLayout(Path(data.root)).manifest)
     problems, summary = check_dataset(
         data.root, num_frames=data.num_frames, resolution=data.resolution,
         text_dim=get_flavor(ctx.recipe.model.flavor).base.text_dim, recipe=ctx.recipe_path,
+        sha256={r.id: r.sha256 for r in records.values() if r.usable and r.sha256},
+        deep=ctx.deep,
     )
     found = [Problem("data", p.path, p.message) for p in problems]
     root = ctx.recipe.validation.root
@@ -266,11 +306,13 @@ def run(
     plugins: pluggy.PluginManager | None = None,
     gpus: int | None = None,
     gpu_memory_gib: float = 80.0,
+    deep: bool = False,
 ) -> Report:
     """Run the named stages in order and collect their problems. ``gpus`` and
-    ``gpu_memory_gib`` are what the layout stage checks against (default: the recipe's GPUs)."""
+    ``gpu_memory_gib`` are what the layout stage checks against (default: the recipe's GPUs);
+    ``deep`` makes the data stage decode every frame of every clip."""
     ctx = Context(recipe_path=str(recipe_path), overrides=overrides, plugins=plugins,
-                  gpus=gpus, gpu_memory_gib=gpu_memory_gib)
+                  gpus=gpus, gpu_memory_gib=gpu_memory_gib, deep=deep)
     results: list[StageResult] = []
     for name in stages:
         if name != "recipe" and ctx.recipe is None:

@@ -27,6 +27,18 @@ from pydantic import (
 )
 
 from ctrlpost.errors import RecipeError
+from ctrlpost.recipe_bounds import (
+    MAX_WORLD_SIZE,
+    PLANNER,
+    FolderName,
+    LocalCount,
+    Nodes,
+    Retries,
+    SamplerSteps,
+    Seed,
+    Steps,
+    check_bounds,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,19 +47,28 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict, frozen, and bounded recipe-wide: no float is inf or NaN, no integer passes int64."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        if not isinstance(value, BaseModel):  # a section is checked by its own model
+            check_bounds(value)
+        return value
 
 
 class JobSection(_Section):
     """Where the run writes: ``<output_root>/<project>/<group>/<name>``."""
 
-    project: str = Field("ctrlpost", min_length=1, description="Project folder of the run.")
-    group: str = Field("default", min_length=1, description="Group folder of the run.")
-    name: str = Field(min_length=1, description="Name of the run (its folder).")
+    project: FolderName = Field("ctrlpost", description="Project folder of the run.")
+    group: FolderName = Field("default", description="Group folder of the run.")
+    name: FolderName = Field(description="Name of the run (its folder).")
     output_root: str | None = Field(
         None, description="Root of all runs; default: $OUTPUT_ROOT, else 'checkpoints'."
     )
-    seed: int = Field(0, ge=0, description="Seed of every random draw of the run.")
+    seed: Seed = Field(0, description="Seed of every random draw of the run.")
 
 
 class WeightsSection(_Section):
@@ -106,8 +127,8 @@ class SyntheticSource(_Section):
 class FetchOptions(_Section):
     """How `fetch-data` downloads."""
 
-    workers: int = Field(4, ge=1, description="Parallel downloads.")
-    retries: int = Field(3, ge=0, description="Retries per clip, with exponential backoff.")
+    workers: LocalCount = Field(4, ge=1, description="Parallel downloads.")
+    retries: Retries = Field(3, ge=0, description="Retries per clip, with exponential backoff.")
     min_height: int = Field(704, ge=1, description="Lowest accepted video stream height (px).")
 
 
@@ -140,7 +161,7 @@ class DataSection(_Section):
     resolution: Literal["720", "480", "256", "128"] = Field(
         "720", description="Aspect-bucket size family; '720' is 1280x704 for 16:9."
     )
-    num_workers: int = Field(8, ge=0, description="Data-loader worker processes per rank.")
+    num_workers: LocalCount = Field(8, ge=0, description="Data-loader worker processes per rank.")
     prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker.")
     max_bad_samples: int = Field(
         100, ge=0, description="Unreadable samples skipped before the run stops."
@@ -202,7 +223,7 @@ class OptimSection(_Section):
     betas: tuple[float, float] = Field((0.9, 0.99), description="Adam betas.")
     weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
     eps: float = Field(1e-10, gt=0, description="Adam epsilon.")
-    warmup_steps: int = Field(2500, ge=0, description="Linear warm-up length.")
+    warmup_steps: Steps = Field(2500, ge=0, description="Linear warm-up length.")
     warmup_start_factor: float = Field(1e-6, gt=0, le=1, description="LR factor at step 0.")
     grad_clip_norm: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
     fused: bool = Field(True, description="Use the fused AdamW kernel where available.")
@@ -218,11 +239,11 @@ class OptimSection(_Section):
 class TrainSection(_Section):
     """Length and batch of the run, EMA and failure limits."""
 
-    steps: int = Field(ge=1, description="Optimizer steps of the run.")
+    steps: Steps = Field(ge=1, description="Optimizer steps of the run.")
     batch_size: int = Field(1, ge=1, description="Clips per GPU per micro-step.")
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    grad_accum_steps: Steps = Field(1, ge=1, description="Micro-steps per optimizer step.")
     ema_s: float = Field(0.1, gt=0, lt=0.28, description="Power-EMA relative std s.")
-    max_nonfinite_steps: int = Field(
+    max_nonfinite_steps: Steps = Field(
         10, ge=0, description="Steps skipped for NaN/Inf before the run stops."
     )
 
@@ -230,19 +251,26 @@ class TrainSection(_Section):
 class ParallelSection(_Section):
     """How the run is spread over processes and how memory is traded for compute."""
 
-    nnodes: int = Field(1, ge=1, description="Nodes of the job.")
-    nproc_per_node: int = Field(8, ge=1, description="Processes (GPUs) per node.")
+    nnodes: Nodes = Field(1, ge=1, description="Nodes of the job.")
+    nproc_per_node: LocalCount = Field(8, ge=1, description="Processes (GPUs) per node.")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process group.")
     activation_checkpointing: Literal["none", "selective", "full"] = Field(
         "selective", description="Activation recomputation mode."
     )
     compile: bool = Field(False, description="torch.compile each transformer block.")
 
+    @model_validator(mode="after")
+    def _world_fits(self) -> ParallelSection:
+        if self.nnodes * self.nproc_per_node > MAX_WORLD_SIZE:
+            raise ValueError(f"nnodes × nproc_per_node = {self.nnodes * self.nproc_per_node} "
+                             f"ranks; at most {MAX_WORLD_SIZE}, {PLANNER}")
+        return self
+
 
 class CheckpointSection(_Section):
     """When and how training state is saved and resumed."""
 
-    every_steps: int = Field(1000, ge=1, description="Save interval in optimizer steps.")
+    every_steps: Steps = Field(1000, ge=1, description="Save interval in optimizer steps.")
     keep_last: int = Field(3, ge=1, description="Training checkpoints kept.")
     resume: str = Field("auto", description="'auto' (latest complete), 'never', or a path.")
     export_released: bool = Field(
@@ -253,7 +281,7 @@ class CheckpointSection(_Section):
 class LoggingSection(_Section):
     """What rank 0 reports."""
 
-    every_steps: int = Field(1, ge=1, description="Metric logging interval.")
+    every_steps: Steps = Field(1, ge=1, description="Metric logging interval.")
     jsonl: bool = Field(True, description="Write metrics.jsonl in the run folder.")
     tensorboard: bool = Field(True, description="Write TensorBoard event files.")
 
@@ -262,7 +290,7 @@ class ValidationSection(_Section):
     """Sampling a few fixed clips with the EMA weights during training, scored by the
     modality's fidelity metric (does the branch follow its hint?)."""
 
-    every_steps: int = Field(0, ge=0, description="Validation interval in steps; 0 = off.")
+    every_steps: Steps = Field(0, ge=0, description="Validation interval in steps; 0 = off.")
     at_start: bool = Field(
         True, description="Also validate a fresh run before its first step (the starting score)."
     )
@@ -280,14 +308,14 @@ class ValidationSection(_Section):
     sampler: Literal["heun", "euler"] = Field(
         "heun", description="ODE solver: 'heun' (2nd order, 2 calls/step) or 'euler'."
     )
-    steps: int = Field(24, ge=1, description="Noise levels of the Karras schedule.")
+    steps: SamplerSteps = Field(24, ge=1, description="Noise levels of the Karras schedule.")
     guidance: float = Field(
         5.0, ge=0, description="Classifier-free guidance on the text (0 = off, halves the cost)."
     )
     condition_frames: int = Field(
         0, ge=0, description="Leading latent frames taken from the real clip instead of generated."
     )
-    seed: int = Field(0, ge=0, description="Seed of the clips' frame windows, hints and noise.")
+    seed: Seed = Field(0, description="Seed of the clips' frame windows, hints and noise.")
     strip_frames: int = Field(4, ge=1, description="Frames shown in each clip's PNG strip.")
 
     @field_validator("num_frames")
@@ -466,7 +494,8 @@ def _parse_value(text: str) -> Any:
 
 def _problem(err: Mapping[str, Any]) -> RecipeProblem:
     loc = tuple(err["loc"])
-    dotted = _dotted(loc)
+    # Inside a free-form table, the recipe-wide bounds rule says where below the key.
+    dotted = _dotted(loc) + getattr(err.get("ctx", {}).get("error"), "where", "")
     if err["type"] == "extra_forbidden":
         known = _field_names_at(loc[:-1])
         close = _closest(str(loc[-1]), known)

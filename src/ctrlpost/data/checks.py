@@ -7,13 +7,24 @@ target height (it will be upscaled). Its caption ``metas/<stem>.txt`` exists and
 its embedding ``t5_xxl/<stem>.pickle`` loads with the safe unpickler, is float16 ``[L, D]`` with
 the model's ``D``, and is finite. Pickles and captions without a video are listed as orphans.
 
-Clips are checked in a thread pool: OpenCV releases the GIL while it decodes.
+Decoding two frames does not notice bytes damaged in between: a codec conceals most of them and
+returns garbage frames. So a clip that the dataset's ``manifest.jsonl`` vouches for (``fetch-data``
+hashed it when it committed it) must still have that sha256; hashing is cheap next to decoding.
+A clip that does not gets that one line, which names the fix; whatever else is wrong with its
+video follows from it.
+``deep=True`` also decodes every frame of every clip, which catches damage in clips nobody hashed
+(a local dataset without a manifest) as far as it breaks decoding.
+
+Clips are checked in a thread pool: OpenCV releases the GIL while it decodes, hashlib while it
+hashes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +39,9 @@ from ctrlpost.errors import DataError
 
 MAX_LISTED = 20
 """Names listed per summary entry (the counts are always complete)."""
+
+MANIFEST = "manifest.jsonl"
+"""The file, at the dataset root, where `fetch-data` records each clip's sha256."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +63,18 @@ class ClipCheck:
     size: tuple[int, int] | None = None  # (width, height)
     bucket: str | None = None
     low_resolution: bool = False
+    hashed: bool = False
 
 
 def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_dim: int | None,
                   recipe: str = "RECIPE", max_workers: int | None = None,
+                  sha256: Mapping[str, str] | None = None, deep: bool = False,
                   ) -> tuple[list[DataProblem], dict[str, Any]]:
     """Every problem of the dataset at ``root``, and a summary of what is there.
 
-    ``recipe`` is the recipe path named in the commands that fix a problem.
+    ``recipe`` is the recipe path named in the commands that fix a problem. ``sha256`` maps clip
+    names to the hash their video must have (the manifest's; clips not in it are not hashed);
+    ``deep`` decodes every frame of every clip instead of the first and the last.
     """
     root = Path(root)
     if not root.is_dir():
@@ -70,16 +88,32 @@ def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_di
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = list(pool.map(lambda name: check_clip(
             root, name, num_frames=num_frames, resolution=resolution, text_dim=text_dim,
-            recipe=recipe), names))
+            recipe=recipe, sha256=(sha256 or {}).get(name), deep=deep), names))
     problems = [p for c in checks for p in c.problems]
-    return problems, _summary(checks, orphans(root, names))
+    return problems, _summary(checks, orphans(root, names)) | {
+        "sha256_checked": sum(c.hashed for c in checks), "deep": deep}
 
 
 def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
-               text_dim: int | None, recipe: str = "RECIPE") -> ClipCheck:
-    """Check one clip's video, caption and embedding."""
+               text_dim: int | None, recipe: str = "RECIPE", sha256: str | None = None,
+               deep: bool = False) -> ClipCheck:
+    """Check one clip's video (against ``sha256`` when given; every frame if ``deep``), its
+    caption and its embedding."""
     check = ClipCheck(name)
-    _check_video(root, check, num_frames=num_frames, resolution=resolution)
+    video, rel_video = root / VIDEO_DIR / f"{name}.mp4", f"{VIDEO_DIR}/{name}.mp4"
+    mismatch = None
+    if sha256 is not None and video.stat().st_size:  # an empty file is reported as such
+        check.hashed = True
+        mismatch = sha256_problem(video, sha256, recipe=recipe)
+    decodes = _check_video(root, check, num_frames=num_frames, resolution=resolution)
+    if mismatch:
+        # Not the file fetch-data checked: its other faults follow from that, and so does the fix.
+        check.problems = [p for p in check.problems if p.path != rel_video]
+        check.problems.append(DataProblem(rel_video, mismatch))
+    elif decodes and deep and check.frames and check.size:
+        message = full_decode_problem(video, frames=check.frames, size=check.size)
+        if message:
+            check.problems.append(DataProblem(rel_video, message))
     caption = root / META_DIR / f"{name}.txt"
     rel_caption = f"{META_DIR}/{name}.txt"
     if not caption.is_file():
@@ -92,12 +126,14 @@ def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
     return check
 
 
-def _check_video(root: Path, check: ClipCheck, *, num_frames: int, resolution: str) -> None:
+def _check_video(root: Path, check: ClipCheck, *, num_frames: int, resolution: str) -> bool:
+    """Open the clip, decode its first and last frames; whether it found no problem."""
     path = root / VIDEO_DIR / f"{check.name}.mp4"
     rel = f"{VIDEO_DIR}/{check.name}.mp4"
 
-    def problem(message: str) -> None:
+    def problem(message: str) -> bool:
         check.problems.append(DataProblem(rel, message))
+        return False
 
     if path.stat().st_size == 0:
         return problem("empty file (0 bytes)")
@@ -121,7 +157,50 @@ def _check_video(root: Path, check: ClipCheck, *, num_frames: int, resolution: s
                 return problem(f"last frame ({check.frames - 1}) does not decode, the file is "
                                f"damaged or truncated: {reason}")
     except VideoError as exc:
-        problem(exc.message.removeprefix(f"{path}: "))
+        return problem(exc.message.removeprefix(f"{path}: "))
+    return True
+
+
+def full_decode_problem(path: Path, *, frames: int, size: tuple[int, int]) -> str | None:
+    """Why decoding every frame of ``path`` goes wrong, or None: fewer than the ``frames`` its
+    container declares decode, or one is not ``size`` (width, height)."""
+    width, height = size
+    decoded = 0
+    fix = "the file is damaged: replace it, or delete it to train without this clip"
+    try:
+        with VideoReader(path) as reader:
+            for frame_H_W_C in reader.decoded_frames():
+                h, w = frame_H_W_C.shape[:2]
+                if (w, h) != (width, height):
+                    return f"frame {decoded} is {w}x{h}, the clip is {width}x{height}; {fix}"
+                decoded += 1
+    except VideoError as exc:
+        return f"{exc.message.removeprefix(f'{path}: ')}; {fix}"
+    if decoded < frames:
+        return f"only {decoded} of its {frames} frames decode when every frame is read; {fix}"
+    return None
+
+
+def sha256_problem(path: Path, expected: str, *, recipe: str = "RECIPE") -> str | None:
+    """Why ``path`` is not the file the manifest recorded (``expected`` sha256), or None.
+
+    ``fetch-data`` keeps a clip only while its file has the recorded hash and fetches any other
+    again, so running it again is the fix.
+    """
+    if file_sha256(path) == expected.lower():
+        return None
+    return (f"sha256 differs from {MANIFEST}'s: the file changed after fetch-data wrote it "
+            f"(damaged or edited); run `ctrlpost fetch-data {recipe}` again (same options as "
+            "before): it fetches again every clip whose file no longer matches")
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (never whole)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def embedding_problem(path: Path, text_dim: int | None, *, recipe: str = "RECIPE") -> str | None:

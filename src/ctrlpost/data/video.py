@@ -12,6 +12,7 @@ torch's uint8 fast path is *not* used: it rounds between its two separable passe
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +108,18 @@ class VideoReader:
     def read_one(self, index: int) -> np.ndarray:
         """uint8 RGB ``[H, W, 3]`` frame ``index``."""
         return self.read(index, 1)[0]
+
+    def decoded_frames(self) -> Iterator[np.ndarray]:
+        """Every frame from the first, as the decoder gives it (BGR ``[H, W, 3]``, no
+        conversion: a full pass costs one decode). Stops where decoding stops, which for a
+        damaged file is before ``info.frames``."""
+        if int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) != 0:
+            self._reopen()
+        while True:
+            ok, frame_H_W_C = self._cap.read()
+            if not ok:
+                return
+            yield frame_H_W_C
 
     def frame_count(self) -> int:
         """Frames in the clip: the container's count, or counted with ``grab()`` when the
