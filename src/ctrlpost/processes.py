@@ -5,8 +5,11 @@ A process killed with SIGKILL cannot stop its children. Without a guard, ``kill 
 that a restarted run is about to use, and leaves each rank's data-loader workers holding memory.
 Two guards, both no-ops where the platform lacks what they need:
 
-* :func:`die_with_parent`: a rank asks the kernel (Linux ``PR_SET_PDEATHSIG``) for SIGKILL when
-  the launcher that started it dies;
+* :func:`die_with_launcher`: a rank asks the kernel (Linux ``PR_SET_PDEATHSIG``) for SIGKILL when
+  the launcher that started it dies, and leaves at once if it is already gone. The launcher names
+  itself in the rank's environment (:data:`LAUNCHER_ENV`), and the rank arms the guard before it
+  imports anything slow, so a ``kill -9`` during the ranks' start leaves nothing behind either;
+  :func:`die_with_parent` is the weaker form for ranks of another launcher (torchrun);
 * :func:`watch_owner`: a data-loader worker, whose parent is a fork server rather than the rank,
   polls the rank and leaves once it is gone (a zombie counts as gone, and a recycled pid is told
   apart by its start time).
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# "<pid>:<start time>" of the `ctrlpost train` process that started the ranks.
+LAUNCHER_ENV = "CTRLPOST_LAUNCHER"
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -78,21 +83,56 @@ class ProcessIdentity:
         return fields[0] not in ("Z", "X") and (self.start is None or fields[19] == self.start)
 
 
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+def _request_parent_death_signal() -> bool:
+    """Ask the kernel for SIGKILL when the parent dies; False where that is not available."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     import ctypes
 
-    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    return bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere a no-op).
+
+    Without the parent's identity a parent that died before the request is seen only as a
+    change of ``getppid()`` during this call (or as being adopted by init).
+    """
+    parent = os.getppid()
+    if not _request_parent_death_signal():
         return
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if os.getppid() != parent or parent == 1:  # the parent died before the request took effect
         os._exit(1)
 
 
-def watch_owner(owner: ProcessIdentity, *, interval_s: float = 2.0) -> threading.Thread:
+def launcher_environment() -> dict[str, str]:
+    """What a launcher adds to its ranks' environment so they can arm :func:`die_with_launcher`."""
+    me = ProcessIdentity.current()
+    return {LAUNCHER_ENV: f"{me.pid}:{me.start or ''}"}
+
+
+def launcher_from_environment() -> ProcessIdentity | None:
+    """The launcher named in this process's environment, if any."""
+    value = os.environ.get(LAUNCHER_ENV, "")
+    pid, _, start = value.partition(":")
+    return ProcessIdentity(int(pid), start or None) if pid.isdigit() else None
+
+
+def die_with_launcher(launcher: ProcessIdentity) -> None:
+    """Have the kernel SIGKILL this process when ``launcher``, its parent, dies; leave at once
+    (``os._exit(1)``) when the launcher is already gone or is not the parent any more.
+
+    The check after the request is against the launcher's own identity, not against
+    ``getppid()`` before the request: when the launcher died while this process was starting,
+    both reads of ``getppid()`` give the adopting process and could not tell.
+    """
+    armed = _request_parent_death_signal()
+    if not launcher.alive() or (armed and os.getppid() != launcher.pid):
+        os._exit(1)
+
+
+def watch_owner(owner: ProcessIdentity, *, interval_s: float = 0.5) -> threading.Thread:
     """Start a daemon thread that ends this process (``os._exit(0)``) once ``owner`` is gone."""
 
     def watch() -> None:
@@ -125,6 +165,12 @@ def exit_without_teardown() -> Callable[[], None]:
     def leave() -> None:
         if not done.is_set():
             return
+        # multiprocessing's own exit work (registered before this handler, so it would run
+        # after it): stop daemonic children such as data-loader workers and release the
+        # semaphores of their queues, which the resource tracker would otherwise report as
+        # leaked.
+        if "multiprocessing.util" in sys.modules:
+            sys.modules["multiprocessing.util"]._exit_function()
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             # A stream closed or replaced by then has nothing left to lose.

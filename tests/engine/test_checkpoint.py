@@ -32,7 +32,7 @@ def test_only_committed_checkpoints_count(tmp_path: Path) -> None:
     assert checkpoint.resolve_resume(tmp_path, str(explicit)) == explicit
     with pytest.raises(LaunchError, match="not a complete checkpoint"):
         checkpoint.resolve_resume(tmp_path, str(checkpoint.step_dir(tmp_path, 30)))
-    checkpoint.remove_temp_folders(tmp_path)
+    checkpoint.remove_leftovers(tmp_path, tmp_path)
     assert not (tmp_path / ".step_000000040.tmp").exists()
 
 

@@ -194,19 +194,49 @@ def losses_or_empty(output: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_complete_checkpoint_and_exits_cleanly(workspace: Workspace,
-                                                               tmp_path: Path) -> None:
-    args = ["--nproc", "1", "--set", "train.steps=1000", "--set", "checkpoint.every_steps=500",
-            "--set", "logging.every_steps=1"]
+@pytest.mark.parametrize(("nproc", "sig"), [("1", signal.SIGTERM), ("2", signal.SIGTERM),
+                                            ("2", signal.SIGINT)])
+def test_a_stop_signal_saves_then_says_so_in_one_line(workspace: Workspace, tmp_path: Path,
+                                                      nproc: str, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM: a complete checkpoint at the step reached, one line saying
+    so, exit 128 + the signal's number within a few seconds, no warnings."""
+    args = ["--nproc", nproc, "--set", "train.steps=1000", "--set", "checkpoint.every_steps=500",
+            "--set", "logging.every_steps=1", "--set", "validation.every_steps=0"]
     process = started(workspace, tmp_path, *args)
     wait_for(lambda: len(losses_or_empty(tmp_path)) >= 2 or process.poll() is not None)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
+    signalled = time.monotonic()
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr
+    assert time.monotonic() - signalled < 10, "the stop took longer than a few steps"
+    assert process.returncode == 128 + sig, stderr
     done = max(losses(tmp_path))
+    assert stderr.splitlines() == [
+        f"stopped at step {done}, checkpoint saved; run the same command to resume"]
     committed = sorted((run_dir(tmp_path) / "checkpoints").glob("step_*"))
     assert [p.name for p in committed] == [f"step_{done:09d}"]
     assert (committed[0] / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_kill_9_while_the_ranks_start_leaves_none_alive_2s_later(workspace: Workspace,
+                                                                 tmp_path: Path) -> None:
+    """The launcher killed at once or up to 2.5 s after its ranks appear (imports, rendezvous,
+    build): no rank waits on for a rendezvous that will not come."""
+    marker = f"CTRLPOST_TEST_MARK_{os.getpid()}_{time.monotonic_ns()}"
+    for delay_s in (0.0, 0.4, 1.2, 2.5):
+        process = started(workspace, tmp_path, "--nproc", "2", "--set", "train.steps=500",
+                          "--set", "validation.every_steps=0", marker=marker)
+        try:
+            wait_for(lambda: any("ctrlpost.engine.rank" in c for c in marked_processes(marker))
+                     or process.poll() is not None)  # noqa: B023
+            time.sleep(delay_s)
+            process.kill()
+            process.wait()
+            time.sleep(2.0)
+            assert marked_processes(marker) == [], f"alive 2 s after a kill at +{delay_s} s"
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def test_synthetic_latents_resume_and_regroup_like_real_data(workspace: Workspace,

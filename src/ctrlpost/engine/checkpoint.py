@@ -1,15 +1,25 @@
 """Training checkpoints (torch.distributed.checkpoint) and exports in the released layout.
 
 A training checkpoint is the folder ``<run>/checkpoints/step_{N:09}/``: DCP shards of the
-control weights, optimizer, EMA and the trainer state (step, counters, data position). It is
-written under ``.step_{N:09}.tmp`` and committed by a rename after ``meta.json`` is in it, so a
-run killed at any moment leaves either a complete checkpoint or a temp folder that resume
-ignores. DCP reshards on load, so any world size resumes any checkpoint. The frozen base is never
-saved: it is re-read from the released file.
+control weights, optimizer, EMA and the trainer state (step, counters, data position). DCP
+reshards on load, so any world size resumes any checkpoint. The frozen base is never saved: it
+is re-read from the released file.
 
-Each save also exports ``iter_{N:09}_reg_model.pt`` and ``iter_{N:09}_ema_model.pt`` (flat
-``net.*`` tensors, like ``edge_control.pt``) with a sidecar ``iter_{N:09}.json`` (iteration,
-recipe, package versions) beside them.
+With ``checkpoint.export_released`` a save also exports ``iter_{N:09}_reg_model.pt`` and
+``iter_{N:09}_ema_model.pt`` (flat ``net.*`` tensors, like ``edge_control.pt``) with a sidecar
+``iter_{N:09}.json`` (iteration, recipe, package versions) beside the step folders.
+
+One notion of complete: a checkpoint is complete when its folder is committed, that is renamed
+from ``.step_{N:09}.tmp`` once the shards, then the exports, then ``meta.json`` (which lists
+the exports) are written. A run killed at any moment leaves complete checkpoints, a temp folder,
+and at most the exports of a step that never committed; :func:`remove_leftovers` clears the last
+two. Resume re-creates any export of the checkpoint it loads that is missing (one copied without
+its exports, or written before exports were part of the commit).
+
+Resume also checks that the complete checkpoint it loads is still intact (:func:`restore`): one
+whose shards are missing or truncated, whose metadata cannot be read, or whose weights are not
+finite is damaged; it is renamed aside to ``step_{N:09}.damaged`` and the run resumes from the
+newest intact one before it, or stops with one line when there is none.
 """
 
 from __future__ import annotations
@@ -19,15 +29,17 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -38,16 +50,25 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from ctrlpost.engine.ema import PowerEMA
-from ctrlpost.errors import LaunchError
+from ctrlpost.errors import CtrlpostError, LaunchError
 from ctrlpost.models.state_dict import save_checkpoint, to_control_layout
 
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
+_EXPORT = re.compile(r"^iter_(\d{9})(?:_reg_model\.pt|_ema_model\.pt|\.json)$")
 META = "meta.json"
+DAMAGED = ".damaged"  # suffix of a damaged checkpoint's folder once renamed aside
+EXPORT_SUFFIXES = ("_reg_model.pt", "_ema_model.pt", ".json")
+_T = TypeVar("_T")
 
 
 def step_dir(checkpoints: Path, step: int) -> Path:
     """The folder of the committed checkpoint after ``step`` optimizer steps."""
     return checkpoints / f"step_{step:09d}"
+
+
+def export_paths(checkpoints: Path, step: int) -> list[Path]:
+    """The released-layout exports of ``step``: regular and EMA weights, and their sidecar."""
+    return [checkpoints / f"iter_{step:09d}{suffix}" for suffix in EXPORT_SUFFIXES]
 
 
 def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
@@ -101,8 +122,13 @@ def _state(control: nn.Module, optimizer: torch.optim.Optimizer, ema: PowerEMA,
 
 
 def save(checkpoints: Path, *, control: nn.Module, optimizer: torch.optim.Optimizer,
-         ema: PowerEMA, trainer: TrainingState, meta: Mapping[str, Any]) -> Path:
-    """Write and commit the training checkpoint of ``trainer.step`` (collective)."""
+         ema: PowerEMA, trainer: TrainingState, meta: Mapping[str, Any],
+         sidecar: Mapping[str, Any] | None = None) -> Path:
+    """Write and commit the training checkpoint of ``trainer.step`` (collective).
+
+    With ``sidecar`` (the export's ``iter_{N}.json`` record) the released-layout exports are
+    written before the commit, so a committed checkpoint always has them.
+    """
     final = step_dir(checkpoints, trainer.step)
     temp = checkpoints / f".{final.name}.tmp"
     rank = dist.get_rank()
@@ -112,10 +138,14 @@ def save(checkpoints: Path, *, control: nn.Module, optimizer: torch.optim.Optimi
     dist.barrier()
     dcp.save(_state(control, optimizer, ema, trainer), checkpoint_id=str(temp))
     dist.barrier()
+    exports = [] if sidecar is None else export_released(
+        checkpoints, step=trainer.step, control=control, ema=ema, sidecar=sidecar)
     if rank == 0:
         record = {**meta, "step": trainer.step, "world_size": dist.get_world_size(),
-                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "exports": [path.name for path in exports]}
         _write_json(temp / META, record)
+        _fsync_dir(checkpoints)  # the exports' renames reach the disk before the commit's
         if final.exists():  # a re-run of the same step after a crash: replace it whole
             shutil.rmtree(final)
         os.replace(temp, final)
@@ -138,6 +168,185 @@ def load(path: Path, *, control: nn.Module, optimizer: torch.optim.Optimizer,
                          data={k: int(v) for k, v in saved["data"].items()})
 
 
+@dataclass(frozen=True)
+class Restored:
+    """What :func:`restore` resumed from (``path`` None: a fresh start) and what it reports."""
+
+    path: Path | None
+    state: TrainingState
+    notes: tuple[str, ...] = ()
+
+
+def restore(checkpoints: Path, resume: str, *, control: nn.Module,
+            optimizer: torch.optim.Optimizer, ema: PowerEMA,
+            sidecar: Mapping[str, Any] | None = None) -> Restored:
+    """Load the checkpoint ``resume`` asks for, checked (collective; rank 0 decides).
+
+    ``auto`` takes the newest complete checkpoint; one that is damaged (see
+    :func:`find_damage`, or with non-finite weights) is renamed aside, named in a note, and the
+    one before it is tried. A damaged explicit path, or no undamaged checkpoint left, is a
+    :class:`LaunchError`; then nothing is renamed. With ``sidecar`` (exports on), the exports
+    of the checkpoint resumed from are written again if any is missing.
+    """
+    if resume == "never":
+        return Restored(None, TrainingState())
+    candidates = _from_rank0(lambda: _candidates(checkpoints, resume))
+    damaged: list[tuple[Path, str]] = []
+    for path in candidates:
+        problem = _from_rank0(partial(find_damage, path))
+        if problem is None:
+            state = _load_or_fail(path, control=control, optimizer=optimizer, ema=ema)
+            tensors = [*control.state_dict().values(), *ema.state_dict().values()]
+            if all_finite(tensors, device=_device_of(control)):
+                notes = _from_rank0(partial(_move_aside, damaged, resuming_from=path))
+                if sidecar is not None and export_missing(checkpoints, step=state.step,
+                                                          control=control, ema=ema,
+                                                          sidecar=sidecar):
+                    notes += (f"exported step {state.step} again from {path} (files were "
+                              "missing)",)
+                return Restored(path, state, notes)
+            problem = "non-finite weights"
+        if resume != "auto":
+            raise LaunchError(f"checkpoint {path} is damaged ({problem})",
+                              hint=f"pick another step_* folder under {checkpoints}, or "
+                              "checkpoint.resume='auto'")
+        damaged.append((path, problem))
+    if damaged:
+        path, problem = damaged[0]
+        older = f" (and {len(damaged) - 1} older ones are damaged too)" if len(damaged) > 1 else ""
+        raise LaunchError(f"checkpoint {path} is damaged ({problem}); no complete checkpoint "
+                          f"to resume from{older}",
+                          hint=f"restore it from a copy, or move it away (e.g. to "
+                          f"{path.name}{DAMAGED}) to start over")
+    return Restored(None, TrainingState())
+
+
+def find_damage(path: Path) -> str | None:
+    """What is wrong with the files of a committed checkpoint, or None.
+
+    Reads ``meta.json`` and DCP's ``.metadata``, and checks that every shard file the metadata
+    lists exists and is long enough for the items stored in it (no tensor is read).
+    """
+    try:
+        json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable {META}: {type(exc).__name__}"
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except FileNotFoundError:
+        return "missing .metadata"
+    except Exception as exc:  # unpickling fails in many ways; all of them mean unreadable
+        return f"unreadable .metadata: {type(exc).__name__}"
+    needed: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        end = int(info.offset) + int(info.length)
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, size in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            return f"missing shard {name}"
+        actual = shard.stat().st_size
+        if actual < size:
+            return f"truncated shard {name}: {actual} of {size} bytes"
+    return None
+
+
+def all_finite(tensors: Iterable[torch.Tensor], *, device: torch.device) -> bool:
+    """Whether every element of ``tensors`` is finite on every rank (collective).
+
+    One fused read of the local shards (the max-abs of each tensor: NaN or inf if any element
+    is) and one all-reduce of a scalar.
+    """
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    local = [t.detach() for t in local if t.numel() and t.is_floating_point()]
+    bad = torch.zeros((), device=device)
+    if local:
+        peaks = torch.stack(torch._foreach_norm(local, float("inf")))  # promotes mixed dtypes
+        bad = (~torch.isfinite(peaks)).any().to(device, torch.float32)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item() == 0)
+
+
+def export_missing(checkpoints: Path, *, step: int, control: nn.Module, ema: PowerEMA,
+                   sidecar: Mapping[str, Any]) -> list[Path]:
+    """Export ``step`` again if any of its exports is missing (collective); the files written.
+
+    For the checkpoint a run resumes from: one copied without its exports, or written before
+    exports were part of the commit. The weights are the loaded ones, so the files equal what
+    the save would have written.
+    """
+    missing = _from_rank0(lambda: any(not p.is_file() for p in export_paths(checkpoints, step)))
+    if not missing:
+        return []
+    return export_released(checkpoints, step=step, control=control, ema=ema, sidecar=sidecar)
+
+
+def _candidates(checkpoints: Path, resume: str) -> list[Path]:
+    """The checkpoints to try, newest first."""
+    if resume == "auto":
+        return [path for _, path in reversed(complete_checkpoints(checkpoints))]
+    chosen = resolve_resume(checkpoints, resume)
+    return [] if chosen is None else [chosen]
+
+
+def _load_or_fail(path: Path, **parts: Any) -> TrainingState:
+    """:func:`load`, with a failure past :func:`find_damage` (corrupt bytes, keys that do not
+    match the model) as one line; the traceback goes to the rank's log."""
+    try:
+        return load(path, **parts)
+    except Exception as exc:
+        raise LaunchError(f"cannot load checkpoint {path}: {_summary(exc)}",
+                          hint="the rank logs have the details; pick another checkpoint with "
+                          "checkpoint.resume=PATH") from exc
+
+
+def _summary(exc: BaseException) -> str:
+    """The first line of the innermost error (DCP wraps each rank's failure)."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, Mapping) and failures:
+        inner = next(iter(failures.values()))
+        exc = getattr(inner, "exc", inner) if isinstance(inner, BaseException) else exc
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _move_aside(damaged: list[tuple[Path, str]], *, resuming_from: Path) -> tuple[str, ...]:
+    """Rename each damaged checkpoint to ``step_N.damaged`` (rank 0), so that redoing step N
+    does not overwrite it; one note each."""
+    notes = []
+    for path, problem in damaged:
+        aside = path.with_name(path.name + DAMAGED)
+        copies = 1
+        while aside.exists():
+            copies += 1
+            aside = path.with_name(f"{path.name}{DAMAGED}.{copies}")
+        os.replace(path, aside)
+        notes.append(f"checkpoint {path} is damaged ({problem}); resuming from {resuming_from} "
+                     f"(kept the damaged one as {aside.name})")
+    return tuple(notes)
+
+
+def _from_rank0(compute: Callable[[], _T]) -> _T:
+    """``compute()`` run on rank 0, its result (or its :class:`CtrlpostError`) on every rank,
+    so that all ranks take the same decision about the files."""
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, compute())
+        except CtrlpostError as exc:
+            box[0] = (False, exc)
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def export_released(checkpoints: Path, *, step: int, control: nn.Module, ema: PowerEMA,
                     sidecar: Mapping[str, Any]) -> list[Path]:
     """Write ``iter_{N}_reg_model.pt``, ``iter_{N}_ema_model.pt`` and ``iter_{N}.json`` (rank 0).
@@ -149,12 +358,12 @@ def export_released(checkpoints: Path, *, step: int, control: nn.Module, ema: Po
     averages = {name: _full_cpu(t) for name, t in ema.state_dict().items()}
     if dist.get_rank() != 0:
         return []
-    stem = checkpoints / f"iter_{step:09d}"
-    reg_path = save_checkpoint(to_control_layout(regular), f"{stem}_reg_model.pt")
-    ema_path = save_checkpoint(to_control_layout({**regular, **averages}), f"{stem}_ema_model.pt")
-    _write_json(Path(f"{stem}.json"), {**sidecar, "iteration": step,
-                                         "files": [reg_path.name, ema_path.name]})
-    return [reg_path, ema_path, Path(f"{stem}.json")]
+    reg_path, ema_path, json_path = export_paths(checkpoints, step)
+    save_checkpoint(to_control_layout(regular), reg_path)
+    save_checkpoint(to_control_layout({**regular, **averages}), ema_path)
+    _write_json(json_path, {**sidecar, "iteration": step,
+                            "files": [reg_path.name, ema_path.name]})
+    return [reg_path, ema_path, json_path]
 
 
 def prune(checkpoints: Path, *, keep_last: int) -> list[int]:
@@ -163,17 +372,39 @@ def prune(checkpoints: Path, *, keep_last: int) -> list[int]:
     removed = []
     for step, path in found[: max(0, len(found) - keep_last)]:
         shutil.rmtree(path)
-        for suffix in ("_reg_model.pt", "_ema_model.pt", ".json"):
-            (checkpoints / f"iter_{step:09d}{suffix}").unlink(missing_ok=True)
+        for export in export_paths(checkpoints, step):
+            export.unlink(missing_ok=True)
         removed.append(step)
     return removed
 
 
-def remove_temp_folders(checkpoints: Path) -> None:
-    """Drop temp folders left by a run killed while saving (rank 0, before training)."""
+def remove_leftovers(run_dir: Path, checkpoints: Path) -> list[Path]:
+    """Remove what a run killed while writing left behind (rank 0, before anything is written).
+
+    That is every temp file or folder the engine names ``.<name>.tmp`` or ``.<name>.<pid>.tmp``
+    anywhere in the run folder (checkpoint temp folders, exports, sidecars, recipe, versions,
+    metrics, validation scores), and exports newer than the newest committed checkpoint: they
+    belong to a save whose commit never came. Returns what it removed.
+    """
+    removed = []
+    if run_dir.is_dir():
+        for path in sorted(run_dir.rglob(".*.tmp")):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink(missing_ok=True)
+            else:
+                continue  # inside a temp folder removed just before
+            removed.append(path)
+    found = complete_checkpoints(checkpoints)
+    newest = found[-1][0] if found else -1
     if checkpoints.is_dir():
-        for path in checkpoints.glob(".step_*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in sorted(checkpoints.glob("iter_*")):
+            match = _EXPORT.match(path.name)
+            if match and int(match.group(1)) > newest:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def _full_cpu(tensor: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,19 @@ import os
 import re
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ctrlpost.errors import LaunchError, RecipeError
+from ctrlpost.errors import LaunchError, RecipeError, Stopped
 from ctrlpost.locks import exclusive_lock
+from ctrlpost.processes import launcher_environment
 from ctrlpost.recipe import Recipe
+
+if TYPE_CHECKING:
+    from ctrlpost.engine.worker import WorkerOptions
 
 RUN_LOCK = ".train.lock"
 # A record of the rank log (worker._setup_logging) starts with its date.
@@ -61,13 +67,16 @@ def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
                                            hint="set job.output_root to a writable folder"))
 
 
-def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: object, *,
-             nproc: int) -> None:
+def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: WorkerOptions,
+             *, nproc: int) -> None:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from ctrlpost.engine.worker import main
+    from ctrlpost.engine import rank
+    from ctrlpost.engine.checkpoint import complete_checkpoints
+    from ctrlpost.engine.worker import stopped_line
 
     run_dir = recipe.run_dir()
     logs = run_dir / "logs"
@@ -80,15 +89,31 @@ def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: ob
         logs_specs=DefaultLogsSpecs(log_dir=str(logs / "launcher"), redirects=Std.ALL,
                                     tee={0: Std.ALL}),
     )
-    # The launcher logs each failure with a traceback of its own internals; ours is one line.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # The launcher logs each failure with a traceback of its own internals, and each signal it
+    # passes on; ours is one line. Its modules set their loggers' levels themselves, so the
+    # parent's level is not enough.
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     threads = max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # Ranks are fresh interpreters running `python -m ctrlpost.engine.rank`, not pickled
+    # functions: their first lines arm the parent-death guard against this process, named in
+    # their environment, before the seconds of imports a pickled function would need first.
+    os.environ.update(launcher_environment())
+    args = ["-u", "-m", rank.__name__,
+            *rank.command_line(recipe_path, overrides, synthetic=options.synthetic)]
     try:
-        elastic_launch(config, main)(recipe_path, overrides, options)
+        elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        raise rank_failure(logs, rank, failure.exitcode) from None
+        failed_rank, failure = exc.get_first_failure()
+        raise rank_failure(logs, failed_rank, failure.exitcode) from None
+    except SignalException as exc:
+        # The agent passed the signal on to the ranks, which saved and left, and waited for
+        # them; what is saved is what the run folder holds now.
+        saved = complete_checkpoints(run_dir / "checkpoints")
+        raise Stopped(stopped_line(saved[-1][0] if saved else None),
+                      signum=int(exc.sigval)) from None
 
 
 def rank_failure(logs: Path, rank: int, exitcode: int) -> LaunchError:

@@ -82,6 +82,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first stop signal received
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -94,6 +95,8 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+        if self.signum is None:
+            self.signum = signum
 
 
 def micro_generator(seed: int, step: int, index: int, device: torch.device) -> torch.Generator:
@@ -210,6 +213,7 @@ class Trainer:
                     f"{step})", hint="lower optim.lr or check the data with `ctrlpost verify`")
         else:
             self.optimizer.step()
+            self._check_finite(step + 1, lr=lr, grad_norm=grad_norm)
             self.ema.update(step)
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
@@ -232,6 +236,19 @@ class Trainer:
         out = training_loss(denoiser, batch.x0_B_C_T_H_W, cfg=self.edm, uncertainty=self.logvar,
                             generator=generator, input_dtype=self.dtype)
         return out.loss
+
+    def _check_finite(self, step: int, *, lr: float, grad_norm: float) -> None:
+        """End the run if the update of ``step`` made a trainable weight NaN or inf.
+
+        Skipping later steps cannot repair such weights, and every checkpoint and export after
+        them would carry them. The cost is one fused read of this rank's shards per step.
+        """
+        if not checkpoint.all_finite(self.params, device=self.device):
+            raise LaunchError(
+                f"weights became non-finite at step {step} (lr {lr:g}, gradient norm "
+                f"{grad_norm:.4g} before clipping); nothing from this step was saved",
+                hint="lower optim.lr (or optim.grad_clip_norm) and run the same command: it "
+                "resumes from the last checkpoint")
 
     def _clip(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip_norm, foreach=True)
@@ -263,14 +280,21 @@ class Trainer:
         return {"epoch": value >> 32, "consumed": value & 0xFFFFFFFF}
 
     def save(self) -> None:
-        """Commit a training checkpoint, export the released-layout files, prune old ones."""
-        meta = {"recipe": self.sidecar().get("recipe_name", "")}
+        """Commit a training checkpoint with its released-layout exports, prune old ones.
+
+        Weights or EMA averages that are not finite are never written: the run ends instead.
+        """
+        averages = self.ema.state_dict().values()
+        if not checkpoint.all_finite([*self.params, *averages], device=self.device):
+            raise LaunchError(f"weights or their EMA became non-finite at step "
+                              f"{self.state.step}; not saving them",
+                              hint="lower optim.lr and run the same command: it resumes from "
+                              "the last checkpoint")
+        sidecar = self.sidecar()
         checkpoint.save(self.checkpoints, control=self.model.control, optimizer=self.optimizer,
-                        ema=self.ema, trainer=self.state, meta=meta)
-        if self.cfg.export_released:
-            checkpoint.export_released(self.checkpoints, step=self.state.step,
-                                       control=self.model.control, ema=self.ema,
-                                       sidecar=self.sidecar())
+                        ema=self.ema, trainer=self.state,
+                        meta={"recipe": sidecar.get("recipe_name", "")},
+                        sidecar=sidecar if self.cfg.export_released else None)
         if self.rank == 0:
             checkpoint.prune(self.checkpoints, keep_last=self.cfg.keep_last)
         dist.barrier()

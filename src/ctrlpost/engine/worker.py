@@ -32,7 +32,8 @@ from ctrlpost.engine.metrics import RunLogger, truncate_metrics
 from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.seeding import seeded_generator
 from ctrlpost.engine.trainer import LoopConfig, Trainer
-from ctrlpost.processes import die_with_parent, exit_without_teardown
+from ctrlpost.errors import Stopped
+from ctrlpost.processes import die_with_parent, exit_without_teardown, launcher_from_environment
 from ctrlpost.recipe import Recipe, dump_toml, load
 
 log = logging.getLogger("ctrlpost.engine")
@@ -50,9 +51,10 @@ class WorkerOptions:
 
 def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None:
     """Entry point of one rank (picklable: used by ``elastic_launch``)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        # Started by our launcher or torchrun: go down with it, even when it is SIGKILLed. (Not
-        # for the in-process single rank, whose parent is the user's shell.)
+    if "TORCHELASTIC_RUN_ID" in os.environ and launcher_from_environment() is None:
+        # Started by torchrun: go down with it, even when it is SIGKILLed. (Ranks of our own
+        # launcher armed a stronger guard before importing anything; the in-process single
+        # rank's parent is the user's shell.)
         die_with_parent()
     finished = exit_without_teardown() if under_launcher() else None
     recipe = load(recipe_path, overrides)
@@ -62,6 +64,10 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
     with crash_traces(log_path, until_exit=under_launcher()):
         try:
             train(recipe, runtime, options, recipe_path=recipe_path)
+        except Stopped as stopped:
+            log.info("rank %d: %s", runtime.rank, stopped.message)
+            if not under_launcher():
+                raise  # the in-process rank is the command: it reports the stop
         except BaseException:
             log.error("rank %d failed:\n%s", runtime.rank, traceback.format_exc())
             _mark_failure(log_path)
@@ -100,7 +106,8 @@ def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
     checkpoints = run_dir / "checkpoints"
     if runtime.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        checkpoint.remove_temp_folders(checkpoints)
+        for path in checkpoint.remove_leftovers(run_dir, checkpoints):
+            log.info("removed %s, left by a run killed while writing it", path)
         _write_run_files(run_dir, recipe)
     dist.barrier()
     parts = build.build_model(recipe, runtime, random_weights=options.synthetic)
@@ -109,17 +116,20 @@ def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
                                 weight_decay=optim.weight_decay, eps=optim.eps,
                                 fused=optim.fused, device=runtime.device)
     ema = PowerEMA(parts.model.control.named_parameters(), s=recipe.train.ema_s)
-    state = TrainingState()
-    resume_from = checkpoint.resolve_resume(checkpoints, recipe.checkpoint.resume)
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, control=parts.model.control, optimizer=optimizer,
-                                ema=ema)
+    restored = checkpoint.restore(
+        checkpoints, recipe.checkpoint.resume, control=parts.model.control, optimizer=optimizer,
+        ema=ema, sidecar=_sidecar(recipe, recipe_path) if recipe.checkpoint.export_released
+        else None)
+    state, resume_from = restored.state, restored.path
     if runtime.is_main:
         # A fresh start keeps nothing, not even a step-0 validation of an earlier attempt.
         truncate_metrics(run_dir, after_step=state.step if resume_from is not None else -1)
     logger = RunLogger(run_dir, enabled=runtime.is_main, total_steps=recipe.train.steps,
                        every_steps=recipe.logging.every_steps, jsonl=recipe.logging.jsonl,
                        tensorboard=recipe.logging.tensorboard, device=runtime.device)
+    for note in restored.notes:
+        log.warning(note)
+        logger.note(note)
     logger.note(_start_line(recipe, runtime, state, resume_from,
                             validating=not options.synthetic))
     validator = None
@@ -141,8 +151,17 @@ def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
         final = trainer.run()
     finally:
         logger.close()
+    if trainer.stop.signum is not None:
+        raise Stopped(stopped_line(final.step), signum=trainer.stop.signum)
     logger.note(f"done: step {final.step}, checkpoints in {checkpoints}")
     return final
+
+
+def stopped_line(step: int | None) -> str:
+    """What `ctrlpost train` says when a signal stopped it after saving."""
+    if step is None:
+        return "stopped before the first checkpoint; run the same command to start again"
+    return f"stopped at step {step}, checkpoint saved; run the same command to resume"
 
 
 def loop_config(recipe: Recipe) -> LoopConfig:
