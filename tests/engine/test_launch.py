@@ -10,6 +10,8 @@ from pathlib import Path
 from ctrlpost.engine.launch import last_error, rank_failure
 from ctrlpost.engine.worker import crash_traces
 
+from .conftest import TINY
+
 CRASHING_RANK = """
 import faulthandler, sys
 from pathlib import Path
@@ -63,3 +65,31 @@ def test_the_in_process_rank_gives_the_crash_handler_back(tmp_path: Path) -> Non
     with crash_traces(tmp_path / "rank0.log", until_exit=False):
         assert faulthandler.is_enabled()
     assert faulthandler.is_enabled() == was_enabled
+
+
+def test_a_user_error_of_a_rank_is_reported_without_its_class_path(tmp_path: Path) -> None:
+    log = tmp_path / "rank0.log"
+    log.write_text("Traceback (most recent call last):\n"
+                   '  File "/x.py", line 1, in <module>\n'
+                   "ctrlpost.errors.LaunchError: checkpoint step_2 is damaged (missing shard)\n")
+    assert last_error(log) == "checkpoint step_2 is damaged (missing shard)"
+
+
+def test_a_failed_launched_rank_exits_1_with_its_traceback_only_in_its_log(
+        tmp_path: Path) -> None:
+    """Under a launcher the console gets the launcher's one line, not the rank's traceback."""
+    import os
+
+    code = ("from ctrlpost.engine import worker\n"
+            "def boom(*args, **kwargs):\n"
+            "    raise ValueError('boom')\n"
+            "worker.train = boom\n"
+            f"worker.main({str(TINY)!r}, [\"job.output_root='{tmp_path}'\"], "
+            "worker.WorkerOptions())")
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "RANK": "0", "WORLD_SIZE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    logs = list(tmp_path.rglob("rank0.log"))
+    assert len(logs) == 1 and last_error(logs[0]) == "ValueError: boom"

@@ -137,7 +137,9 @@ def last_error(path: Path) -> str:
         return "no log written"
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
              if line.strip()]
-    return _native_crash(lines) or (lines[-1] if lines else "empty log")
+    last = _native_crash(lines) or (lines[-1] if lines else "empty log")
+    # A user error raised in a rank already says what is wrong and what to do: no class path.
+    return re.sub(r"^ctrlpost\.errors\.\w+: ", "", last)
 
 
 def _native_crash(lines: list[str]) -> str | None:

@@ -68,9 +68,13 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
             log.info("rank %d: %s", runtime.rank, stopped.message)
             if not under_launcher():
                 raise  # the in-process rank is the command: it reports the stop
-        except BaseException:
+        except BaseException as exc:
             log.error("rank %d failed:\n%s", runtime.rank, traceback.format_exc())
             _mark_failure(log_path)
+            if under_launcher() and not isinstance(exc, SystemExit):
+                # The traceback is in the rank's log, which the launcher's one line names;
+                # printed again it would flood the console through the launcher's tee.
+                raise SystemExit(1) from None
             raise
         finally:
             if dist.is_initialized():
