@@ -16,9 +16,8 @@ import torch
 common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one: its caption mix)
-
-from ctrlpost.data.embed import length_batches  # noqa: E402
-from ctrlpost.data.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.embed.kernels.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.embed.run import length_batches  # noqa: E402
 from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 

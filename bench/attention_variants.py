@@ -1,4 +1,4 @@
-"""Packed T5 attention kernels written differently from ``ctrlpost.data.packed_attention``,
+"""Packed T5 attention kernels written differently from ``ctrlpost.embed.kernels.packed_attention``,
 timed beside it over one layer of bench/embed.py's caption mix (fp16, ``embed``'s default
 batches), each checked against it.
 
@@ -37,9 +37,8 @@ import torch
 common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one: its caption mix)
-
-from ctrlpost.data.embed import length_batches  # noqa: E402
-from ctrlpost.data.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.embed.kernels.packed_attention import caption_bounds, packed_attention  # noqa: E402
+from ctrlpost.embed.run import length_batches  # noqa: E402
 from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,10 +5,10 @@
   to float16 and trimmed. Every call does the same 512-token work, so its rate is measured on a
   sample (``--reference-captions`` per repetition, 3 repetitions, before the variants and again
   after them; ratios divide by the faster of the two medians) and holds for any caption mix.
-* **ctrlpost**: :func:`ctrlpost.data.embed.encode_captions` exactly as ``ctrlpost embed`` runs
+* **ctrlpost**: :func:`ctrlpost.embed.run.encode_captions` exactly as ``ctrlpost embed`` runs
   it (captions tokenized once on a background thread, sorted by length within chunks, batches
   of at most ``data.embed.batch_size`` captions and ``data.embed.batch_tokens`` tokens packed
-  end to end, the lean forward of :mod:`ctrlpost.data.t5` with float16 products and the
+  end to end, the lean forward of :mod:`ctrlpost.embed.t5` with float16 products and the
   packed attention kernel, the next batch queued while the last is copied out), over all
   ``--captions``; plus variants: bf16 products, padded batches with cuDNN attention, token
   budgets, other attention paths, transformers' own ``T5EncoderModel`` (bf16, eager or SDPA
@@ -20,7 +20,7 @@ Weights: ``T5EncoderModel`` at google-t5/t5-11b's config (d_model 1024, d_ff 655
 float32 model is the reference's, the float16 and bf16 copies are rounded from it (what loading
 the float32 checkpoint with ``dtype=`` gives). No tokenizer can be downloaded
 on the GPU box: captions are drawn from a word list whose words are one token each of
-``ctrlpost.hub.tiny.caption_tokenizer`` (a T5-like WordPiece: EOS appended, pad 0, EOS 1), so
+``ctrlpost.weights.tiny.caption_tokenizer`` (a T5-like WordPiece: EOS appended, pad 0, EOS 1), so
 token counts are exact. Writing the pickles is left out of both sides.
 
 Caption length mix (tokens, EOS included): log-normal, median ``--median-tokens`` (64),
@@ -53,8 +53,8 @@ import _common as common
 
 common.ensure_ctrlpost_importable()
 
-from ctrlpost.data.embed import TextEncoder, encode_captions, lean_network  # noqa: E402
-from ctrlpost.data.t5 import T5Encoder, encode  # noqa: E402
+from ctrlpost.embed.run import TextEncoder, encode_captions, lean_network  # noqa: E402
+from ctrlpost.embed.t5 import T5Encoder, encode  # noqa: E402
 
 T5_11B = dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=24, num_heads=128,
               relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -66,7 +66,7 @@ MAX_LENGTH = 512
 
 def caption_words(tokenizer: Any) -> list[str]:
     """Words that the tokenizer maps to exactly one token."""
-    from ctrlpost.hub.tiny import caption_vocabulary
+    from ctrlpost.weights.tiny import caption_vocabulary
 
     words = [w for w in caption_vocabulary() if w.isalpha() and len(w) > 1]
     return [w for w in words if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
@@ -83,7 +83,7 @@ def make_captions(tokenizer: Any, count: int, *, median: float, seed: int) -> li
 def mixed_caption_lengths(count: int = 1024) -> list[int]:
     """Token lengths (EOS included) of the default "mixed" caption mix: ``count`` captions,
     median 64 tokens, seed 0, as ``main`` builds it."""
-    from ctrlpost.hub.tiny import caption_tokenizer
+    from ctrlpost.weights.tiny import caption_tokenizer
 
     tokenizer = caption_tokenizer()
     captions = make_captions(tokenizer, count, median=64.0, seed=0)
@@ -255,8 +255,8 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     the output out)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ctrlpost.data.embed import length_batches
-    from ctrlpost.data.packed_attention import caption_bounds, packed_attention
+    from ctrlpost.embed.kernels.packed_attention import caption_bounds, packed_attention
+    from ctrlpost.embed.run import length_batches
 
     heads, head_dim = config["num_heads"], config["d_kv"]
     batches = [[lengths[i] for i in batch] for batch in
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    from ctrlpost.hub.tiny import caption_tokenizer
+    from ctrlpost.weights.tiny import caption_tokenizer
 
     device = torch.device(args.device)
     t0 = time.perf_counter()

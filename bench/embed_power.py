@@ -7,7 +7,7 @@ Variants: ``lean`` (what `embed` runs), ``lean-bf16`` (the same with bf16 weight
 ``lean-gather`` (the attention kernel reading each score's bias by its own offset, as before
 the bias run: bench/attention_variants.py's ``tma``), ``lean-bn32`` / ``lean-bn16`` (the kernel
 with 32 / 16 keys per tile), ``lean-bm128`` (128 queries per tile, 8 warps), ``lean-torchnorm``
-(the norms as ``F.rms_norm`` then a cast, as before ``ctrlpost.data.fused_norm``),
+(the norms as ``F.rms_norm`` then a cast, as before ``ctrlpost.embed.kernels.fused_norm``),
 ``lean-split`` / ``lean-split96`` (captions of at most 64 / 96 tokens in 64-query tiles, longer
 ones in 128-query tiles: two launches per layer), ``lean-att:<setting>=<int>/…`` (the attention
 kernel with other launch settings, e.g. ``lean-att:block_n=64/warps=8``),
@@ -46,10 +46,10 @@ import torch
 common.ensure_ctrlpost_importable()
 
 import embed  # noqa: E402  (the bench script beside this one)
-
-from ctrlpost.data import embed as embed_module  # noqa: E402
-from ctrlpost.data import fused_norm, packed_attention, t5  # noqa: E402
-from ctrlpost.data.embed import TextEncoder, lean_network  # noqa: E402
+from ctrlpost.embed import run as embed_module  # noqa: E402
+from ctrlpost.embed import t5  # noqa: E402
+from ctrlpost.embed.kernels import fused_norm, packed_attention  # noqa: E402
+from ctrlpost.embed.run import TextEncoder, lean_network  # noqa: E402
 from ctrlpost.recipe import EmbedOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,7 +86,7 @@ def split_encode_packed(encoder: t5.T5Encoder, ids_T: torch.Tensor, lengths: lis
     import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    from ctrlpost.data.fused_norm import rms_norm_to
+    from ctrlpost.embed.kernels.fused_norm import rms_norm_to
 
     device, heads, head_dim = ids_T.device, encoder.heads, encoder.head_dim
     starts = np.cumsum([0, *lengths[:-1]])
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
 
-    from ctrlpost.hub.tiny import caption_tokenizer
+    from ctrlpost.weights.tiny import caption_tokenizer
 
     device = torch.device("cuda")
     tokenizer = caption_tokenizer()

@@ -51,8 +51,8 @@ def within(name: str, package: str) -> bool:
 @pytest.mark.parametrize("module", sorted(m for m in SOURCES if within(m, "ctrlpost.models")
                                           or within(m, "ctrlpost.diffusion")))
 def test_models_and_diffusion_stay_pure(module: str) -> None:
-    forbidden = ["torch.distributed", "ctrlpost.recipe", "ctrlpost.data", "ctrlpost.hub",
-                 "ctrlpost.engine", "ctrlpost.cli", "ctrlpost.preflight", "ctrlpost.describe"]
+    forbidden = ["torch.distributed", "ctrlpost.recipe", "ctrlpost.data", "ctrlpost.weights",
+                 "ctrlpost.engine", "ctrlpost.cli", "ctrlpost.preflight", "ctrlpost.inspect.report"]
     if within(module, "ctrlpost.diffusion"):
         forbidden.append("ctrlpost.models")
     bad = [name for name in imports(SOURCES[module]) if any(within(name, f) for f in forbidden)]
@@ -69,8 +69,8 @@ def test_torch_distributed_only_in_engine(module: str) -> None:
 
 # Completion runs the program on every TAB: these must not pay for torch (~2 s) at import.
 LIGHT_MODULES = {"ctrlpost", "ctrlpost.__main__", "ctrlpost.cli", "ctrlpost.errors",
-                 "ctrlpost.recipe", "ctrlpost.preflight", "ctrlpost.engine.layout"}
-LIGHT_PACKAGES = ("ctrlpost.modalities", "ctrlpost.hub")
+                 "ctrlpost.recipe", "ctrlpost.preflight", "ctrlpost.engine.memory"}
+LIGHT_PACKAGES = ("ctrlpost.modalities", "ctrlpost.weights")
 
 
 def is_light(module: str) -> bool:

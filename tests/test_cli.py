@@ -290,7 +290,7 @@ def test_os_errors_name_the_path_and_the_fix(tmp_path: Path) -> None:
 
     import typer
 
-    from ctrlpost.cli import user_errors
+    from ctrlpost.cli.error_mapping import user_errors
 
     raised: list[OSError] = [
         OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.pt")),

@@ -215,7 +215,7 @@ def test_largest_values_in_bounds_load(tmp_path: Path) -> None:
 
 
 def test_world_size_bound_is_the_memory_planners() -> None:
-    from ctrlpost.engine import layout
+    from ctrlpost.engine import memory as layout
     from ctrlpost.recipe_bounds import MAX_WORLD_SIZE
 
     assert MAX_WORLD_SIZE == layout.MAX_GPUS

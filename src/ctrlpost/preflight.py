@@ -214,8 +214,8 @@ def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     ``ctx.deep`` decodes every frame instead of the first and the last.
     """
     from ctrlpost.data.checks import check_dataset
-    from ctrlpost.hub.sources import manifest
-    from ctrlpost.hub.sources.layout import DatasetLayout
+    from ctrlpost.data.fetch import manifest
+    from ctrlpost.data.layout import DatasetLayout
     from ctrlpost.models.args import get_flavor
 
     assert ctx.recipe is not None
@@ -245,7 +245,7 @@ def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     frames, batch, checkpointing and precision; a job that does not fit gets the cheapest fix.
     """
     from ctrlpost.data.buckets import FAMILIES
-    from ctrlpost.engine import layout
+    from ctrlpost.engine import memory as layout
     from ctrlpost.models import args as flavors
 
     assert ctx.recipe is not None

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from ctrlpost.cli import app
 from ctrlpost.data.checks import full_decode_problem
-from ctrlpost.hub.sources import manifest
-from ctrlpost.hub.sources.layout import sha256_of
-from ctrlpost.hub.sources.manifest import ClipRecord
+from ctrlpost.data.fetch import manifest
+from ctrlpost.data.fetch.manifest import ClipRecord
+from ctrlpost.data.layout import sha256_of
 
 from .conftest import embedding, write_clip, write_pickle
 

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from ctrlpost import recipe as recipes
 from ctrlpost.cli import app
-from ctrlpost.describe_plot import panels
 from ctrlpost.engine import build
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.generate import ClipInputs, generate
 from ctrlpost.engine.scoring import Crop, Scorer, mean_scores
 from ctrlpost.engine.validation import ValidationConfig, ema_weights
+from ctrlpost.inspect.plot import panels
 from ctrlpost.modalities import registry
 
 from .conftest import TINY, Workspace, run_dir

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctrlpost.errors import LaunchError, RecipeError, Stopped
-from ctrlpost.locks import exclusive_lock
+from ctrlpost.files import exclusive_lock
 from ctrlpost.processes import launcher_environment
 from ctrlpost.recipe import Recipe
 

@@ -6,13 +6,7 @@ the ``ctrlpost`` entry-point group; see :mod:`ctrlpost.modalities.hookspecs`.
 
 from __future__ import annotations
 
-from ctrlpost.modalities.base import (
-    ExactOn,
-    FidelityMetric,
-    HintGenerator,
-    Modality,
-    sample_rng,
-)
+from ctrlpost.modalities.base import ExactOn, FidelityMetric, HintGenerator, Modality, sample_rng
 from ctrlpost.modalities.hookspecs import PROJECT, hookimpl, hookspec
 
 __all__ = ["PROJECT", "ExactOn", "FidelityMetric", "HintGenerator", "Modality", "hookimpl",

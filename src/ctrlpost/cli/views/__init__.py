@@ -1,0 +1,1 @@
+"""One module per command's terminal output (tables, progress bars, summaries)."""

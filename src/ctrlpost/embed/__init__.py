@@ -1,0 +1,1 @@
+"""`ctrlpost embed`: T5-XXL caption embeddings (the command, the encoder, its GPU kernels)."""

@@ -1,0 +1,1 @@
+"""Triton kernels of the T5 encoder on the GPU (packed attention, fused RMS norm + cast)."""

@@ -1,0 +1,1 @@
+"""`ctrlpost inspect`: what a checkpoint or a run folder holds (reports, layout, diff, plot)."""
