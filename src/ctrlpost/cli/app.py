@@ -500,9 +500,10 @@ def inspect_command(
 
     Reads names and shapes memory-mapped, values one tensor at a time; no GPU needed.
     """
-    from ctrlpost.inspect import report as describe
+    from ctrlpost.cli.views.inspect import show
+    from ctrlpost.inspect.report import inspect_path
 
-    describe.run(path, as_json=as_json, diff=diff, plot=plot)
+    show(inspect_path(path, diff=diff, plot=plot), as_json=as_json)
 
 
 # ---------------------------------------------------------------------------------------------

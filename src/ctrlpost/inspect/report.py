@@ -8,9 +8,6 @@ Files are memory-mapped: names, shapes and dtypes cost no tensor reads, and valu
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CheckpointReport", "DiffReport", "EmaReport", "LayoutReport", "RunReport",
     "describe_checkpoint", "describe_layout", "describe_run", "diff_checkpoints", "inspect_path",
-    "run",
 ]
 _PATH_HINT = "pass a checkpoint file (*.pt) or a run directory (with metrics.jsonl, checkpoints/)"
 
@@ -210,21 +206,3 @@ def inspect_path(
     if diff is not None:
         return diff_checkpoints(path, diff)
     return describe_checkpoint(path)
-
-
-def run(path: Path, *, as_json: bool = False, diff: Path | None = None,
-        plot: Path | None = None) -> None:
-    """The whole command: build the report, print it as JSON or as tables."""
-    report = inspect_path(path, diff=diff, plot=plot)
-    try:
-        if as_json:
-            print(json.dumps(report.to_json(), indent=2, default=str), flush=True)
-            return
-        from ctrlpost.cli.views.inspect import render
-
-        render(report)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `ctrlpost inspect … | head` closed the pipe: not an error. Point stdout at devnull so
-        # the interpreter's own flush at exit does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

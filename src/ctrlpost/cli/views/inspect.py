@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -203,3 +206,16 @@ def _steps(complete: tuple[int, ...], incomplete: tuple[str, ...]) -> str:
         text += f" [yellow](incomplete: {escape(', '.join(incomplete))})[/]"
     return text
 
+
+def show(report: CheckpointReport | RunReport | DiffReport, *, as_json: bool = False) -> None:
+    """Print an `inspect` report as JSON or as tables; a reader that closes the pipe early
+    (`ctrlpost inspect ... | head`) is not an error."""
+    try:
+        if as_json:
+            print(json.dumps(report.to_json(), indent=2, default=str), flush=True)
+            return
+        render(report)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at devnull so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
