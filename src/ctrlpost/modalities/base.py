@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel
 
+from ctrlpost.modalities.hint_files import HintFile
+
 
 class HintGenerator(Protocol):
     """Turns RGB frames into a control hint, with per-clip randomness drawn up front."""
@@ -87,7 +89,8 @@ class Modality:
 
     ``build_generator`` receives a validated instance of ``params_model``. ``exact_on`` lists
     the library versions on which the hints are byte-identical to the reference's (empty: no
-    such claim).
+    such claim). ``hint_file`` and ``replaces_video`` widen what a modality may do (see
+    :mod:`ctrlpost.modalities.hint_files`).
     """
 
     name: str
@@ -98,6 +101,11 @@ class Modality:
     hint_key: str = ""
     presets: tuple[str, ...] = field(default_factory=tuple)
     exact_on: tuple[ExactOn, ...] = field(default_factory=tuple)
+    # A hint made from a per-clip file instead of the clip's frames; build_generator then
+    # returns a FileHintGenerator (see ctrlpost.modalities.hint_files).
+    hint_file: HintFile | None = None
+    # The sample trains on generator.target(frames, drawn) instead of the clip's frames.
+    replaces_video: bool = False
 
     def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""

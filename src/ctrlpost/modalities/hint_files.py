@@ -1,0 +1,102 @@
+"""Hints read from per-clip files, and hints that replace the training target.
+
+Edge and blur hints are computed from the clip's frames (:class:`~ctrlpost.modalities.base.
+HintGenerator`). Depth, segmentation and keypoint hints come from a file per clip that the
+dataset provides beside ``videos/<clip>.mp4``: ``<folder>/<clip><suffix>``. A modality declares
+that file with a :class:`HintFile`; the dataset then reads the part of it a sample needs
+(``read``), and its generator draws and renders from that content (:class:`FileHintGenerator`).
+``verify`` checks every clip's file with ``check`` and names the command that makes a missing
+one (``made_by``).
+
+A generator may also change the training target (upscale trains on a crop of the clip, the hint
+being that crop degraded): :class:`TargetReplacingGenerator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ctrlpost.errors import DataError
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What ``verify`` and the dataset know of a clip's RGB video."""
+
+    name: str
+    frame_count: int
+    width: int
+    height: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """The frames of a clip one sample uses: ``[start, start + num_frames)`` of ``clip``."""
+
+    clip: ClipInfo
+    start: int
+    num_frames: int
+
+
+class HintFileError(DataError):
+    """A hint file that cannot serve a sample (missing, unreadable, of the wrong shape)."""
+
+
+@dataclass(frozen=True)
+class HintFile:
+    """A per-clip file a modality's hints are made from.
+
+    Attributes:
+        folder: The dataset subfolder, e.g. ``"depth"``.
+        suffix: The file suffix, e.g. ``".mp4"`` or ``".pickle"``.
+        read: ``read(path, window)``: what the generator needs for the window's frames (raises
+            :class:`HintFileError`). Called in the loader's workers.
+        check: ``check(path, clip)``: None when the file can serve every window of the clip,
+            else one sentence saying what is wrong (``verify`` prefixes the path). Must never
+            execute code from the file.
+        made_by: The command that makes the file (named by ``verify`` when one is missing).
+    """
+
+    folder: str
+    suffix: str
+    read: Callable[[Path, ClipWindow], Any]
+    check: Callable[[Path, ClipInfo], str | None]
+    made_by: str = ""
+
+    def path(self, root: Path, clip: str) -> Path:
+        """``<root>/<folder>/<clip><suffix>``."""
+        return Path(root) / self.folder / f"{clip}{self.suffix}"
+
+
+class FileHintGenerator(Protocol):
+    """Draws and renders a hint from what :attr:`HintFile.read` returned for a window."""
+
+    def draw(self, rng: np.random.Generator, source: Any) -> Mapping[str, Any]:
+        """Draw the random parameters for one sample (``source``: the read file content)."""
+        ...
+
+    def render(self, frames_T_H_W_C: np.ndarray, drawn: Mapping[str, Any],
+               source: Any) -> np.ndarray:
+        """The hint (uint8 ``[T, H, W, hint_channels]`` at the clip's resolution)."""
+        ...
+
+
+class TargetReplacingGenerator(Protocol):
+    """A clip-computed hint whose sample trains on other frames than the clip's own."""
+
+    def draw(self, rng: np.random.Generator) -> Mapping[str, Any]:
+        ...
+
+    def render(self, frames_T_H_W_C: np.ndarray, drawn: Mapping[str, Any]) -> np.ndarray:
+        """The hint, from the clip's frames at their full resolution."""
+        ...
+
+    def target(self, frames_T_H_W_C: np.ndarray, drawn: Mapping[str, Any]) -> np.ndarray:
+        """The frames the sample trains on instead of ``frames_T_H_W_C`` (same draw)."""
+        ...
