@@ -6,7 +6,6 @@ Not a module of the package: the bench scripts import it from their own folder.
 from __future__ import annotations
 
 import datetime
-import itertools
 import json
 import platform
 import re
@@ -61,65 +60,6 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-class EnergyMeter:
-    """The GPU's energy counter (NVML, millijoules since the driver loaded), read through
-    ctypes: what a stretch of work cost in joules, where ``nvidia-smi``'s power samples are
-    averages over windows that straddle the work. ``None`` from :meth:`open` where NVML or
-    the counter is missing."""
-
-    def __init__(self, lib: Any, handle: Any):
-        self._lib, self._handle = lib, handle
-
-    @classmethod
-    def open(cls, index: int = 0) -> EnergyMeter | None:
-        import ctypes
-
-        try:
-            lib = ctypes.CDLL("libnvidia-ml.so.1")
-        except OSError:
-            return None
-        handle = ctypes.c_void_p()
-        if (lib.nvmlInit_v2() != 0
-                or lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)) != 0):
-            return None
-        meter = cls(lib, handle)
-        return meter if meter.joules() is not None else None
-
-    def joules(self) -> float | None:
-        import ctypes
-
-        millijoules = ctypes.c_ulonglong()
-        status = self._lib.nvmlDeviceGetTotalEnergyConsumption(self._handle,
-                                                               ctypes.byref(millijoules))
-        return millijoules.value / 1000 if status == 0 else None
-
-    def update_interval_s(self, seconds: float = 0.5) -> float:
-        """How often the counter moves while the GPU is busy (median of the intervals seen
-        over ``seconds``): the resolution of any reading."""
-        square = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
-        changes, last, end = [], self.joules(), time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            square @ square  # keeps the GPU drawing power so the counter moves
-            torch.cuda.synchronize()
-            value = self.joules()
-            if value != last:
-                changes.append(time.perf_counter())
-                last = value
-        torch.cuda.synchronize()
-        gaps = [b - a for a, b in itertools.pairwise(changes)]
-        return median(gaps) if gaps else float("nan")
-
-    def measured(self, fn: Callable[[], Any], device: torch.device) -> tuple[float, float, Any]:
-        """(seconds, joules, result) of ``fn()`` with the device drained before and after."""
-        synchronize(device)
-        before, start = self.joules(), time.perf_counter()
-        out = fn()
-        synchronize(device)
-        seconds, after = time.perf_counter() - start, self.joules()
-        joules = after - before if before is not None and after is not None else float("nan")
-        return seconds, joules, out
 
 
 def matmul_ceiling(device: torch.device, *, n: int = 8192, repeats: int = 20) -> dict[str, Any]:

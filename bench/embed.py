@@ -11,9 +11,10 @@
   end to end, the lean forward of :mod:`ctrlpost.embed.t5` with float16 products and the
   packed attention kernel, the next batch queued while the last is copied out), over all
   ``--captions``; plus variants: bf16 products, padded batches with cuDNN attention, token
-  budgets, other attention paths, transformers' own ``T5EncoderModel`` (bf16, eager or SDPA
-  attention) in the same loop, "simple batched" (batches of 32 in caption order, padded to
-  the longest), and ``--kernel-sweep`` (the attention kernel's tile settings on one layer).
+  budgets, other attention paths (``bench/_t5_variants.py``), transformers' own
+  ``T5EncoderModel`` (bf16, eager or SDPA attention) in the same loop, "simple batched"
+  (batches of 32 in caption order, padded to the longest), and ``--kernel-sweep`` (the
+  attention kernel's tile settings on one layer).
 
 Weights: ``T5EncoderModel`` at google-t5/t5-11b's config (d_model 1024, d_ff 65536, 128 heads of
 128, 24 layers, ReLU MLP), random (transformers' own init, seed 0), built on the device; the
@@ -52,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 
 common.ensure_ctrlpost_importable()
+
+import _t5_variants as t5_variants  # noqa: E402  (bench-only attention paths and kernel settings)
 
 from ctrlpost.embed.run import TextEncoder, encode_captions, lean_network  # noqa: E402
 from ctrlpost.embed.t5 import T5Encoder, encode  # noqa: E402
@@ -239,10 +242,8 @@ KERNEL_TILES = ((32, 32), (32, 64), (64, 16), (64, 32), (64, 64), (128, 32))
 
 def sweep_settings() -> list[dict[str, Any]]:
     """The tile and launch settings ``--kernel-sweep`` tries."""
-    return [{"block_m": block_m, "block_n": block_n, "warps": warps, "stages": stages,
-             "heads_inner": heads_inner}
-            for (block_m, block_n) in KERNEL_TILES for warps, stages in ((4, 2), (4, 3), (8, 3))
-            for heads_inner in (True, False)]
+    return [{"block_m": block_m, "block_n": block_n, "warps": warps, "stages": stages}
+            for (block_m, block_n) in KERNEL_TILES for warps, stages in ((4, 2), (4, 3), (8, 3))]
 
 
 def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int,
@@ -255,7 +256,7 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     the output out)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ctrlpost.embed.kernels.packed_attention import caption_bounds, packed_attention
+    from ctrlpost.embed.kernels.packed_attention import caption_bounds
     from ctrlpost.embed.run import length_batches
 
     heads, head_dim = config["num_heads"], config["d_kv"]
@@ -279,8 +280,8 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     for setting in settings or sweep_settings():
         try:
             ms = layer_ms(lambda setting=setting: [
-                packed_attention(qkv, bias, starts, lens, max_length=longest, heads=heads,
-                                 head_dim=head_dim, **setting)
+                t5_variants.packed_attention_with(qkv, bias, starts, lens, max_length=longest,
+                                                  heads=heads, head_dim=head_dim, **setting)
                 for qkv, bias, starts, lens, longest in inputs])
             rows.append({**setting, "ms_per_layer": ms})
         except Exception as exc:
@@ -308,40 +309,12 @@ def kernel_sweep(config: dict[str, Any], lengths: Sequence[int], batch_size: int
     ok = sorted((r for r in rows if "ms_per_layer" in r), key=lambda r: r["ms_per_layer"])
     for r in ok[:12]:
         print(f"kernel {r['block_m']:3d}x{r['block_n']:3d} warps {r['warps']} stages "
-              f"{r['stages']} heads inner {r['heads_inner']}: {r['ms_per_layer']:.2f} ms/layer "
+              f"{r['stages']}: {r['ms_per_layer']:.2f} ms/layer "
               f"({moved / r['ms_per_layer'] / 1e6:.0f} GB/s)", flush=True)
     print(f"cuDNN padded: {cudnn_ms:.2f} ms/layer; {len(batches)} batches, {tokens} tokens",
           flush=True)
     return {"batches": len(batches), "tokens": tokens, "bytes_moved_per_layer": moved,
             "cudnn_padded_ms_per_layer": cudnn_ms, "packed": rows}
-
-
-def gemm_check(config: dict[str, Any], tokens: int, device: torch.device) -> list[dict[str, Any]]:
-    """TFLOP/s of each of a layer's four products (called as the lean forward calls them:
-    ``bench/embed_gemms.py``'s ``cublas`` way) in float16 and bf16, with each BLAS library
-    torch offers."""
-    import embed_gemms  # the bench script beside this one
-
-    shapes = {"d_model": config["d_model"], "inner": config["num_heads"] * config["d_kv"],
-              "d_ff": config["d_ff"]}
-    weights = embed_gemms.weights_of(shapes)
-    rows: list[dict[str, Any]] = []
-    default_library = torch.backends.cuda.preferred_blas_library()
-    try:
-        for library in ("cublas", "cublaslt"):
-            torch.backends.cuda.preferred_blas_library(library)
-            for dtype in (torch.float16, torch.bfloat16):
-                operands = embed_gemms.operands(shapes, tokens, dtype, device)
-                for name, run in embed_gemms.cublas_calls(operands).items():
-                    seconds = embed_gemms.seconds_per_call(run, device)
-                    row = {"library": library, "dtype": str(dtype), "product": name,
-                           "tokens": tokens, "tflops": 2 * tokens * weights[name] / seconds / 1e12}
-                    rows.append(row)
-                    print(f"gemm {library:8s} {dtype!s:14s} {name:16s} "
-                          f"{row['tflops']:.0f} TFLOP/s", flush=True)
-    finally:
-        torch.backends.cuda.preferred_blas_library(default_library)
-    return rows
 
 
 def profile_pass(encoder: TextEncoder, captions: Sequence[str], batch_size: int,
@@ -400,8 +373,6 @@ def main(argv: list[str] | None = None) -> int:
                              "each)")
     parser.add_argument("--simple", action="store_true", help="also time simple batching")
     parser.add_argument("--profile", action="store_true", help="profile one pass (kernels)")
-    parser.add_argument("--gemm-check", action="store_true",
-                        help="time a layer's four products in float16 and bf16, each BLAS")
     parser.add_argument("--kernel-sweep", action="store_true",
                         help="time the packed attention kernel's settings on one layer")
     parser.add_argument("--profile-network", default="lean", help="network to profile")
@@ -480,20 +451,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                fused_products=True),
         "lean-cudnn-padded": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn",
                                                                  fused_products=True),
-        "lean-efficient": lambda: T5Encoder.from_transformers(bf16, low, attention="efficient",
-                                                              fused_products=True),
+        "lean-efficient": lambda: t5_variants.variant(bf16, low, "efficient", fused_products=True),
         "lean-fp16-loaded": lambda: T5Encoder.from_transformers(
             cast_copy(fp32, torch.float16), torch.float16, attention="cudnn",
             fused_products=True),
         "lean-fused": lambda: T5Encoder.from_transformers(bf16, low, fused_products=True),
         "lean-fp16": lambda: T5Encoder.from_transformers(fp32, torch.float16),
-        "lean-sdpa": lambda: T5Encoder.from_transformers(bf16, low, attention="sdpa"),
+        "lean-sdpa": lambda: t5_variants.variant(bf16, low, "sdpa"),
         "lean-cudnn": lambda: T5Encoder.from_transformers(bf16, low, attention="cudnn"),
-        "lean-flex": lambda: T5Encoder.from_transformers(bf16, low, attention="flex",
-                                                         fused_products=True),
-        "lean-fp16-flex": lambda: T5Encoder.from_transformers(fp32, torch.float16,
-                                                              attention="flex",
-                                                              fused_products=True),
+        "lean-flex": lambda: t5_variants.variant(bf16, low, "flex", fused_products=True),
+        "lean-fp16-flex": lambda: t5_variants.variant(fp32, torch.float16, "flex",
+                                                      fused_products=True),
         "lean-compiled": lambda: compiled(T5Encoder.from_transformers(bf16, low)),
         "transformers-eager": lambda: TransformersNetwork(bf16, "eager"),
         "transformers-sdpa": lambda: TransformersNetwork(bf16, "sdpa"),
@@ -570,14 +538,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference way again: median of {end_rates}; ratios divide by {ref_rate:.2f} "
           "captions/s (the faster median)", flush=True)
     common.write_json(record, out_path)
-
-    if args.gemm_check:
-        try:
-            record["gemm_check"] = gemm_check(config, 3968, device)
-        except Exception as exc:
-            record["errors"].append({"variant": "gemm check",
-                                     "error": f"{type(exc).__name__}: {exc}"})
-        common.write_json(record, out_path)
 
     if args.kernel_sweep:
         try:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -331,3 +332,40 @@ def mount_point(path: Path) -> Path:
 def test_train_refuses_more_local_processes_than_a_machine_runs() -> None:
     result = runner.invoke(app, ["train", "recipes/edge_tiny.toml", "--nproc", "100000"])
     assert result.exit_code == 2 and "--nproc" in result.output
+
+
+def test_typed_options_reach_the_recipe_as_values_not_toml_text(
+        repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embed --device` and `fetch-data --workers` set their recipe keys as typed values: a
+    quote or a backslash in an option is not TOML syntax, and a number stays a number."""
+    from types import SimpleNamespace
+
+    from ctrlpost.data.fetch import runner as fetch
+    from ctrlpost.embed import run as embedding
+
+    seen: dict[str, Any] = {}
+
+    def embed(root: str, *, model: str, options: Any) -> SimpleNamespace:
+        seen["embed"] = options
+        return SimpleNamespace(line=lambda: "embedded")
+
+    def fetch_data(data: Any, **_: Any) -> SimpleNamespace:
+        seen["data"] = data
+        return SimpleNamespace(complete=True)
+
+    monkeypatch.setattr(embedding, "resolve_model", lambda name, weights_dir: name)
+    monkeypatch.setattr(embedding, "run", embed)
+    device = 'cuda:0" batch_size = 1 \\'
+    result = runner.invoke(app, ["embed", str(repo / "recipes/edge_tiny.toml"), "--device", device,
+                                 "--batch-size", "3", "--precision", "bf16",
+                                 "--set", "data.embed.batch_size=9"])
+    assert result.exit_code == 0, result.output
+    options = seen["embed"]
+    assert (options.device, options.batch_size, options.precision) == (device, 3, "bf16")
+
+    monkeypatch.setattr(fetch, "fetch_data", fetch_data)
+    monkeypatch.setattr("ctrlpost.cli.views.fetch_data.print_summary", lambda result: None)
+    result = runner.invoke(app, ["fetch-data", str(repo / "recipes/edge_tiny.toml"),
+                                 "--workers", "5", "--source", "local"])
+    assert result.exit_code == 0, result.output
+    assert (seen["data"].fetch.workers, seen["data"].source) == (5, "local")

@@ -244,3 +244,29 @@ def test_plain_job_folders_keep_the_run_inside_the_output_root(tmp_path: Path) -
     assert run.resolve().is_relative_to(root.resolve())
     with pytest.raises(RecipeInvalid, match="at most 255 bytes"):
         recipes.load(write(tmp_path, MINIMAL), [f'job.name="{"x" * 256}"'])
+
+
+# --- typed overrides: command-line options reach the recipe as values, never as TOML text ------
+
+
+@pytest.mark.parametrize("device", ['cu"da', "cuda\\0", "a\" = 1\nb = \"", "'quoted'", "é"])
+def test_typed_values_reach_the_recipe_intact(tmp_path: Path, device: str) -> None:
+    rec = recipes.load(write(tmp_path, MINIMAL), values={"data.embed.device": device})
+    assert rec.data.embed.device == device
+
+
+def test_typed_values_are_validated_and_apply_after_the_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    rec = recipes.load(path, ["data.embed.batch_size=8", "train.steps=7"],
+                       values={"data.embed.batch_size": 16, "control.0.weight": 0.5})
+    assert (rec.data.embed.batch_size, rec.train.steps, rec.control[0].weight) == (16, 7, 0.5)
+    with pytest.raises(RecipeInvalid) as info:
+        recipes.load(path, values={"data.embed.batch_size": 0, "data.embed.bach_tokens": 4,
+                                   "control.3.weight": 1.0})
+    problems = {p.path: p.message for p in info.value.problems}
+    assert problems == {"control.3.weight": "control.3: '3' is not an index below 1"}
+    with pytest.raises(RecipeInvalid) as info:
+        recipes.load(path, values={"data.embed.batch_size": 0, "data.embed.bach_tokens": 4})
+    problems = {p.path: p.message for p in info.value.problems}
+    assert problems["data.embed.bach_tokens"] == "unknown key; did you mean 'batch_tokens'?"
+    assert "greater than or equal to 1" in problems["data.embed.batch_size"]

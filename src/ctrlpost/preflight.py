@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from ctrlpost.errors import CtrlpostError, RecipeError
 from ctrlpost.recipe import Recipe, RecipeInvalid
+
+if TYPE_CHECKING:
+    from ctrlpost.models.args import Flavor
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,12 @@ class StageResult:
 
 @dataclass
 class Report:
-    """Every stage's outcome, in order."""
+    """Every stage's outcome, in order, and the recipe as the recipe stage loaded it (None when
+    it is invalid): the command goes on with that, without loading the file again."""
 
     recipe: str
     stages: list[StageResult]
+    resolved: Recipe | None = None
 
     @property
     def problems(self) -> list[Problem]:
@@ -129,7 +134,9 @@ def _cpus() -> int:
 
 
 def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
-    """Every control names an installed modality and its params pass the plugin's model."""
+    """Every control names an installed modality and its params pass the plugin's model; the
+    summary names the plugins providing the recipe's data source and flavor (the recipe stage
+    checked that they are registered)."""
     from pydantic import ValidationError
 
     from ctrlpost.modalities import registry
@@ -138,11 +145,12 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     problems: list[Problem] = []
     try:
         installed = registry.installed_modalities(ctx.plugins)
+        chosen = (("data_source", "data source", ctx.recipe.data.source),
+                  ("flavor", "flavor", ctx.recipe.model.flavor))
+        providers = {key: f"{name} ({registry.origin_of(name, ctx.plugins, kind)})"
+                     for key, kind, name in chosen}
     except CtrlpostError as exc:
         return [Problem("plugins", "control", exc.message)], {}
-    if len(ctx.recipe.control) > 1:
-        problems.append(Problem("plugins", "control", "one [[control]] per run is supported; "
-                                "train each modality in its own recipe"))
     for i, control in enumerate(ctx.recipe.control):
         where = f"control[{i}]"
         try:
@@ -159,7 +167,15 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
                 problems.append(Problem("plugins", f"{where}.params.{loc}",
                                         f"{err['msg']} ({modality.name} plugin)"))
     return problems, {"installed": list(installed),
-                      "controls": [c.modality for c in ctx.recipe.control]}
+                      "controls": [c.modality for c in ctx.recipe.control], **providers}
+
+
+def _architecture(ctx: Context) -> Flavor:
+    """The recipe's flavor, as the plugin that registers it builds it."""
+    from ctrlpost.modalities import registry
+
+    assert ctx.recipe is not None
+    return registry.get_flavor(ctx.recipe.model.flavor, ctx.plugins).build()
 
 
 def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
@@ -173,8 +189,7 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     assert ctx.recipe is not None
     weights, model = ctx.recipe.weights, ctx.recipe.model
     try:
-        flavor = flavors.with_control_blocks(flavors.get_flavor(model.flavor),
-                                             model.num_control_blocks)
+        flavor = flavors.with_control_blocks(_architecture(ctx), model.num_control_blocks)
     except ValueError as exc:
         return [Problem("weights", "model.num_control_blocks", str(exc))], {}
     root = Path(weights.dir)
@@ -216,24 +231,22 @@ def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     from ctrlpost.data.checks import check_dataset
     from ctrlpost.data.fetch import manifest
     from ctrlpost.data.layout import DatasetLayout
-    from ctrlpost.models.args import get_flavor
 
     assert ctx.recipe is not None
     data = ctx.recipe.data
     records = manifest.load(DatasetLayout(Path(data.root)).manifest)
     problems, summary = check_dataset(
         data.root, num_frames=data.num_frames, resolution=data.resolution,
-        text_dim=get_flavor(ctx.recipe.model.flavor).base.text_dim, recipe=ctx.recipe_path,
+        text_dim=_architecture(ctx).base.text_dim, recipe=ctx.recipe_path,
         sha256={r.id: r.sha256 for r in records.values() if r.usable and r.sha256},
         deep=ctx.deep,
     )
     found = [Problem("data", p.path, p.message) for p in problems]
     root = ctx.recipe.validation.root
     if ctx.recipe.validation.every_steps and root is not None:
-        from ctrlpost.data.dataset import list_clips
-
-        if not list_clips(root):
-            found.append(Problem("data", "validation.root", f"{root}/videos has no .mp4 clips; "
+        clips = DatasetLayout(Path(root))
+        if not clips.clips():
+            found.append(Problem("data", "validation.root", f"{clips.videos} has no .mp4 clips; "
                                  "fill it like data.root (videos/, then `ctrlpost embed`)"))
     return found, summary
 
@@ -251,8 +264,7 @@ def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     assert ctx.recipe is not None
     rec, par = ctx.recipe, ctx.recipe.parallel
     try:
-        flavor = flavors.with_control_blocks(flavors.get_flavor(rec.model.flavor),
-                                             rec.model.num_control_blocks)
+        flavor = flavors.with_control_blocks(_architecture(ctx), rec.model.num_control_blocks)
     except ValueError as exc:
         return [Problem("layout", "model.num_control_blocks", str(exc))], {}
     base, control = flavor.base, flavor.control
@@ -322,4 +334,4 @@ def run(
         problems, summary = STAGES[name](ctx)
         status = "failed" if problems else "ok"
         results.append(StageResult(name, status, time.perf_counter() - start, problems, summary))
-    return Report(recipe=str(recipe_path), stages=results)
+    return Report(recipe=str(recipe_path), stages=results, resolved=ctx.recipe)

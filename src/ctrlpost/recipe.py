@@ -1,9 +1,9 @@
 """Recipes: TOML files validated by strict pydantic models.
 
-``load(path, overrides)`` reads the TOML, applies ``--set a.b=value`` overrides to the raw
-dictionary (so a wrong override path fails exactly like a typo in the file), validates, and
-returns a frozen :class:`Recipe`. Every problem is collected and reported at once, each naming
-the file and the dotted key, with a "did you mean" where a close key exists.
+``load(path, overrides, values=...)`` reads the TOML, applies ``--set a.b=value`` overrides and
+typed option values to the raw dictionary (so a wrong path fails exactly like a typo in the
+file), validates, and returns a frozen :class:`Recipe`. Every problem is collected and reported
+at once, each naming the file and the dotted key, with a "did you mean" where a close key exists.
 
 Only ``engine/build.py`` reads a whole recipe; every other component receives its own section.
 """
@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ from ctrlpost.errors import RecipeError
 from ctrlpost.recipe_bounds import (
     MAX_WORLD_SIZE,
     PLANNER,
+    TRAINABLE,
     FolderName,
     LocalCount,
     Nodes,
@@ -39,6 +40,8 @@ from ctrlpost.recipe_bounds import (
     Steps,
     check_bounds,
 )
+from ctrlpost.recipe_names import DataSourceName, FlavorName
+from ctrlpost.tokenizer_geometry import TEMPORAL_COMPRESSION, is_causal_frame_count, latent_frames
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -154,8 +157,8 @@ class DataSection(_Section):
     """The dataset folder (videos/, metas/, t5_xxl/) and how it is made and read."""
 
     root: str = Field("datasets/hdvila", description="Dataset folder.")
-    source: Literal["hdvila", "local", "synthetic"] = Field(
-        "hdvila", description="Where `fetch-data` gets clips."
+    source: DataSourceName = Field(
+        "hdvila", description="Where `fetch-data` gets clips: a registered data source."
     )
     num_frames: int = Field(121, ge=1, description="Consecutive frames per training sample.")
     resolution: Literal["720", "480", "256", "128"] = Field(
@@ -186,7 +189,7 @@ class ControlSection(_Section):
 class ModelSection(_Section):
     """The network: a named architecture flavor plus post-training choices."""
 
-    flavor: Literal["7b", "tiny"] = Field("7b", description="Architecture flavor.")
+    flavor: FlavorName = Field("7b", description="Architecture flavor: a registered one's name.")
     num_control_blocks: int = Field(3, ge=1, description="Control-branch blocks ('block3').")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype.")
 
@@ -321,10 +324,11 @@ class ValidationSection(_Section):
     @field_validator("num_frames")
     @classmethod
     def _causal_chunk(cls, value: int | None) -> int | None:
-        if value is not None and (value - 1) % 8:
-            lower = 1 + (value - 1) // 8 * 8
-            raise ValueError(f"must be 1 + 8k for the 8x causal tokenizer, e.g. {lower} or "
-                             f"{lower + 8}")
+        if value is not None and not is_causal_frame_count(value):
+            k = TEMPORAL_COMPRESSION
+            lower = 1 + (value - 1) // k * k
+            raise ValueError(f"must be 1 + {k}k for the {k}x causal tokenizer, e.g. {lower} or "
+                             f"{lower + k}")
         return value
 
 
@@ -334,7 +338,7 @@ class Recipe(_Section):
     job: JobSection
     weights: WeightsSection = Field(default_factory=WeightsSection)
     data: DataSection = Field(default_factory=DataSection)
-    control: tuple[ControlSection, ...] = Field(min_length=1)
+    control: Annotated[tuple[ControlSection, ...], TRAINABLE] = Field(min_length=1)
     model: ModelSection = Field(default_factory=ModelSection)
     diffusion: DiffusionSection = Field(default_factory=DiffusionSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -350,14 +354,14 @@ class Recipe(_Section):
         if frames is not None and frames > self.data.num_frames:
             raise ValueError(f"validation.num_frames ({frames}) exceeds data.num_frames "
                              f"({self.data.num_frames})")
-        latent = ((frames or self.data.num_frames) - 1) // 8 + 1
+        latent = latent_frames(frames or self.data.num_frames)
         if self.validation.condition_frames >= latent:
             raise ValueError(f"validation.condition_frames ({self.validation.condition_frames}) "
                              f"must be below the clip's {latent} latent frames")
         return self
 
     def run_dir(self, environ: Mapping[str, str] | None = None) -> Path:
-        """``${OUTPUT_ROOT:-checkpoints}/<project>/<group>/<name>`` (the seed's layout)."""
+        """``${OUTPUT_ROOT:-checkpoints}/<project>/<group>/<name>`` (the reference's layout)."""
         environ = os.environ if environ is None else environ
         root = self.job.output_root or environ.get("OUTPUT_ROOT") or "checkpoints"
         return Path(root) / self.job.project / self.job.group / self.job.name
@@ -382,16 +386,22 @@ class RecipeInvalid(RecipeError):
         super().__init__("\n".join(lines), hint=f"run `ctrlpost verify {file}` after fixing it")
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read, override and validate a recipe; raise :class:`RecipeInvalid` listing every problem."""
+def load(path: str | Path, overrides: Sequence[str] = (), *,
+         values: Mapping[str, Any] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeInvalid` listing every problem.
+    ``overrides``: ``--set KEY=VALUE`` texts (TOML values); ``values``: dotted key -> Python
+    value (typed command-line options), set as given, after the overrides."""
     file = str(path)
     raw = read_toml(path)
     problems: list[RecipeProblem] = []
-    for override in overrides:
+    for key, change in [*((None, o) for o in overrides), *(values or {}).items()]:
         try:
-            apply_override(raw, override)
+            if key is None:
+                apply_override(raw, change)
+            else:
+                set_key(raw, key, change)
         except ValueError as exc:
-            problems.append(RecipeProblem(path="--set", message=str(exc)))
+            problems.append(RecipeProblem(path=key or "--set", message=str(exc)))
     if problems:
         raise RecipeInvalid(file, problems)
     return validate(raw, file=file)
@@ -459,16 +469,20 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"{override!r} is not KEY=VALUE (e.g. train.steps=10)")
-    parts = key.strip().split(".")
-    value = _parse_value(text.strip())
+    set_key(raw, key.strip(), _parse_value(text.strip()))
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted ``key`` of ``raw`` to ``value`` in place (``control.0.weight``: numeric
+    parts index arrays of tables)."""
+    parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         node = _descend(node, part, ".".join(parts[: i + 1]))
-    last = parts[-1]
     if isinstance(node, list):
-        node[_index(node, last, key)] = value
+        node[_index(node, parts[-1], key)] = value
     else:
-        node[last] = value
+        node[parts[-1]] = value
 
 
 def _descend(node: Any, part: str, where: str) -> Any:

@@ -13,11 +13,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from ctrlpost.rundir import STEP_DIGITS
+
 # TOML integers are signed 64-bit (a run writes its resolved recipe back as TOML for other
 # readers) and torch.manual_seed stops at 2**64 - 1: no integer of a recipe reaches 2**63.
 MAX_INT = 2**63 - 1
 # Checkpoint and validation folders are step_<9 digits>; resume matches exactly nine digits.
-MAX_STEPS = 999_999_999
+MAX_STEPS = 10**STEP_DIGITS - 1
 # Processes or threads started on one machine: local ranks (one per GPU; no node has more than 16
 # GPUs, CPU ranks share its cores), data-loader workers per rank, download threads. Each rank is
 # a whole Python process with torch, so a typo like 100000 must not fork that many.
@@ -50,6 +52,21 @@ LocalCount = Annotated[int, at_most(MAX_LOCAL_PROCESSES, "processes or threads o
 Nodes = Annotated[int, at_most(MAX_WORLD_SIZE, PLANNER)]
 Retries = Annotated[int, at_most(MAX_RETRIES, "each retry doubles the wait; 10 wait 17 min")]
 SamplerSteps = Annotated[int, at_most(MAX_SAMPLER_STEPS, "1-2 model calls per clip per level")]
+
+# [[control]] entries one run trains: the engine builds one control branch (from control[0]), so
+# a second entry would be ignored. Each entry is validated by its plugin (`verify`'s plugins stage).
+TRAINABLE_CONTROLS = 1
+
+
+def trainable_controls(controls: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``controls`` when training can take them all, else a one-line error saying why not."""
+    if len(controls) > TRAINABLE_CONTROLS:
+        raise ValueError(f"{len(controls)} [[control]] entries, but training builds one control "
+                         "branch per run: keep one and train each modality in its own recipe")
+    return controls
+
+
+TRAINABLE = AfterValidator(trainable_controls)
 
 
 def folder_name(value: str) -> str:

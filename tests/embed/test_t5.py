@@ -50,14 +50,10 @@ def test_position_buckets_match_transformers(length: int, buckets: int, distance
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize(("feed_forward", "attention"), [("relu", "eager"), ("gated-gelu", "eager"),
-                                                         ("relu", "sdpa"),
-                                                         pytest.param("relu", "flex",
-                                                                      marks=pytest.mark.slow)])
-def test_float32_forward_equals_transformers_on_padded_batch(feed_forward: str,
-                                                              attention: str) -> None:
+@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
+def test_float32_forward_equals_transformers_on_padded_batch(feed_forward: str) -> None:
     model = transformers_t5(feed_forward)
-    encoder = t5.T5Encoder.from_transformers(model, torch.float32, attention=attention)
+    encoder = t5.T5Encoder.from_transformers(model, torch.float32)
     lengths = [29, 5, 17, 1]
     ids, mask = padded_batch(lengths)
     with torch.no_grad():
@@ -117,7 +113,7 @@ def test_gpu_path_matches_float32_and_pipelining_changes_nothing(tiny_t5: Any) -
         error = relative_l2(torch.from_numpy(got).float(), want[row, :n])
         assert error < 1e-2, (row, error)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    for attention in ("eager", "sdpa", "cudnn", "efficient"):  # flex needs head dim >= 16
+    for attention in ("eager", "cudnn"):
         fused = t5.T5Encoder.from_transformers(truth.to(device).to(torch.bfloat16),
                                                torch.bfloat16, attention=attention,
                                                fused_products=True)

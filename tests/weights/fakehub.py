@@ -1,7 +1,7 @@
 """A local stand-in for the Hugging Face hub, on 127.0.0.1, stdlib only.
 
 Serves the files a test writes under ``root/<org>/<repo>/...`` with the protocol huggingface_hub
-2.x speaks (environment-notes §3):
+2.x speaks (docs/environment.md#hugging-face-hub):
 
 * ``GET /api/models/{repo}[/revision/{rev}]`` -> ``sha`` and ``siblings`` (with ``size``,
   ``blobId`` and ``lfs`` when ``blobs=true``);

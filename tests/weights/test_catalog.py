@@ -1,4 +1,5 @@
-"""The weights catalog: pinned repos, files and the reference's MD5s (upstream-transfer1.md §8)."""
+"""The weights catalog: pinned repos, files and the reference's MD5s
+(docs/reference.md#downloader)."""
 
 from __future__ import annotations
 

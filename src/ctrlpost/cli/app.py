@@ -22,11 +22,13 @@ from ctrlpost.cli.completion import (
     complete_embed_device,
     complete_embed_precision,
     complete_modality,
+    complete_override,
     complete_recipe,
     complete_shell,
     complete_stages,
 )
 from ctrlpost.cli.error_mapping import user_errors
+from ctrlpost.cli.registry_help import RegistryHelp
 from ctrlpost.errors import CtrlpostError, Stopped
 
 app = typer.Typer(
@@ -59,6 +61,7 @@ SetOpt = Annotated[
         "-s",
         help="Override a recipe key before validation: --set train.steps=10 (value is TOML).",
         metavar="KEY=VALUE",
+        autocompletion=complete_override,
     ),
 ]
 
@@ -163,12 +166,15 @@ def verify(
         return
     report = preflight.run(recipe, overrides or [], stages=_stage_names(stages, preflight.STAGES),
                            gpus=gpus, gpu_memory_gib=gpu_memory, deep=deep)
+    loaded = report.resolved  # loaded once, by the recipe stage
     score = None
     if (fidelity or control or clips) and report.ok:
-        from ctrlpost.engine.evaluate import score_fidelity
+        from ctrlpost.engine import build
+        from ctrlpost.engine.evaluate import evaluate
 
-        score = functools.partial(score_fidelity, recipe, overrides or [], controls=control or [],
-                                  clips=clips)
+        assert loaded is not None  # the recipe stage always runs
+        plan = build.fidelity_plan(loaded, clips_root=str(clips) if clips else None)
+        score = functools.partial(evaluate, plan, controls=control or [])
     if as_json:
         document = report.to_json()
         if score is not None:
@@ -181,16 +187,20 @@ def verify(
         if score is not None:
             print_fidelity(score())
     ready = all(s.status == "ok" for s in report.stages if s.name in ("recipe", "plugins"))
-    if preview is not None and ready:
-        from ctrlpost import recipe as recipes
+    if preview is not None and ready and loaded is not None:
         from ctrlpost.data.preview import write_preview
 
-        loaded = recipes.load(recipe, overrides or [])
         shown = write_preview(preview, data=loaded.data, control=loaded.control[0],
                               seed=loaded.job.seed)
         typer.echo(f"preview of {', '.join(shown)} written to {preview}", err=True)
     if not report.ok:
         raise typer.Exit(2)
+
+
+def _given(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The typed options given on the command line, by the recipe key each one sets: passed to
+    the recipe as values, never as TOML text."""
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _stage_names(text: str | None, known: Mapping[str, Any]) -> list[str]:
@@ -265,13 +275,15 @@ def modalities(
     "  ctrlpost fetch-data recipes/edge_hdvila.toml --num-videos 8 --workers 4\n\n"
     "  ctrlpost fetch-data recipes/edge_hdvila.toml --source local "
     "--set data.local.videos=clips --set data.local.captions=clips/captions.csv",
+    cls=RegistryHelp,
 )
 @user_errors
 def fetch_data(
     recipe: RecipeArg,
     source: Annotated[
         str | None,
-        typer.Option("--source", help="hdvila, local or synthetic; default: \\[data].source.",
+        typer.Option("--source", help="One of {installed_data_sources}; default: "
+                     "\\[data].source.",
                      autocompletion=complete_data_source, show_default=False),
     ] = None,
     num_videos: Annotated[
@@ -299,9 +311,8 @@ def fetch_data(
     from ctrlpost.data.fetch import runner as fetch
     from ctrlpost.data.fetch import youtube
 
-    flags = [f'data.source="{source}"'] if source else []
-    flags += [f"data.fetch.workers={workers}"] if workers else []
-    loaded = recipes.load(recipe, [*(overrides or []), *flags])
+    loaded = recipes.load(recipe, overrides or [], values=_given({
+        "data.source": source, "data.fetch.workers": workers}))
     with console.progress_bar() as progress:
         result = fetch.fetch_data(loaded.data, seed=loaded.job.seed, num_videos=num_videos,
                                   youtube_factory=youtube.factory_from_env(), progress=progress)
@@ -359,11 +370,9 @@ def embed(
     from ctrlpost import recipe as recipes
     from ctrlpost.embed import run as embedding
 
-    flags = [f'data.embed.device="{device}"'] if device else []
-    flags += [f"data.embed.batch_size={batch_size}"] if batch_size else []
-    flags += [f"data.embed.batch_tokens={batch_tokens}"] if batch_tokens else []
-    flags += [f'data.embed.precision="{precision}"'] if precision else []
-    loaded = recipes.load(recipe, [*(overrides or []), *flags])
+    loaded = recipes.load(recipe, overrides or [], values=_given({
+        "data.embed.device": device, "data.embed.batch_size": batch_size,
+        "data.embed.batch_tokens": batch_tokens, "data.embed.precision": precision}))
     name = model or embedding.resolve_model(loaded.weights.text_encoder,
                                             weights_dir=loaded.weights.dir)
     summary = embedding.run(loaded.data.root, model=name, options=loaded.data.embed)
@@ -439,8 +448,7 @@ def train(
     (checkpoint.resume = "auto"). SIGTERM or Ctrl-C saves a checkpoint and exits with 143 / 130.
     """
     from ctrlpost import preflight
-    from ctrlpost import recipe as recipes
-    from ctrlpost.engine.launch import launch, under_launcher
+    from ctrlpost.engine.runtime import under_launcher
 
     overrides = overrides or []
     if under_launcher():
@@ -457,10 +465,14 @@ def train(
             f"{first.stage}: {first.path}: {first.message}",
             hint=f"run `ctrlpost verify {recipe}` to see them all",
         )
-    loaded = recipes.load(recipe, overrides)
+    loaded = report.resolved  # loaded once, by the recipe stage; ranks receive it resolved
+    assert loaded is not None
+    from ctrlpost.engine.build import training_plan  # torch: only once the checks passed
+    from ctrlpost.engine.launch import launch
+
+    plan = training_plan(loaded, recipe_name=recipe.name, synthetic=synthetic)
     try:
-        launch(loaded, str(recipe), overrides, nproc=nproc or loaded.parallel.nproc_per_node,
-               synthetic=synthetic)
+        launch(plan, nproc=nproc or loaded.parallel.nproc_per_node)
     except Stopped as stopped:
         typer.echo(stopped.message, err=True)
         raise typer.Exit(stopped.exit_code) from None

@@ -1,7 +1,12 @@
-"""Shell-completion callbacks of the CLI: cheap, no torch (they run on every TAB)."""
+"""Shell-completion callbacks of the CLI: cheap, no torch (they run on every TAB).
+
+Names of modalities, data sources and flavors come from the plugin registries, never from a list
+here: a plugin's addition is offered as soon as it is installed.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,15 +36,25 @@ def complete_recipe(incomplete: str) -> Iterator[str]:
             yield shown
 
 
-def complete_modality(incomplete: str) -> Iterator[str]:
-    """Names of installed modality plugins."""
+def registered(lookup: str) -> list[str]:
+    """The names the registry's ``lookup`` (``installed_flavors``...) returns; none when a plugin
+    is broken (the command itself then says why)."""
     from ctrlpost.modalities import registry
 
     try:
-        names = list(registry.installed_modalities())
+        return list(getattr(registry, lookup)())
     except CtrlpostError:
-        return
-    yield from (name for name in names if name.startswith(incomplete))
+        return []
+
+
+def complete_modality(incomplete: str) -> Iterator[str]:
+    """Names of installed modality plugins."""
+    yield from (name for name in registered("installed_modalities") if name.startswith(incomplete))
+
+
+def complete_flavor(incomplete: str) -> Iterator[str]:
+    """Names of registered model flavors."""
+    yield from (name for name in registered("installed_flavors") if name.startswith(incomplete))
 
 
 def complete_stages(incomplete: str) -> Iterator[str]:
@@ -57,7 +72,9 @@ def complete_shell(incomplete: str) -> Iterator[str]:
 
 
 def complete_data_source(incomplete: str) -> Iterator[str]:
-    yield from (name for name in ("hdvila", "local", "synthetic") if name.startswith(incomplete))
+    """Names of registered `fetch-data` sources."""
+    names = registered("installed_data_sources")
+    yield from (name for name in names if name.startswith(incomplete))
 
 
 def complete_embed_device(incomplete: str) -> Iterator[str]:
@@ -69,6 +86,30 @@ def complete_embed_precision(incomplete: str) -> Iterator[str]:
 
 
 def complete_control_modality(incomplete: str) -> Iterator[str]:
-    from ctrlpost.weights.catalog import CONTROL_FILES
+    """Modalities with a released control branch in some registered flavor's hub release."""
+    from ctrlpost.modalities import registry
+    from ctrlpost.weights.catalog import released_controls
 
-    yield from (name for name in sorted(CONTROL_FILES) if name.startswith(incomplete))
+    try:
+        names = {name for flavor in registry.installed_flavors().values() if flavor.release
+                 for name in released_controls(flavor.release.repo_id)}
+    except CtrlpostError:
+        return
+    yield from (name for name in sorted(names) if name.startswith(incomplete))
+
+
+#: ``--set`` keys whose values are registered names, and the callback that offers them.
+_REGISTERED_KEYS = {"data.source": complete_data_source, "model.flavor": complete_flavor,
+                    "control.0.modality": complete_modality}
+_CONTROL_MODALITY = re.compile(r"control\.\d+\.modality")
+
+
+def complete_override(incomplete: str) -> Iterator[str]:
+    """``--set KEY=VALUE`` for the keys whose values are registered names: ``mo`` offers
+    ``model.flavor=7b`` and ``model.flavor=tiny``, ``data.source=s`` ``data.source=synthetic``."""
+    typed_key, equals, typed_value = incomplete.partition("=")
+    for key, callback in _REGISTERED_KEYS.items():
+        if equals and callback is complete_modality and _CONTROL_MODALITY.fullmatch(typed_key):
+            key = typed_key  # any control.N
+        if key == typed_key if equals else key.startswith(typed_key):
+            yield from (f"{key}={name}" for name in callback(typed_value))

@@ -33,15 +33,12 @@ from typing import Any
 import numpy as np
 
 from ctrlpost.data import buckets, text
-from ctrlpost.data.dataset import META_DIR, VIDEO_DIR, list_clips
+from ctrlpost.data.layout import EMBEDDING_SUFFIX, MANIFEST, DatasetLayout
 from ctrlpost.data.video import VideoError, VideoReader
 from ctrlpost.errors import DataError
 
 MAX_LISTED = 20
 """Names listed per summary entry (the counts are always complete)."""
-
-MANIFEST = "manifest.jsonl"
-"""The file, at the dataset root, where `fetch-data` records each clip's sha256."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +77,11 @@ def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_di
     if not root.is_dir():
         return [DataProblem(str(root), "dataset folder not found; run "
                                        f"`ctrlpost fetch-data {recipe}` first")], {}
-    names = list_clips(root)
+    layout = DatasetLayout(root)
+    names = layout.clips()
     if not names:
-        return [DataProblem(f"{VIDEO_DIR}/", f"no .mp4 clips; run `ctrlpost fetch-data {recipe}`"
-                                             " first")], {"clips": 0}
+        message = f"no .mp4 clips; run `ctrlpost fetch-data {recipe}` first"
+        return [DataProblem(f"{layout.relative(layout.videos)}/", message)], {"clips": 0}
     workers = max_workers or min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = list(pool.map(lambda name: check_clip(
@@ -100,7 +98,9 @@ def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
     """Check one clip's video (against ``sha256`` when given; every frame if ``deep``), its
     caption and its embedding."""
     check = ClipCheck(name)
-    video, rel_video = root / VIDEO_DIR / f"{name}.mp4", f"{VIDEO_DIR}/{name}.mp4"
+    layout = DatasetLayout(root)
+    video = layout.video(name)
+    rel_video = layout.relative(video)
     mismatch = None
     if sha256 is not None and video.stat().st_size:  # an empty file is reported as such
         check.hashed = True
@@ -114,22 +114,24 @@ def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
         message = full_decode_problem(video, frames=check.frames, size=check.size)
         if message:
             check.problems.append(DataProblem(rel_video, message))
-    caption = root / META_DIR / f"{name}.txt"
-    rel_caption = f"{META_DIR}/{name}.txt"
+    caption = layout.caption(name)
+    rel_caption = layout.relative(caption)
     if not caption.is_file():
         check.problems.append(DataProblem(rel_caption, "missing caption (the video has none)"))
     elif not caption.read_text(encoding="utf-8", errors="replace").strip():
         check.problems.append(DataProblem(rel_caption, "empty caption"))
-    message = embedding_problem(text.embedding_path(root, name), text_dim, recipe=recipe)
+    embedding = layout.embedding(name)
+    message = embedding_problem(embedding, text_dim, recipe=recipe)
     if message:
-        check.problems.append(DataProblem(f"{text.EMBED_DIR}/{name}.pickle", message))
+        check.problems.append(DataProblem(layout.relative(embedding), message))
     return check
 
 
 def _check_video(root: Path, check: ClipCheck, *, num_frames: int, resolution: str) -> bool:
     """Open the clip, decode its first and last frames; whether it found no problem."""
-    path = root / VIDEO_DIR / f"{check.name}.mp4"
-    rel = f"{VIDEO_DIR}/{check.name}.mp4"
+    layout = DatasetLayout(root)
+    path = layout.video(check.name)
+    rel = layout.relative(path)
 
     def problem(message: str) -> bool:
         check.problems.append(DataProblem(rel, message))
@@ -220,11 +222,9 @@ def embedding_problem(path: Path, text_dim: int | None, *, recipe: str = "RECIPE
 def orphans(root: Path, names: list[str]) -> list[str]:
     """Embeddings and captions whose video does not exist (relative paths)."""
     known = set(names)
-    found = [f"{text.EMBED_DIR}/{p.name}" for p in sorted((root / text.EMBED_DIR).glob("*.pickle"))
-             if p.stem not in known]
-    found += [f"{META_DIR}/{p.name}" for p in sorted((root / META_DIR).glob("*.txt"))
-              if p.stem not in known]
-    return found
+    layout = DatasetLayout(root)
+    embeddings = sorted(layout.embeddings.glob(f"*{EMBEDDING_SUFFIX}"))
+    return [layout.relative(p) for p in [*embeddings, *layout.captions()] if p.stem not in known]
 
 
 def _summary(checks: list[ClipCheck], orphan_paths: list[str]) -> dict[str, Any]:

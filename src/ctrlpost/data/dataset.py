@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ctrlpost.data import buckets, text, video
+from ctrlpost.data.layout import DatasetLayout
 from ctrlpost.errors import DataError
 from ctrlpost.modalities import HintGenerator, sample_rng
 
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
     import pluggy
 
     from ctrlpost.recipe import ControlSection, DataSection
-
-VIDEO_DIR = "videos"
-META_DIR = "metas"
 
 
 class SampleKey(NamedTuple):
@@ -54,8 +52,7 @@ class BadSampleError(DataError):
 
 def list_clips(root: str | Path) -> list[str]:
     """Sorted stems of ``<root>/videos/*.mp4`` (the reference lists only ``.mp4``)."""
-    folder = Path(root) / VIDEO_DIR
-    return sorted(p.stem for p in folder.glob("*.mp4") if p.is_file())
+    return DatasetLayout(Path(root)).clips()
 
 
 class ClipDataset(Dataset[dict[str, Any]]):
@@ -85,9 +82,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
         text_tokens: int = text.TEXT_TOKENS,
     ) -> None:
         self.root = Path(root)
-        self.names = list_clips(self.root)
+        self.layout = DatasetLayout(self.root)
+        self.names = self.layout.clips()
         if not self.names:
-            raise DataError(f"no clips: {self.root / VIDEO_DIR} has no .mp4 files",
+            raise DataError(f"no clips: {self.layout.videos} has no .mp4 files",
                             hint="run `ctrlpost fetch-data RECIPE` first")
         buckets.bucket_size(resolution, 1, 1)  # an unknown family fails here, not in a worker
         self.num_frames = num_frames
@@ -108,7 +106,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
 
     def video_path(self, index: int) -> Path:
         """``videos/<stem>.mp4`` of clip ``index``."""
-        return self.root / VIDEO_DIR / f"{self.names[index]}.mp4"
+        return self.layout.video(self.names[index])
 
     def load(self, index: int, *, epoch: int) -> dict[str, Any]:
         """The sample of clip ``index`` in ``epoch``; raises :class:`BadSampleError`."""
@@ -139,7 +137,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         }
 
     def _embedding(self, name: str) -> tuple[np.ndarray, int]:
-        path = text.embedding_path(self.root, name)
+        path = self.layout.embedding(name)
         if not path.is_file():
             raise BadSampleError(path, "missing T5 embedding (run `ctrlpost embed RECIPE`)")
         try:

@@ -1,30 +1,42 @@
-"""The dataset folder `fetch-data` writes, and the atomic file operations it writes with.
+"""The dataset folder: every name in it, in one place (`fetch-data` writes it, `embed` adds the
+embeddings, the dataset, `verify` and `embed` read it).
 
 ```
 <root>/videos/<clip>.mp4   the clip (H.264 for cut clips)
 <root>/metas/<clip>.txt    its caption, nothing else (what `embed` reads)
 <root>/metas/<clip>.json   the source record plus what was measured
+<root>/t5_xxl/<clip>.pickle  its T5 embedding (`embed`; the reference's name and format)
 <root>/manifest.jsonl      one record per clip: status, source, stream, size, sha256, error
 <root>/.tmp/               work files of a running fetch; anything left here is never trusted
 <root>/.fetch.lock         held while a fetch runs, so two runs never write the same folder
 ```
 
-Every file appears under its final name only when complete: it is written to a temporary name
-in the same folder and moved into place with :func:`os.replace`, which is atomic on POSIX.
+Every file appears under its final name only when complete: it is written with
+:mod:`ctrlpost.files` (a temp name in the same folder, fsync, rename).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctrlpost.errors import DataError
-from ctrlpost.files import exclusive_lock
+from ctrlpost.files import exclusive_lock, remove_temps
+
+VIDEOS = "videos"
+METAS = "metas"
+EMBEDDINGS = "t5_xxl"
+MANIFEST = "manifest.jsonl"
+WORK = ".tmp"
+LOCK = ".fetch.lock"
+VIDEO_SUFFIX = ".mp4"  # the only clips listed (the reference lists only .mp4)
+CAPTION_SUFFIX = ".txt"
+META_SUFFIX = ".json"
+EMBEDDING_SUFFIX = ".pickle"
 
 
 @dataclass(frozen=True)
@@ -35,34 +47,60 @@ class DatasetLayout:
 
     @property
     def videos(self) -> Path:
-        return self.root / "videos"
+        return self.root / VIDEOS
 
     @property
     def metas(self) -> Path:
-        return self.root / "metas"
+        return self.root / METAS
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / EMBEDDINGS
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.jsonl"
+        return self.root / MANIFEST
 
     @property
     def tmp(self) -> Path:
-        return self.root / ".tmp"
+        return self.root / WORK
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
 
     def video(self, clip_id: str) -> Path:
-        return self.videos / f"{clip_id}.mp4"
+        return self.videos / f"{clip_id}{VIDEO_SUFFIX}"
 
     def caption(self, clip_id: str) -> Path:
-        return self.metas / f"{clip_id}.txt"
+        return self.metas / f"{clip_id}{CAPTION_SUFFIX}"
 
     def meta(self, clip_id: str) -> Path:
-        return self.metas / f"{clip_id}.json"
+        return self.metas / f"{clip_id}{META_SUFFIX}"
+
+    def embedding(self, clip_id: str) -> Path:
+        return self.embeddings / f"{clip_id}{EMBEDDING_SUFFIX}"
+
+    def clips(self) -> list[str]:
+        """Sorted names of the clips: the stems of ``videos/*.mp4``."""
+        return sorted(p.stem for p in self.videos.glob(f"*{VIDEO_SUFFIX}") if p.is_file())
+
+    def captions(self) -> list[Path]:
+        """Every ``metas/*.txt``, sorted."""
+        return sorted(self.metas.glob(f"*{CAPTION_SUFFIX}")) if self.metas.is_dir() else []
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the root, as reports name files (``videos/a.mp4``)."""
+        return path.relative_to(self.root).as_posix()
 
     def prepare(self) -> None:
-        """Create the folders and drop work files a killed run left behind."""
+        """Create the folders and drop work files a killed run left behind (the work folder,
+        and the temp files of writes it never finished)."""
         try:
             for folder in (self.videos, self.metas):
                 folder.mkdir(parents=True, exist_ok=True)
+            for folder in (self.root, self.videos, self.metas):
+                remove_temps(folder)
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp.mkdir()
         except OSError as exc:
@@ -90,33 +128,12 @@ def exclusive(root: Path) -> contextlib.AbstractContextManager[None]:
     The OS releases the lock when the process dies, so a killed run never blocks the next one.
     """
     return exclusive_lock(
-        root / ".fetch.lock",
+        DatasetLayout(root).lock,
         busy=lambda: DataError(f"another `ctrlpost fetch-data` is writing to {root}",
                                hint="wait for it to finish, or use another [data].root"),
         unwritable=lambda exc: DataError(f"cannot write the dataset folder {root}: "
                                          f"{exc.strerror}",
                                          hint="set [data].root to a writable folder"))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def move_into_place(src: Path, dst: Path) -> None:
-    """Move a finished file (on the same file system) to its final name atomically."""
-    with open(src, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(src, dst)
 
 
 def sha256_of(path: Path) -> str:

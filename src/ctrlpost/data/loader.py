@@ -155,7 +155,7 @@ def _keep(item: Any) -> Any:
 
 def _worker_init(worker_id: int, *, owner: ProcessIdentity) -> None:
     # Several workers share the cores; OpenCV's own threads would only oversubscribe them
-    # (Canny on one 720p frame: 1.2 ms with 1 thread, 2.7 ms with 2). 0 = no pool at all.
+    # (docs/environment.md#opencv-threads). 0 = no pool at all.
     import cv2
 
     cv2.setNumThreads(0)

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from ctrlpost.data.dataset import BadSampleError, ClipDataset, build_dataset
-from ctrlpost.data.text import atomic_write_bytes
 from ctrlpost.errors import DataError
+from ctrlpost.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     from ctrlpost.recipe import ControlSection, DataSection
@@ -100,4 +100,4 @@ def write_image(out: str | Path, image_H_W_C: np.ndarray) -> None:
         raise DataError(f"{path}: cannot encode an image with suffix {suffix!r}",
                         hint="use a .png or .jpg file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, encoded.tobytes())
+    write_bytes_atomic(path, encoded.tobytes())

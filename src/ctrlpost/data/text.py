@@ -14,18 +14,19 @@ which name ``numpy.core`` instead of ``numpy._core``). Nothing else is ever impo
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ctrlpost.data.layout import EMBEDDINGS, DatasetLayout
 from ctrlpost.errors import DataError
+from ctrlpost.files import write_bytes_atomic
 
-EMBED_DIR = "t5_xxl"
-"""Folder of the embeddings under the dataset root (the reference's name)."""
+EMBED_DIR = EMBEDDINGS
+"""Folder of the embeddings under the dataset root (the reference's name; see
+:mod:`ctrlpost.data.layout`)."""
 
 TEXT_TOKENS = 512
 """Tokens the DiT's cross-attention reads; shorter embeddings are zero-padded to this."""
@@ -88,7 +89,7 @@ class EmbeddingUnpickler(pickle.Unpickler):
 
 def embedding_path(root: str | Path, stem: str) -> Path:
     """``<root>/t5_xxl/<stem>.pickle``."""
-    return Path(root) / EMBED_DIR / f"{stem}.pickle"
+    return DatasetLayout(Path(root)).embedding(stem)
 
 
 def read_embedding(path: str | Path, *, dim: int | None = None) -> np.ndarray:
@@ -140,26 +141,7 @@ def write_embedding(path: str | Path, embedding_L_D: np.ndarray) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     # Protocol 4 is what the reference's writer (pickle.dump on Python 3.8+) produces.
     payload = pickle.dumps([array], protocol=4)
-    atomic_write_bytes(p, payload)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so readers see either the old file or the whole new one.
-
-    The temp file is opened like any new file (mode 0o666 minus the umask; ``mkstemp`` would
-    make it 0o600) in the same folder, so the final rename is atomic.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(p, payload)
 
 
 def pad_embedding(embedding_L_D: np.ndarray, tokens: int = TEXT_TOKENS) -> np.ndarray:

@@ -3,7 +3,7 @@
 Video-to-world training gives the network the first ``n`` latent frames (lightly noised) and
 asks it to denoise the rest; ``n`` is drawn once per batch. Classifier-free guidance needs the
 network to also work without text, so each sample's T5 embedding is zeroed with a fixed
-probability. Reference study §2.
+probability. See docs/reference.md#conditioning.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The constants of the EDM training objective, in one frozen dataclass.
 
 Defaults are the resolved values of the Cosmos-Transfer1 7B "lvg" post-training experiment
-(reference study §2), so ``EDMConfig()`` reproduces the released objective.
+(docs/reference.md#edm), so ``EDMConfig()`` reproduces the released objective.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The network ``F`` is wrapped into an x0 predictor
 ``x0_hat = c_skip(σ)·x_t + c_out(σ)·F(c_in(σ)·x_t, c_noise(σ))`` whose coefficients keep the
-network's input and regression target at unit variance for every σ (reference study §2).
+network's input and regression target at unit variance for every σ (docs/reference.md#edm).
 All functions take σ as a per-sample tensor ``sigma_B`` and compute in float32.
 """
 

@@ -2,7 +2,8 @@
 
 For each ``metas/<stem>.txt`` without a valid ``t5_xxl/<stem>.pickle`` (so a rerun resumes), the
 caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
-:mod:`ctrlpost.data.text`). Same meaning as the reference script, faster:
+:mod:`ctrlpost.data.text`). Same meaning as the reference script (docs/reference.md#t5-embeddings),
+faster:
 
 * each caption is tokenized once (on a background thread), captions are grouped by token
   length into batches of at most ``batch_size`` captions and ``batch_tokens`` tokens, and on
@@ -15,8 +16,7 @@ caption is encoded by a T5 encoder and saved as ``[float16 [L, D]]`` (see
   products around a float32 residual stream, our packed attention kernel, the residual adds
   and ReLU inside the products; fp32 on CPU; the next batch is queued on the GPU while the
   previous one is written, and a batch whose output overflowed is refused, not written
-  (T5-11B on an H200: 111-119x the reference's captions/s in float16,
-  bench/NOTES.md);
+  (its speed against the reference's way: README, bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ctrlpost.data import text
-from ctrlpost.data.dataset import META_DIR
+from ctrlpost.data.layout import DatasetLayout
 from ctrlpost.embed.kernels import packed_attention
 from ctrlpost.embed.t5 import T5Encoder, encode_packed
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
@@ -293,10 +293,10 @@ class Pending:
 
 def pending_captions(root: str | Path, *, dim: int | None) -> Pending:
     """Every ``metas/*.txt`` caption whose embedding is missing or invalid (sorted by stem)."""
-    metas = Path(root) / META_DIR
-    files = sorted(metas.glob("*.txt")) if metas.is_dir() else []
+    layout = DatasetLayout(Path(root))
+    files = layout.captions()
     if not files:
-        raise DataError(f"no captions: {metas} has no .txt files",
+        raise DataError(f"no captions: {layout.metas} has no .txt files",
                         hint="run `ctrlpost fetch-data RECIPE` first")
     pending = Pending()
     for path in files:
@@ -306,7 +306,7 @@ def pending_captions(root: str | Path, *, dim: int | None) -> Pending:
             raise DataError(f"{path}: cannot read caption: {exc}") from None
         if not caption:
             pending.empty.append(path.stem)
-        elif _valid(text.embedding_path(root, path.stem), dim):
+        elif _valid(layout.embedding(path.stem), dim):
             pending.done.append(path.stem)
         else:
             pending.todo[path.stem] = caption
@@ -398,10 +398,11 @@ def embed_captions(root: str | Path, encoder: TextEncoder, captions: dict[str, s
     """
     stems = list(captions)
     texts = [captions[s] for s in stems]
+    layout = DatasetLayout(Path(root))
     for batch, embeddings in encode_captions(encoder, texts, max_captions=batch_size,
                                              max_tokens=batch_tokens):
         for i, embedding_L_D in zip(batch, embeddings, strict=True):
-            text.write_embedding(text.embedding_path(root, stems[i]), embedding_L_D)
+            text.write_embedding(layout.embedding(stems[i]), embedding_L_D)
         if on_batch is not None:
             on_batch(len(batch))
     return len(stems)
@@ -441,7 +442,7 @@ def run(root: str | Path, *, model: str, options: EmbedOptions,
                                       batch_size=options.batch_size,
                                       batch_tokens=options.batch_tokens, on_batch=advance)
     return EmbedSummary(embedded, len(pending.done), pending.empty,
-                        time.perf_counter() - start, str(Path(root) / text.EMBED_DIR))
+                        time.perf_counter() - start, str(DatasetLayout(Path(root)).embeddings))
 
 
 class _Progress:

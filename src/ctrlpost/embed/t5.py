@@ -8,10 +8,10 @@ the weights are the same tensors, read once from a loaded ``T5EncoderModel``, an
 * one RMS norm in float32 on a float32 residual stream and float32 token embeddings (a bf16
   stream adds its own rounding to the products' error against a float32 encoder),
 * one fused q/k/v product, then attention with the relative position bias plus key padding
-  added to the unscaled scores: ``eager`` (two products, float32 bias and softmax), ``cudnn`` /
-  ``efficient`` / ``sdpa`` (one fused kernel with the dense bias in the compute dtype),
-  ``flex`` (FlexAttention with the bias as a score modifier), or ``packed``: captions end to
-  end without padding (:func:`encode_packed`) and :mod:`ctrlpost.embed.kernels.packed_attention`,
+  added to the unscaled scores: ``eager`` (two products, float32 bias and softmax), ``cudnn``
+  (cuDNN's fused kernel with the dense bias in the compute dtype), or ``packed``: captions end
+  to end without padding (:func:`encode_packed`) and
+  :mod:`ctrlpost.embed.kernels.packed_attention`; `embed` picks one (``embed.run.lean_network``),
 * one output product, then the feed-forward (ReLU, or GELU-gated for T5 v1.1) in two products.
 
 Every matrix product runs in ``compute_dtype`` (float16 or bf16 on GPU) with float32
@@ -22,7 +22,6 @@ products themselves.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -181,23 +180,16 @@ def attention_bias(encoder: T5Encoder, mask_B_L: torch.Tensor) -> AttentionBias:
     return AttentionBias(position_H_L_L, padding_B_L)
 
 
-ATTENTION = ("eager", "sdpa", "cudnn", "efficient", "flex", "packed")
+ATTENTION = ("eager", "cudnn", "packed")
 
 
 def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-           bias: AttentionBias, dense_bias: torch.Tensor | None) -> torch.Tensor:
+           dense_bias: torch.Tensor) -> torch.Tensor:
     """Unscaled softmax attention over ``[B, H, L, Dk]`` with an additive bias."""
-    if encoder.attention == "flex":
-        return _flex_attention(q, k, v, bias)
-    assert dense_bias is not None
-    if encoder.attention == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
-    if encoder.attention in ("cudnn", "efficient"):
+    if encoder.attention == "cudnn":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        backend = (SDPBackend.CUDNN_ATTENTION if encoder.attention == "cudnn" else
-                   SDPBackend.EFFICIENT_ATTENTION)
-        with sdpa_kernel([backend]):
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias, scale=1.0)
     # Products in the compute dtype on tensor cores, the softmax in float32: cheaper than the
     # float32 fallback SDPA takes with a dense bias (bench/NOTES.md).
@@ -212,25 +204,6 @@ def attend(encoder: T5Encoder, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         scores = torch.matmul(q, k.transpose(-1, -2)).float() + dense_bias
     weights_B_H_L_L = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(weights_B_H_L_L, v)
-
-
-def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    bias: AttentionBias) -> torch.Tensor:
-    position_H_L_L, padding_B_L = bias.position_H_L_L, bias.padding_B_L
-
-    def add_bias(score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
-                 kv_idx: torch.Tensor) -> torch.Tensor:
-        return score + position_H_L_L[h, q_idx, kv_idx] + padding_B_L[b, kv_idx]
-
-    out: torch.Tensor = _compiled_flex()(q, k, v, score_mod=add_bias, scale=1.0)
-    return out
-
-
-@functools.cache
-def _compiled_flex() -> Callable[..., Any]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=True)
 
 
 def add_product(hidden: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, *,
@@ -268,14 +241,12 @@ def encode(encoder: T5Encoder, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) ->
         raise ValueError("a packed-attention encoder runs on packed captions: encode_packed")
     batch, length = ids_B_L.shape
     heads, head_dim = encoder.heads, encoder.head_dim
-    bias = attention_bias(encoder, mask_B_L)
-    dense_bias = (None if encoder.attention == "flex" else
-                  bias.dense(torch.float32 if encoder.attention == "eager" else
-                             encoder.compute_dtype))
+    dense_bias = attention_bias(encoder, mask_B_L).dense(
+        torch.float32 if encoder.attention == "eager" else encoder.compute_dtype)
 
     def attention(qkv: torch.Tensor) -> torch.Tensor:
         q, k, v = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attended = attend(encoder, q, k, v, bias, dense_bias)  # [B, H, L, Dk]
+        attended = attend(encoder, q, k, v, dense_bias)  # [B, H, L, Dk]
         return attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
     def norm(hidden: torch.Tensor, weight_D: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,10 @@
-"""Building a training job from a recipe: the one place that reads the whole recipe.
+"""Composing a job from a recipe: the one place that reads the whole recipe.
+
+:func:`training_plan` is what is known before any rank exists (the run folder, the process
+group's backend, what the run records, the resolved recipe handed to ranks); each rank then calls
+the plan's ``build`` (:func:`build_job`) for everything its loop needs, as one typed
+:class:`TrainingJob`. :func:`fidelity_plan` and :func:`build_fidelity_job` do the same for
+`verify --fidelity`. Every other module receives its own typed section or config.
 
 The model is built on the meta device, checkpointed/compiled/sharded from outside, then
 materialised on the rank's device and filled from the released checkpoints (strictly): the base
@@ -8,71 +14,57 @@ or, when the recipe names none, initialised from the base as the reference does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+from ctrlpost import rundir
 from ctrlpost.diffusion import EDMConfig, SamplerConfig, UncertaintyHead
+from ctrlpost.engine.ema import PowerEMA
+from ctrlpost.engine.job import (
+    FidelityJob,
+    FidelityPlan,
+    ModelParts,
+    RunRecord,
+    TrainingJob,
+    TrainingPlan,
+)
+from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp
+from ctrlpost.engine.runtime import Runtime
+from ctrlpost.engine.trainer import LoopConfig
 from ctrlpost.models import (
     ControlledDiT,
     ControlNet,
     DiT,
     Flavor,
     build_controlled_dit,
-    get_flavor,
     load_base_checkpoint,
     load_control_checkpoint,
     with_control_blocks,
 )
 from ctrlpost.models.tokenizer import VideoTokenizer
-from ctrlpost.recipe import Recipe
+from ctrlpost.recipe import Recipe, dump_toml
+from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
 
 if TYPE_CHECKING:
-    from ctrlpost.engine.ema import PowerEMA
+    from ctrlpost.engine.checkpoint import TrainingState
     from ctrlpost.engine.generate import ClipInputs, GenerationConfig
     from ctrlpost.engine.scoring import Scorer
     from ctrlpost.engine.validation import Validator
 
-TEMPORAL_COMPRESSION = 8
-SPATIAL_COMPRESSION = 8
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process runs: its rank and its device."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass
-class ModelParts:
-    """The networks of a run, materialised on the rank's device."""
-
-    flavor: Flavor
-    model: ControlledDiT
-    logvar: UncertaintyHead
-    compute_dtype: torch.dtype
-
 
 def flavor_of(recipe: Recipe) -> Flavor:
-    """The recipe's flavor with its control-block count."""
-    return with_control_blocks(get_flavor(recipe.model.flavor), recipe.model.num_control_blocks)
+    """The recipe's flavor, as the plugin that registers it builds it, with its control-block
+    count."""
+    from ctrlpost.modalities import registry
 
-
-def latent_frames(num_frames: int) -> int:
-    """Latent frames of a causal 8x tokenizer: (121 - 1) / 8 + 1 = 16."""
-    return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
+    architecture = registry.get_flavor(recipe.model.flavor).build()
+    return with_control_blocks(architecture, recipe.model.num_control_blocks)
 
 
 def edm_config(recipe: Recipe) -> EDMConfig:
@@ -278,15 +270,122 @@ def scorer(recipe: Recipe) -> Scorer:
 def build_validator(recipe: Recipe, runtime: Runtime, parts: ModelParts, ema: PowerEMA,
                     tokenizer: VideoTokenizer) -> Validator | None:
     """The run's validator, or None when ``validation.every_steps`` is 0."""
-    from ctrlpost.engine.validation import VALIDATION_DIR, ValidationConfig, Validator
+    from ctrlpost.engine.validation import ValidationConfig, Validator
 
     val = recipe.validation
     if val.every_steps == 0:
         return None
     cfg = ValidationConfig(every_steps=val.every_steps, at_start=val.at_start,
                            strip_frames=val.strip_frames,
-                           out_dir=recipe.run_dir() / VALIDATION_DIR)
+                           out_dir=rundir.RunDir(recipe.run_dir()).validation)
     return Validator(cfg=cfg, generation=generation_config(recipe), model=parts.model, ema=ema,
                      tokenizer=validation_tokenizer(tokenizer, validation_frames(recipe)),
                      clips=validation_clips(recipe, parts.flavor), scorer=scorer(recipe),
                      device=runtime.device, dtype=parts.compute_dtype)
+
+
+def loop_config(recipe: Recipe) -> LoopConfig:
+    """The loop's knobs, from ``[train]``, ``[optim]``, ``[checkpoint]`` and ``[logging]``."""
+    return LoopConfig(
+        steps=recipe.train.steps, grad_accum_steps=recipe.train.grad_accum_steps,
+        lr=recipe.optim.lr, warmup_steps=recipe.optim.warmup_steps,
+        warmup_start_factor=recipe.optim.warmup_start_factor,
+        grad_clip_norm=recipe.optim.grad_clip_norm,
+        max_nonfinite_steps=recipe.train.max_nonfinite_steps,
+        save_every_steps=recipe.checkpoint.every_steps, keep_last=recipe.checkpoint.keep_last,
+        export_released=recipe.checkpoint.export_released,
+        log_every_steps=recipe.logging.every_steps, seed=recipe.job.seed,
+        control_weight=recipe.control[0].weight,
+    )
+
+
+def training_plan(recipe: Recipe, *, recipe_name: str, synthetic: bool = False) -> TrainingPlan:
+    """``recipe``'s training job before any rank exists. ``recipe_name`` is the file the user
+    gave (each export records it); ``synthetic`` trains on random weights and random latents
+    of the recipe's geometry (benchmarks: no files needed)."""
+    return TrainingPlan(
+        name=recipe.job.name, backend=recipe.parallel.backend, run_dir=recipe.run_dir(),
+        record=RunRecord(recipe_name=recipe_name, recipe_toml=dump_toml(recipe),
+                         ema_s=recipe.train.ema_s, flavor=recipe.model.flavor),
+        synthetic=synthetic, resolved_recipe=recipe.model_dump_json(indent=2),
+        build=functools.partial(build_job, recipe, synthetic=synthetic))
+
+
+def build_job(recipe: Recipe, runtime: Runtime, *, synthetic: bool = False) -> TrainingJob:
+    """Everything one rank's loop needs, on ``runtime.device``: the sharded model, its
+    optimizer and EMA, the tokenizer and validator, the batches (built once the position to
+    resume from is known), and the loop's and the objective's configs."""
+    parts = build_model(recipe, runtime, random_weights=synthetic)
+    optim = recipe.optim
+    optimizer = build_optimizer(parts.model.control.parameters(), lr=optim.lr, betas=optim.betas,
+                                weight_decay=optim.weight_decay, eps=optim.eps,
+                                fused=optim.fused, device=runtime.device)
+    ema = PowerEMA(parts.model.control.named_parameters(), s=recipe.train.ema_s)
+    tokenizer, validator = None, None
+    if synthetic:
+        batches = functools.partial(_synthetic_batches, recipe, runtime, parts)
+    else:
+        tokenizer = build_tokenizer(recipe, runtime, parts.compute_dtype)
+        validator = build_validator(recipe, runtime, parts, ema, tokenizer)
+        batches = functools.partial(_loader_batches, recipe, runtime, parts.flavor)
+    return TrainingJob(parts=parts, optimizer=optimizer, ema=ema, tokenizer=tokenizer,
+                       validator=validator, batches=batches, loop=loop_config(recipe),
+                       edm=edm_config(recipe), checkpoint=recipe.checkpoint,
+                       logging=recipe.logging,
+                       validation_note="" if validator is None else _validation_note(recipe))
+
+
+def _loader_batches(recipe: Recipe, runtime: Runtime, flavor: Flavor,
+                    state: TrainingState) -> Iterator[dict[str, Any]]:
+    return build_batches(recipe, runtime, flavor, state.data)
+
+
+def _synthetic_batches(recipe: Recipe, runtime: Runtime, parts: ModelParts,
+                       state: TrainingState) -> Iterator[dict[str, Any]]:
+    """Random latents of the recipe's geometry, drawn from where ``state`` resumes."""
+    from ctrlpost.engine.synthetic import SyntheticLatents
+
+    channels, frames, height, width = latent_shape(recipe, parts.flavor)
+    batch = recipe.train.batch_size
+    return SyntheticLatents(
+        latent_B_C_T_H_W=(batch, channels, frames, height, width),
+        text_B_L_D=(batch, parts.flavor.base.text_tokens, parts.flavor.base.text_dim),
+        spatial_compression=SPATIAL_COMPRESSION, sigma_data=recipe.diffusion.sigma_data,
+        seed=recipe.job.seed, grad_accum_steps=recipe.train.grad_accum_steps,
+        rank=runtime.rank, world_size=runtime.world_size, device=runtime.device,
+        dtype=parts.compute_dtype, start_step=state.step)
+
+
+def _validation_note(recipe: Recipe) -> str:
+    val = recipe.validation
+    return (f"validation every {val.every_steps} steps on {val.num_clips} clip(s) "
+            f"({val.sampler} {val.steps} steps, guidance {val.guidance:g})")
+
+
+def fidelity_plan(recipe: Recipe, *, clips_root: str | None = None) -> FidelityPlan:
+    """`verify --fidelity` of ``recipe`` before the model is built: clips from ``clips_root``,
+    else ``validation.root``, else ``data.root``; strips under the run folder."""
+    val = recipe.validation
+    settings = {"sampler": val.sampler, "steps": val.steps, "guidance": val.guidance,
+                "condition_frames": val.condition_frames, "seed": val.seed,
+                "num_frames": validation_frames(recipe),
+                "resolution": val.resolution or recipe.data.resolution}
+    return FidelityPlan(backend=recipe.parallel.backend, weights=recipe.weights,
+                        clips_root=clips_root, out_dir=rundir.RunDir(recipe.run_dir()).fidelity,
+                        settings=settings,
+                        build=functools.partial(build_fidelity_job, recipe, clips_root=clips_root))
+
+
+def build_fidelity_job(recipe: Recipe, runtime: Runtime, *,
+                       clips_root: str | None = None) -> FidelityJob:
+    """The base model with a blank branch (each checkpoint scored is loaded into it), the
+    validation tokenizer and clips, the modality's scorer, and how clips are generated."""
+    without_control = recipe.model_copy(update={
+        "weights": recipe.weights.model_copy(update={"control": None})})
+    parts = build_model(without_control, runtime)
+    tokenizer = validation_tokenizer(build_tokenizer(recipe, runtime, parts.compute_dtype),
+                                     validation_frames(recipe))
+    clips = validation_clips(recipe, parts.flavor, root=clips_root)
+    return FidelityJob(parts=parts, tokenizer=tokenizer, clips=clips, scorer=scorer(recipe),
+                       generation=generation_config(recipe),
+                       strip_frames=recipe.validation.strip_frames, seed=recipe.validation.seed)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -49,26 +48,23 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+from ctrlpost import files, rundir
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.errors import CtrlpostError, LaunchError
 from ctrlpost.models.state_dict import save_checkpoint, to_control_layout
+from ctrlpost.rundir import DAMAGED, META
 
-_STEP_DIR = re.compile(r"^step_(\d{9})$")
-_EXPORT = re.compile(r"^iter_(\d{9})(?:_reg_model\.pt|_ema_model\.pt|\.json)$")
-META = "meta.json"
-DAMAGED = ".damaged"  # suffix of a damaged checkpoint's folder once renamed aside
-EXPORT_SUFFIXES = ("_reg_model.pt", "_ema_model.pt", ".json")
 _T = TypeVar("_T")
 
 
 def step_dir(checkpoints: Path, step: int) -> Path:
     """The folder of the committed checkpoint after ``step`` optimizer steps."""
-    return checkpoints / f"step_{step:09d}"
+    return checkpoints / rundir.step_name(step)
 
 
 def export_paths(checkpoints: Path, step: int) -> list[Path]:
     """The released-layout exports of ``step``: regular and EMA weights, and their sidecar."""
-    return [checkpoints / f"iter_{step:09d}{suffix}" for suffix in EXPORT_SUFFIXES]
+    return [checkpoints / name for name in rundir.export_names(step)]
 
 
 def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
@@ -77,9 +73,9 @@ def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in checkpoints.iterdir():
-        match = _STEP_DIR.match(path.name)
-        if match and (path / META).is_file():
-            found.append((int(match.group(1)), path))
+        step = rundir.step_of(path.name)
+        if step is not None and (path / META).is_file():
+            found.append((step, path))
     return sorted(found)
 
 
@@ -130,7 +126,7 @@ def save(checkpoints: Path, *, control: nn.Module, optimizer: torch.optim.Optimi
     written before the commit, so a committed checkpoint always has them.
     """
     final = step_dir(checkpoints, trainer.step)
-    temp = checkpoints / f".{final.name}.tmp"
+    temp = files.shared_temp_path(final)  # every rank writes its shards into the same folder
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(temp, ignore_errors=True)
@@ -145,11 +141,10 @@ def save(checkpoints: Path, *, control: nn.Module, optimizer: torch.optim.Optimi
                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "exports": [path.name for path in exports]}
         _write_json(temp / META, record)
-        _fsync_dir(checkpoints)  # the exports' renames reach the disk before the commit's
         if final.exists():  # a re-run of the same step after a crash: replace it whole
             shutil.rmtree(final)
-        os.replace(temp, final)
-        _fsync_dir(checkpoints)
+        # The exports' renames reach the disk before the commit's (the parent is synced first).
+        files.commit_folder(temp, final)
     dist.barrier()
     return final
 
@@ -381,26 +376,17 @@ def prune(checkpoints: Path, *, keep_last: int) -> list[int]:
 def remove_leftovers(run_dir: Path, checkpoints: Path) -> list[Path]:
     """Remove what a run killed while writing left behind (rank 0, before anything is written).
 
-    That is every temp file or folder the engine names ``.<name>.tmp`` or ``.<name>.<pid>.tmp``
-    anywhere in the run folder (checkpoint temp folders, exports, sidecars, recipe, versions,
-    metrics, validation scores), and exports newer than the newest committed checkpoint: they
-    belong to a save whose commit never came. Returns what it removed.
+    That is every temp file or folder (:data:`ctrlpost.files.TEMP_GLOB`) anywhere in the run
+    folder (checkpoint temp folders, exports, sidecars, recipe, versions, metrics, validation
+    scores and strips), and exports newer than the newest committed checkpoint: they belong to
+    a save whose commit never came. Returns what it removed.
     """
-    removed = []
-    if run_dir.is_dir():
-        for path in sorted(run_dir.rglob(".*.tmp")):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink(missing_ok=True)
-            else:
-                continue  # inside a temp folder removed just before
-            removed.append(path)
+    removed = files.remove_temps(run_dir, recursive=True)
     found = complete_checkpoints(checkpoints)
     newest = found[-1][0] if found else -1
     if checkpoints.is_dir():
         for path in sorted(checkpoints.glob("iter_*")):
-            match = _EXPORT.match(path.name)
+            match = rundir.EXPORT.match(path.name)
             if match and int(match.group(1)) > newest:
                 path.unlink()
                 removed.append(path)
@@ -413,17 +399,4 @@ def _full_cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    with temp.open("w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    files.write_text_atomic(path, json.dumps(record, indent=2))

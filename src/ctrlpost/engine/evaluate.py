@@ -16,18 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctrlpost.errors import DataError, WeightsError
-from ctrlpost.recipe import Recipe
+from ctrlpost.recipe import WeightsSection
 
 if TYPE_CHECKING:
-    import torch
-
-    from ctrlpost.engine.build import ModelParts, Runtime
     from ctrlpost.engine.generate import ClipInputs, GenerationConfig
+    from ctrlpost.engine.job import FidelityPlan, ModelParts
+    from ctrlpost.engine.runtime import Runtime
     from ctrlpost.engine.scoring import Scorer
     from ctrlpost.models.tokenizer import VideoTokenizer
 
 NO_CONTROL = "none"
-FIDELITY_DIR = "fidelity"
 
 
 @dataclass(frozen=True)
@@ -64,10 +62,11 @@ class FidelityReport:
                 "strips": str(self.out_dir), "settings": self.settings}
 
 
-def resolve_controls(recipe: Recipe, controls: Sequence[str]) -> list[tuple[str, Path | None]]:
+def resolve_controls(weights: WeightsSection,
+                     controls: Sequence[str]) -> list[tuple[str, Path | None]]:
     """``(label, path)`` per requested checkpoint: ``none`` has no path; a path is taken as
     given, else under ``weights.dir``. Default: ``weights.control`` (else ``none``)."""
-    requested = list(controls) or [recipe.weights.control or NO_CONTROL]
+    requested = list(controls) or [weights.control or NO_CONTROL]
     resolved: list[tuple[str, Path | None]] = []
     missing: list[str] = []
     for text in requested:
@@ -76,7 +75,7 @@ def resolve_controls(recipe: Recipe, controls: Sequence[str]) -> list[tuple[str,
             continue
         path = Path(text)
         if not path.is_file():
-            path = Path(recipe.weights.dir) / text
+            path = Path(weights.dir) / text
         if not path.is_file():
             missing.append(text)
             continue
@@ -87,83 +86,50 @@ def resolve_controls(recipe: Recipe, controls: Sequence[str]) -> list[tuple[str,
         resolved.append((label, path))
     if missing:
         raise WeightsError(f"control checkpoint(s) not found: {', '.join(missing)} (looked as "
-                           f"given and under {recipe.weights.dir})",
+                           f"given and under {weights.dir})",
                            hint="pass a *_control.pt or iter_*_ema_model.pt file, or 'none'")
     return resolved
 
 
-def evaluate(recipe: Recipe, *, controls: Sequence[str] = (), clips_root: str | None = None,
+def evaluate(plan: FidelityPlan, *, controls: Sequence[str] = (),
              out_dir: Path | None = None) -> FidelityReport:
-    """Generate and score the validation clips of ``recipe`` (``[validation]`` settings, clips
-    from ``clips_root`` or ``validation.root`` or ``data.root``) once per checkpoint."""
+    """Generate and score the validation clips of ``plan`` once per checkpoint."""
     import torch.distributed as dist
 
-    from ctrlpost.engine import build, worker
+    from ctrlpost.engine.runtime import current_runtime, init_distributed
 
-    resolved = resolve_controls(recipe, controls)
-    if clips_root is not None:
-        check_clips_folder(clips_root)
-    out_dir = out_dir or recipe.run_dir() / FIDELITY_DIR
-    without_control = recipe.model_copy(update={
-        "weights": recipe.weights.model_copy(update={"control": None})})
+    resolved = resolve_controls(plan.weights, controls)
+    if plan.clips_root is not None:
+        check_clips_folder(plan.clips_root)
+    out_dir = out_dir or plan.out_dir
     owned = not dist.is_initialized()
-    runtime = worker.init_distributed(recipe.parallel.backend) if owned else build.Runtime(
-        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=0,
-        device=_current_device())
+    runtime = init_distributed(plan.backend) if owned else current_runtime()
     try:
-        parts = build.build_model(without_control, runtime)
-        tokenizer = build.validation_tokenizer(
-            build.build_tokenizer(recipe, runtime, parts.compute_dtype),
-            build.validation_frames(recipe))
-        clips = build.validation_clips(recipe, parts.flavor, root=clips_root)
-        scorer = build.scorer(recipe)
-        session = _Session(parts, tokenizer, clips, scorer, runtime,
-                           build.generation_config(recipe),
-                           strip_frames=recipe.validation.strip_frames)
+        job = plan.build(runtime)
+        session = _Session(job.parts, job.tokenizer, job.clips, job.scorer, runtime,
+                           job.generation, strip_frames=job.strip_frames)
         checkpoints = [session.score_checkpoint(label, path, out_dir / label)
                        for label, path in resolved]
         # Each clip's floor and ceiling depend on the tokenizer only: once, whatever the count
         # of checkpoints, and outside their timings.
-        references = {clip.name: scorer.references(clip, tokenizer, seed=recipe.validation.seed)
-                      for clip in clips}
+        references = {clip.name: job.scorer.references(clip, job.tokenizer, seed=job.seed)
+                      for clip in job.clips}
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
-    val = recipe.validation
-    settings = {"sampler": val.sampler, "steps": val.steps, "guidance": val.guidance,
-                "condition_frames": val.condition_frames, "seed": val.seed,
-                "num_frames": build.validation_frames(recipe),
-                "resolution": val.resolution or recipe.data.resolution}
-    return FidelityReport(headline=scorer.headline, clips=[c.name for c in clips],
+    return FidelityReport(headline=job.scorer.headline, clips=[c.name for c in job.clips],
                           references=references, checkpoints=checkpoints,
-                          out_dir=out_dir, settings=settings)
+                          out_dir=out_dir, settings=dict(plan.settings))
 
 
 def check_clips_folder(root: str) -> None:
     """Fail before any weights load when ``--clips`` names a folder without clips."""
-    from ctrlpost.data.dataset import list_clips
+    from ctrlpost.data.layout import DatasetLayout
 
-    if not list_clips(root):
+    if not DatasetLayout(Path(root)).clips():
         raise DataError(f"--clips {root}: no videos/*.mp4 there",
                         hint="lay it out like data.root (videos/ and t5_xxl/; make t5_xxl/ "
                         "with `ctrlpost embed RECIPE --set data.root=<folder>`)")
-
-
-def score_fidelity(recipe_path: str | Path, overrides: Sequence[str], *,
-                   controls: Sequence[str] = (), clips: Path | None = None) -> FidelityReport:
-    """`verify --fidelity`: load the recipe and :func:`evaluate` it."""
-    from ctrlpost.recipe import load
-
-    recipe = load(recipe_path, overrides)
-    return evaluate(recipe, controls=controls, clips_root=str(clips) if clips else None)
-
-
-def _current_device() -> torch.device:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 class _Session:

@@ -3,6 +3,10 @@
 Already under torchrun or SLURM → run the worker directly (multi-node is
 ``torchrun --nnodes ... -m ctrlpost train RECIPE``); one process → run it in-process; N
 processes → ``elastic_launch`` in-process. A failed rank becomes one line with its log path.
+
+The launcher receives a :class:`~ctrlpost.engine.job.TrainingPlan`, never the recipe: the
+in-process rank builds from that plan, and ranks in other processes load the resolved recipe
+the plan carries, written into the run folder (:mod:`.rank`), not the user's file again.
 """
 
 from __future__ import annotations
@@ -15,50 +19,40 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ctrlpost.engine.runtime import under_launcher
 from ctrlpost.errors import LaunchError, RecipeError, Stopped
 from ctrlpost.files import exclusive_lock
 from ctrlpost.processes import launcher_environment
-from ctrlpost.recipe import Recipe
+from ctrlpost.rundir import RunDir, rank_log_name
 
 if TYPE_CHECKING:
-    from ctrlpost.engine.worker import WorkerOptions
+    from ctrlpost.engine.job import TrainingPlan
 
-RUN_LOCK = ".train.lock"
 # A record of the rank log (worker._setup_logging) starts with its date.
 _LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d ")
 
 
-def under_launcher() -> bool:
-    """True when torchrun (or a SLURM setup exporting its variables) started this process."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
-    )
+def launch(plan: TrainingPlan, *, nproc: int) -> None:
+    """Run ``plan`` with ``nproc`` local processes (or as the rank a launcher made us)."""
+    from ctrlpost.engine import worker
 
-
-def launch(recipe: Recipe, recipe_path: str, overrides: Sequence[str], *, nproc: int,
-           synthetic: bool) -> None:
-    """Run training with ``nproc`` local processes (or as the rank a launcher made us)."""
-    from ctrlpost.engine.worker import WorkerOptions, main
-
-    options = WorkerOptions(synthetic=synthetic)
     # One job per run folder: the launching process (or global rank 0 under torchrun) holds it.
     holds_lock = int(os.environ.get("RANK", "0")) == 0
-    with run_lock(recipe.run_dir()) if holds_lock else contextlib.nullcontext():
+    with run_lock(plan.run_dir) if holds_lock else contextlib.nullcontext():
         if under_launcher() or nproc == 1:
-            main(recipe_path, list(overrides), options)
+            worker.main(plan)
         else:
-            _elastic(recipe, recipe_path, list(overrides), options, nproc=nproc)
+            _elastic(plan, nproc=nproc)
 
 
 def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``<run>/.train.lock``: a second `ctrlpost train` of the same run fails at once
     instead of interleaving its checkpoints and metrics with the first one's."""
     return exclusive_lock(
-        run_dir / RUN_LOCK,
+        RunDir(run_dir).lock,
         busy=lambda: RecipeError(f"another `ctrlpost train` is running in {run_dir}",
                                  hint="wait for it (or stop it), or set job.name to start "
                                  "another run"),
@@ -67,8 +61,7 @@ def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
                                            hint="set job.output_root to a writable folder"))
 
 
-def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: WorkerOptions,
-             *, nproc: int) -> None:
+def _elastic(plan: TrainingPlan, *, nproc: int) -> None:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -78,15 +71,15 @@ def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: Wo
     from ctrlpost.engine.checkpoint import complete_checkpoints
     from ctrlpost.engine.worker import stopped_line
 
-    run_dir = recipe.run_dir()
-    logs = run_dir / "logs"
+    paths = RunDir(plan.run_dir)
+    logs = paths.logs
     logs.mkdir(parents=True, exist_ok=True)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"ctrlpost-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
         monitor_interval=0.1, start_method="spawn",
         # Rank 0 speaks on the console; every rank's output also goes to the launcher's logs.
-        logs_specs=DefaultLogsSpecs(log_dir=str(logs / "launcher"), redirects=Std.ALL,
+        logs_specs=DefaultLogsSpecs(log_dir=str(paths.launcher_logs), redirects=Std.ALL,
                                     tee={0: Std.ALL}),
     )
     # The launcher logs each failure with a traceback of its own internals, and each signal it
@@ -101,8 +94,11 @@ def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: Wo
     # functions: their first lines arm the parent-death guard against this process, named in
     # their environment, before the seconds of imports a pickled function would need first.
     os.environ.update(launcher_environment())
-    args = ["-u", "-m", rank.__name__,
-            *rank.command_line(recipe_path, overrides, synthetic=options.synthetic)]
+    # They load the recipe validated here, overrides applied, whatever the user's file says by
+    # the time they start.
+    handed = rank.write_recipe(plan.run_dir, plan.resolved_recipe)
+    args = ["-u", "-m", rank.__name__, *rank.command_line(
+        handed, recipe_name=plan.record.recipe_name, synthetic=plan.synthetic)]
     try:
         elastic_launch(config, sys.executable)(*args)
     except ChildFailedError as exc:
@@ -111,14 +107,14 @@ def _elastic(recipe: Recipe, recipe_path: str, overrides: list[str], options: Wo
     except SignalException as exc:
         # The agent passed the signal on to the ranks, which saved and left, and waited for
         # them; what is saved is what the run folder holds now.
-        saved = complete_checkpoints(run_dir / "checkpoints")
+        saved = complete_checkpoints(paths.checkpoints)
         raise Stopped(stopped_line(saved[-1][0] if saved else None),
                       signum=int(exc.sigval)) from None
 
 
 def rank_failure(logs: Path, rank: int, exitcode: int) -> LaunchError:
     """One line for a failed rank: how it ended, what its log says, and where that log is."""
-    path = logs / f"rank{rank}.log"
+    path = logs / rank_log_name(rank)
     return LaunchError(f"rank {rank} {_how_it_ended(exitcode)}: {last_error(path)}; see {path}")
 
 

@@ -2,59 +2,25 @@
 
 World size ``W``; FSDP2 shards every parameter, gradient and optimizer state over all ``W`` ranks
 (``engine.parallel.apply_fsdp``: one unit per DiT block, the rest of each stack is its root
-unit). ``a`` = bytes of the compute dtype (2 bf16, 4 fp32); ``P_b``, ``P_c`` = base, control
-parameters; ``P_t`` = trainable (``P_c`` less the control's unused final layer); ``P_blk`` =
-one DiT block; ``S`` = parameters outside the blocks of both stacks. Terms (bytes):
+unit). The estimate is a sum of terms, in bytes:
 
-* ``base_params`` a·P_b/W; ``control_params`` 4·P_c/W (fp32 master; ``a`` without it);
-  ``control_grads`` 4·P_t/W (reduce dtype fp32), counted at every moment although
-  ``zero_grad(set_to_none)`` frees them before the activation peak: conservative by that size;
-  ``optimizer_state`` 8·P_t/W (AdamW exp_avg, exp_avg_sq); ``ema`` 4·P_t/W (power EMA).
-* ``gathered_units`` a·(2·P_blk + S): the all-gathered block in use plus the prefetched next
-  one, and both root units (whole, an upper bound).
-* ``tokenizer_weights`` 200 MB: assumed. The CV8x8x8 ``encoder.jit`` is 93 MB on the hub and the
-  catalog allows 200 MB; cast to bf16 it is no larger than its file. The logvar head
-  (128 weights) and the decoder (not loaded for training) are left out.
-* Activations, per micro-batch of ``B`` clips of ``L = T_lat·H_tok·W_tok`` tokens each;
-  ``D`` width, ``F`` MLP hidden, ``N`` heads, ``M`` text tokens, ``f`` = 4 (fp32 internals).
-  Counted from what autograd saves in models/blocks.py (frozen weights save no input for a
-  weight gradient), per token:
+* sharded state, each divided by ``W``: the frozen base in the compute dtype, the control
+  branch's fp32 master weights and gradients (counted throughout, although they are freed
+  before the activation peak: conservative), AdamW's two moments and the power EMA;
+* ``gathered_units``: the all-gathered block in use and the prefetched next one, plus both root
+  units whole (an upper bound);
+* ``tokenizer_weights``: assumed (the encoder's file is smaller); the decoder is not loaded;
+* activations: what autograd saves per token in each block for the checkpointing mode, counted
+  from ``models/blocks.py`` (frozen weights save no input for a weight gradient), plus the
+  stem, plus the backward's working set at its peak (the last base block), or the control
+  backward's when that is larger (small bases only);
+* ``tokenizer_encode``: the encoder's own peak before the step, assumed per pixel-frame; it
+  counts only when larger than the training activations;
+* ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
+  buffers when ``W > 1``.
 
-  - frozen block, ``none``: 3aD (LayerNorm inputs) + 3fD (q, k, q_ca before the fp32 RMSNorm)
-    + 6aD (flash q, k, v, out; cross q, out) + aF (GELU input) + 5fN (lse, rsqrt) + 24
-    = 19.08·2D for 7b; plus 2aMD per clip (cross k, v);
-  - trainable block, ``none``: the frozen set + 3aD (normed) + 3aD (modulated) + 3fD (normed
-    q, k for the RMSNorm gain) + aF (GELU output) + 3aD (branch outputs for the gate)
-    = 38.08·2D; plus (2a + 2f)MD per clip;
-  - ``selective`` (``apply_activation_checkpointing`` keeps the block input and the SDPA
-    outputs): aD + 2(aD + fN) = 3.03·2D; ``full``: aD;
-  - base block 0 saves nothing (neither its input nor its weights need a gradient);
-  - stem: aD (final LayerNorm input) + aD (last control output, zero-block input) + fD
-    (control position table, fp32) + 2·2·fd_h (RoPE cos/sin of both stacks) + a(p_in + h_in)
-    (patch inputs) + aD + 2a·Σwidths (hint MLP); checkpointed modes also keep both stacks'
-    position tables 2aD: 7.66·2D in all for 7b with checkpointing;
-  - working set of the backward (peak at the last base block): ``full`` recomputes the
-    frozen ``none`` set and holds two F-wide gradients: first principles + 2aF + 2aD
-    (incoming and branch gradients) = 29.1·2D, calibrated on the H100 to + 2aF only
-    = 27.1·2D; ``selective`` the same less the cached SDPA outputs: 25.05·2D (measured
-    25.04); ``none`` peaks at the end of the forward: n_c·aD (control residuals) + aD (base
-    embedding) + aF + 3aD (last MLP) = 11·2D (measured 11.0);
-  - the control backward (trainable set + 2aF, plus a·P_blk + 4·P_blk unsharded gradients)
-    counts instead when it is larger (small bases only).
-* ``tokenizer_encode``: the encoder under no_grad before the step, assumed 40 bytes per
-  pixel-frame of a clip (bf16 input, 256-channel 3-D convs at 1/4 resolution, cuDNN
-  workspace: about 4.1 GiB at 121×704×1280; not measured, no weights on the GPU box). It is
-  the peak only when larger than the training activations.
-* ``overhead``: 5 % of the allocated peak (reserved/allocated was 1.036-1.046 on the H100 with
-  checkpointing) + 0.75 GiB CUDA context and library handles + 0.5 GiB NCCL when W > 1.
-
-Calibration, H100 80GB, torch 2.11 (bench/model_step.py's step: W=1, no FSDP, bf16 trainable
-weights and gradients, no optimizer/EMA/tokenizer), 16×88×160 latent: saved activations 16.20
-GiB (full) and 42.39 (selective) against 16.18 and 42.37 counted; peaks 43.06 and 68.38 GiB
-against 44.6 and 69.9 estimated (+3.6 %, +2.3 %: the gradients, 1.66 GiB, are not yet
-allocated at the measured peak); ``none`` at 2 latent frames: 34.57 GiB saved against 34.39.
-Saved sets and working sets are linear in L from 4 to 16 latent frames (tests pin the probe's
-numbers). The only calibrated constant is the ``full`` working set above.
+Only the ``full`` working set and the fragmentation are calibrated; the per-term derivation and
+the check against a measured 7b step on an H100 are in bench/NOTES.md (engine/memory.py).
 """
 
 from __future__ import annotations
@@ -64,13 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames
+
 GIB = 1024**3
 AC_MODES: tuple[str, ...] = ("none", "selective", "full")  # least to most recomputation
-TEMPORAL_COMPRESSION = 8
-SPATIAL_COMPRESSION = 8
-TOKENIZER_WEIGHT_BYTES = 200e6
-TOKENIZER_BYTES_PER_PIXEL = 40.0
-FRAGMENTATION = 0.05
+TOKENIZER_WEIGHT_BYTES = 200e6  # assumed: the catalog's bound for encoder.jit
+TOKENIZER_BYTES_PER_PIXEL = 40.0  # assumed: bf16 input, 3-D convs, cuDNN workspace
+FRAGMENTATION = 0.05  # reserved over allocated, calibrated on an H100 (bench/NOTES.md)
 CONTEXT_BYTES = 0.75 * GIB
 NCCL_BYTES = 0.5 * GIB
 MAX_GPUS = 4096
@@ -167,7 +133,7 @@ class Job:
 
     def tokens(self, dims: ModelDims) -> int:
         """Tokens per clip: latent frames × latent rows/2 × latent columns/2."""
-        latent_t = (self.num_frames - 1) // TEMPORAL_COMPRESSION + 1
+        latent_t = latent_frames(self.num_frames)
         per_side = SPATIAL_COMPRESSION * dims.patch_spatial
         return (latent_t // dims.patch_temporal) * (self.height // per_side) * (
             self.width // per_side)
@@ -199,7 +165,11 @@ class Estimate:
 def _block_bytes(dims: ModelDims, a: int) -> dict[str, float]:
     """Per-token bytes of one block for each saved set, and the per-clip text constants."""
     d, f, n, hidden = dims.model_channels, FP32, dims.num_heads, dims.mlp_hidden
+    # LayerNorm inputs; q, k, q_ca before their fp32 RMSNorm; attention q, k, v, out and cross
+    # q, out; the GELU input; softmax statistics and rsqrt per head; a few scalars.
     frozen = 3 * a * d + 3 * f * d + 6 * a * d + a * hidden + 5 * f * n + 24
+    # + normed and modulated inputs, normed q, k (for the gain's gradient), the GELU output and
+    # the three branch outputs (for the gates' gradients).
     trainable = frozen + 9 * a * d + 3 * f * d + a * hidden
     attention_outputs = 2 * (a * d + f * n)
     text = dims.text_tokens * d
@@ -231,6 +201,8 @@ def _activations(dims: ModelDims, job: Job, a: int) -> tuple[float, float, float
     per_block = blk[mode] * tokens
     cached = blk["attention_outputs"] if mode == "selective" else 0.0
     saved = (grad_blocks + dims.control_blocks) * per_block + stem
+    # ``full`` recomputes the frozen set and holds two F-wide gradients; the incoming and branch
+    # gradients (2aD more) are left out as calibrated on an H100 (bench/NOTES.md).
     working = tokens * (blk["frozen"] + 2 * a * hidden - cached) + b * blk["text_frozen"]
     control = (dims.control_blocks * per_block + stem
                + tokens * (blk["trainable"] + 2 * a * hidden - cached)

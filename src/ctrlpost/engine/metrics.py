@@ -4,7 +4,6 @@ not a terminal, e.g. under the elastic launcher), ``metrics.jsonl`` and TensorBo
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -14,21 +13,19 @@ from typing import Any
 import torch
 
 from ctrlpost.engine.trainer import StepMetrics
-
-METRICS_FILE = "metrics.jsonl"
+from ctrlpost.files import write_text_atomic
+from ctrlpost.rundir import RunDir
 
 
 def truncate_metrics(run_dir: Path, *, after_step: int) -> None:
     """Drop records past ``after_step`` (left by a run killed after its last checkpoint), so a
     resumed run's log reads as one uninterrupted run."""
-    path = run_dir / METRICS_FILE
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= after_step]
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(temp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class RunLogger:
@@ -38,17 +35,17 @@ class RunLogger:
                  jsonl: bool, tensorboard: bool, device: torch.device) -> None:
         self.enabled = enabled
         self.run_dir = run_dir
+        paths = RunDir(run_dir)
         self.total_steps = total_steps
         self.every_steps = every_steps
         self.device = device
         self.started = time.perf_counter()
-        self._jsonl = (run_dir / METRICS_FILE).open("a", encoding="utf-8") if (
-            enabled and jsonl) else None
+        self._jsonl = paths.metrics.open("a", encoding="utf-8") if enabled and jsonl else None
         self._tb: Any = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self._tb = SummaryWriter(log_dir=str(paths.tensorboard))
         self._window: list[StepMetrics] = []
         self._progress: Any = None
         if enabled and sys.stdout.isatty():
@@ -139,9 +136,7 @@ class RunLogger:
         written its strips before the validation record reaches rank 0."""
         import cv2
 
-        from ctrlpost.engine.validation import VALIDATION_DIR
-
-        folder = self.run_dir / VALIDATION_DIR / f"step_{step:09d}"
+        folder = RunDir(self.run_dir).validation_step(step)
         for path in sorted(folder.glob("*.png")):
             image_H_W_C = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image_H_W_C is not None:

@@ -33,12 +33,12 @@ from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.generate import ClipInputs, GenerationConfig, generate
 from ctrlpost.engine.scoring import Scorer, mean_scores, strip_label, write_strip
 from ctrlpost.errors import DataError
+from ctrlpost.files import write_text_atomic
 from ctrlpost.models import ControlledDiT
 from ctrlpost.models.tokenizer import VideoTokenizer
+from ctrlpost.rundir import SCORES, step_name
 
 log = logging.getLogger("ctrlpost.engine")
-VALIDATION_DIR = "validation"
-SCORES_FILE = "scores.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +135,7 @@ class Validator:
         ``{"fidelity": {...}, "validation_s", "validation_clips"}``, or ``{}`` when a stop
         request (agreed by ``should_stop``, a collective) cut it short."""
         start = time.perf_counter()
-        folder = self.cfg.out_dir / f"step_{step:09d}"
+        folder = self.cfg.out_dir / step_name(step)
         local: list[dict[str, Any]] = []
         stopped = False
         with ema_weights(self.model, self.ema):
@@ -161,7 +161,7 @@ class Validator:
         if not record["fidelity"]:
             del record["fidelity"]
         if self.rank == 0:
-            _write_scores(folder / SCORES_FILE, step, record, results)
+            _write_scores(folder / SCORES, step, record, results)
         return record
 
     def _finish(self, clip: ClipInputs, frames: Any, folder: Path) -> dict[str, Any]:
@@ -179,8 +179,6 @@ class Validator:
 
 def _write_scores(path: Path, step: int, record: dict[str, Any],
                   results: list[dict[str, Any]]) -> None:
-    from ctrlpost.data.text import atomic_write_bytes
-
     document = {"step": step, **record, "clips": results}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
+    write_text_atomic(path, json.dumps(document, indent=2) + "\n")

@@ -8,7 +8,6 @@ and the launcher reports one line naming that file.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import faulthandler
 import importlib.metadata
 import logging
@@ -16,54 +15,40 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
-from ctrlpost.diffusion import x0_from_latent
-from ctrlpost.engine import build, checkpoint
+from ctrlpost.engine import checkpoint
 from ctrlpost.engine.checkpoint import TrainingState
-from ctrlpost.engine.ema import PowerEMA
-from ctrlpost.engine.launch import under_launcher
+from ctrlpost.engine.job import TrainingJob, TrainingPlan
 from ctrlpost.engine.metrics import RunLogger, truncate_metrics
-from ctrlpost.engine.optim import build_optimizer
-from ctrlpost.engine.seeding import seeded_generator
-from ctrlpost.engine.trainer import LoopConfig, Trainer
+from ctrlpost.engine.runtime import Runtime, init_distributed, under_launcher
+from ctrlpost.engine.trainer import Trainer
 from ctrlpost.errors import Stopped
+from ctrlpost.files import write_text_atomic
 from ctrlpost.processes import die_with_parent, exit_without_teardown, launcher_from_environment
-from ctrlpost.recipe import Recipe, dump_toml, load
+from ctrlpost.rundir import RunDir
 
 log = logging.getLogger("ctrlpost.engine")
-_SYNTHETIC_STREAM = 0x5EED  # keeps synthetic clips apart from the trainer's noise draws
-PACKAGES = ("ctrlpost", "ctrlpost-edge", "ctrlpost-blur", "torch", "transformers", "numpy",
-            "opencv-python-headless", "pydantic")
+#: Libraries whose versions decide a run's numbers, besides ctrlpost and its plugins.
+PACKAGES = ("torch", "transformers", "numpy", "opencv-python-headless", "pydantic")
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    """What the command line adds to the recipe."""
-
-    synthetic: bool = False  # random weights and random latents: no files needed (benchmarks)
-
-
-def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None:
-    """Entry point of one rank (picklable: used by ``elastic_launch``)."""
+def main(plan: TrainingPlan) -> None:
+    """Entry point of one rank: join the process group, build ``plan``, resume, train."""
     if "TORCHELASTIC_RUN_ID" in os.environ and launcher_from_environment() is None:
         # Started by torchrun: go down with it, even when it is SIGKILLed. (Ranks of our own
         # launcher armed a stronger guard before importing anything; the in-process single
         # rank's parent is the user's shell.)
         die_with_parent()
     finished = exit_without_teardown() if under_launcher() else None
-    recipe = load(recipe_path, overrides)
-    runtime = init_distributed(recipe.parallel.backend)
-    run_dir = recipe.run_dir()
-    log_path = _setup_logging(run_dir, runtime.rank)
+    runtime = init_distributed(plan.backend)
+    log_path = _setup_logging(plan.run_dir, runtime.rank)
     with crash_traces(log_path, until_exit=under_launcher()):
         try:
-            train(recipe, runtime, options, recipe_path=recipe_path)
+            train(plan, runtime)
         except Stopped as stopped:
             log.info("rank %d: %s", runtime.rank, stopped.message)
             if not under_launcher():
@@ -83,73 +68,43 @@ def main(recipe_path: str, overrides: list[str], options: WorkerOptions) -> None
         finished()
 
 
-def init_distributed(backend: str) -> build.Runtime:
-    """Join the job's process group (env:// under a launcher, else a one-process group)."""
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = torch.cuda.is_available() and backend != "gloo"
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    chosen = "nccl" if cuda else "gloo"
-    timeout = dt.timedelta(minutes=30)
-    if "MASTER_ADDR" in os.environ:
-        dist.init_process_group(chosen, rank=rank, world_size=world, timeout=timeout,
-                                device_id=device if cuda else None)
-    else:
-        dist.init_process_group(chosen, store=dist.HashStore(), rank=0, world_size=1,
-                                timeout=timeout)
-    return build.Runtime(rank=rank, world_size=world, local_rank=local_rank, device=device)
-
-
-def train(recipe: Recipe, runtime: build.Runtime, options: WorkerOptions, *,
-          recipe_path: str) -> TrainingState:
-    """Build everything from the recipe, resume if asked, and run the loop."""
-    run_dir = recipe.run_dir()
-    checkpoints = run_dir / "checkpoints"
+def train(plan: TrainingPlan, runtime: Runtime) -> TrainingState:
+    """Build the job of ``plan`` on this rank, resume if asked, and run the loop."""
+    run_dir = plan.run_dir
+    checkpoints = RunDir(run_dir).checkpoints
     if runtime.is_main:
         checkpoints.mkdir(parents=True, exist_ok=True)
         for path in checkpoint.remove_leftovers(run_dir, checkpoints):
             log.info("removed %s, left by a run killed while writing it", path)
-        _write_run_files(run_dir, recipe)
+        _write_run_files(run_dir, plan.record.recipe_toml)
     dist.barrier()
-    parts = build.build_model(recipe, runtime, random_weights=options.synthetic)
-    optim = recipe.optim
-    optimizer = build_optimizer(parts.model.control.parameters(), lr=optim.lr, betas=optim.betas,
-                                weight_decay=optim.weight_decay, eps=optim.eps,
-                                fused=optim.fused, device=runtime.device)
-    ema = PowerEMA(parts.model.control.named_parameters(), s=recipe.train.ema_s)
+    job = plan.build(runtime)
+    parts = job.parts
+
+    def sidecar() -> dict[str, Any]:
+        return plan.record.sidecar(package_versions())
+
     restored = checkpoint.restore(
-        checkpoints, recipe.checkpoint.resume, control=parts.model.control, optimizer=optimizer,
-        ema=ema, sidecar=_sidecar(recipe, recipe_path) if recipe.checkpoint.export_released
-        else None)
+        checkpoints, job.checkpoint.resume, control=parts.model.control,
+        optimizer=job.optimizer, ema=job.ema,
+        sidecar=sidecar() if job.checkpoint.export_released else None)
     state, resume_from = restored.state, restored.path
     if runtime.is_main:
         # A fresh start keeps nothing, not even a step-0 validation of an earlier attempt.
         truncate_metrics(run_dir, after_step=state.step if resume_from is not None else -1)
-    logger = RunLogger(run_dir, enabled=runtime.is_main, total_steps=recipe.train.steps,
-                       every_steps=recipe.logging.every_steps, jsonl=recipe.logging.jsonl,
-                       tensorboard=recipe.logging.tensorboard, device=runtime.device)
+    logger = RunLogger(run_dir, enabled=runtime.is_main, total_steps=job.loop.steps,
+                       every_steps=job.logging.every_steps, jsonl=job.logging.jsonl,
+                       tensorboard=job.logging.tensorboard, device=runtime.device)
     for note in restored.notes:
         log.warning(note)
         logger.note(note)
-    logger.note(_start_line(recipe, runtime, state, resume_from,
-                            validating=not options.synthetic))
-    validator = None
-    if options.synthetic:
-        tokenizer = None
-        batches: Any = SyntheticLatents(recipe, parts, runtime, start_step=state.step)
-    else:
-        tokenizer = build.build_tokenizer(recipe, runtime, parts.compute_dtype)
-        batches = build.build_batches(recipe, runtime, parts.flavor, state.data)
-        validator = build.build_validator(recipe, runtime, parts, ema, tokenizer)
+    logger.note(_start_line(plan, job, runtime, state, resume_from))
     trainer = Trainer(
-        cfg=loop_config(recipe), edm=build.edm_config(recipe), model=parts.model,
-        logvar=parts.logvar, tokenizer=tokenizer, optimizer=optimizer, ema=ema, batches=batches,
-        state=state, device=runtime.device, compute_dtype=parts.compute_dtype,
-        checkpoints=checkpoints, sidecar=lambda: _sidecar(recipe, recipe_path),
-        on_metrics=logger, validator=validator, on_validation=logger.validation,
+        cfg=job.loop, edm=job.edm, model=parts.model, logvar=parts.logvar,
+        tokenizer=job.tokenizer, optimizer=job.optimizer, ema=job.ema,
+        batches=job.batches(state), state=state, device=runtime.device,
+        compute_dtype=parts.compute_dtype, checkpoints=checkpoints, sidecar=sidecar,
+        on_metrics=logger, validator=job.validator, on_validation=logger.validation,
     )
     try:
         final = trainer.run()
@@ -168,71 +123,13 @@ def stopped_line(step: int | None) -> str:
     return f"stopped at step {step}, checkpoint saved; run the same command to resume"
 
 
-def loop_config(recipe: Recipe) -> LoopConfig:
-    """The loop's knobs from the recipe."""
-    return LoopConfig(
-        steps=recipe.train.steps, grad_accum_steps=recipe.train.grad_accum_steps,
-        lr=recipe.optim.lr, warmup_steps=recipe.optim.warmup_steps,
-        warmup_start_factor=recipe.optim.warmup_start_factor,
-        grad_clip_norm=recipe.optim.grad_clip_norm,
-        max_nonfinite_steps=recipe.train.max_nonfinite_steps,
-        save_every_steps=recipe.checkpoint.every_steps, keep_last=recipe.checkpoint.keep_last,
-        export_released=recipe.checkpoint.export_released,
-        log_every_steps=recipe.logging.every_steps, seed=recipe.job.seed,
-        control_weight=recipe.control[0].weight,
-    )
-
-
-class SyntheticLatents:
-    """Endless random latent batches of the recipe's geometry (benchmarks: no data, no
-    tokenizer).
-
-    Micro-batch ``k`` of optimizer step ``s`` on rank ``r`` of ``W`` is drawn from a generator
-    seeded with ``(seed, s, k·W + r)`` on a stream of its own, like the trainer's noise: a
-    resumed run draws what the uninterrupted one drew, and the same global batch on another
-    world size (with ``grad_accum_steps`` making up the difference) holds the same clips.
-    """
-
-    def __init__(self, recipe: Recipe, parts: build.ModelParts, runtime: build.Runtime, *,
-                 start_step: int) -> None:
-        channels, frames, height, width = build.latent_shape(recipe, parts.flavor)
-        self.shape = (recipe.train.batch_size, channels, frames, height, width)
-        self.text_shape = (recipe.train.batch_size, parts.flavor.base.text_tokens,
-                           parts.flavor.base.text_dim)
-        self.device, self.dtype = runtime.device, parts.compute_dtype
-        self.sigma_data = recipe.diffusion.sigma_data
-        self.seed, self.accum = recipe.job.seed, recipe.train.grad_accum_steps
-        self.rank, self.world = runtime.rank, runtime.world_size
-        self.start_step, self.drawn = start_step, 0
-
-    def __iter__(self) -> SyntheticLatents:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        step, micro = divmod(self.drawn, self.accum)
-        self.drawn += 1
-        generator = seeded_generator(
-            [self.seed, self.start_step + step, micro * self.world + self.rank], self.device,
-            stream=_SYNTHETIC_STREAM)
-
-        def normal(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.randn(shape, generator=generator, device=self.device)
-
-        B, _, _, H, W = self.shape
-        pixels = (B, 1, H * build.SPATIAL_COMPRESSION, W * build.SPATIAL_COMPRESSION)
-        return {
-            "x0": x0_from_latent(normal(self.shape), sigma_data=self.sigma_data).to(self.dtype),
-            "hint": x0_from_latent(normal(self.shape), sigma_data=self.sigma_data).to(self.dtype),
-            "t5": normal(self.text_shape).to(self.dtype),
-            "padding_mask": torch.zeros(pixels, device=self.device, dtype=self.dtype),
-            "fps": torch.full((B,), 24.0, device=self.device),
-        }
-
-
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide a run's numbers."""
+    """Versions of the packages that decide a run's numbers: ctrlpost, every distribution that
+    registered a modality, data source or flavor, and ``PACKAGES``."""
+    from ctrlpost.modalities import registry
+
     versions = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
+    for name in dict.fromkeys(["ctrlpost", *registry.plugin_distributions(), *PACKAGES]):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -240,37 +137,25 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _sidecar(recipe: Recipe, recipe_path: str) -> dict[str, Any]:
-    return {"recipe_name": Path(recipe_path).name, "recipe": dump_toml(recipe),
-            "versions": package_versions(), "ema_s": recipe.train.ema_s,
-            "flavor": recipe.model.flavor}
-
-
-def _write_run_files(run_dir: Path, recipe: Recipe) -> None:
+def _write_run_files(run_dir: Path, recipe_toml: str) -> None:
     import json
 
-    for name, text in (("recipe.toml", dump_toml(recipe)),
-                       ("versions.json", json.dumps(package_versions(), indent=2) + "\n")):
-        temp = run_dir / f".{name}.tmp"
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, run_dir / name)
+    paths = RunDir(run_dir)
+    write_text_atomic(paths.recipe, recipe_toml)
+    write_text_atomic(paths.versions, json.dumps(package_versions(), indent=2) + "\n")
 
 
-def _start_line(recipe: Recipe, runtime: build.Runtime, state: TrainingState,
-                resume_from: Path | None, *, validating: bool) -> str:
+def _start_line(plan: TrainingPlan, job: TrainingJob, runtime: Runtime, state: TrainingState,
+                resume_from: Path | None) -> str:
     where = f"resumed from {resume_from} at step {state.step}" if resume_from else "fresh start"
-    val = recipe.validation
-    validation = (f"; validation every {val.every_steps} steps on {val.num_clips} clip(s) "
-                  f"({val.sampler} {val.steps} steps, guidance {val.guidance:g})"
-                  if val.every_steps and validating else "")
-    return (f"training {recipe.job.name}: flavor {recipe.model.flavor}, {runtime.world_size} "
-            f"rank(s) on {runtime.device.type}, {recipe.train.steps} steps; {where}{validation}")
+    validation = f"; {job.validation_note}" if job.validation_note else ""
+    return (f"training {plan.name}: flavor {plan.record.flavor}, {runtime.world_size} "
+            f"rank(s) on {runtime.device.type}, {job.loop.steps} steps; {where}{validation}")
 
 
 def _setup_logging(run_dir: Path, rank: int) -> Path:
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"rank{rank}.log"
+    path = RunDir(run_dir).rank_log(rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("ctrlpost")

@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ctrlpost.errors import WeightsError
-from ctrlpost.models.args import FLAVOR_NAMES, get_flavor, with_control_blocks
+from ctrlpost.modalities import registry
+from ctrlpost.models.args import with_control_blocks
 from ctrlpost.models.state_dict import (
     BASE_LOGVAR_PREFIX,
     BASE_NET_PREFIX,
@@ -51,7 +52,7 @@ def expected_layout(
     from ctrlpost.models.dit import DiT
     from ctrlpost.models.state_dict import base_layout, control_layout
 
-    flavor = get_flavor(flavor_name)
+    flavor = registry.get_flavor(flavor_name).build()
     if num_control_blocks is not None:
         flavor = with_control_blocks(flavor, num_control_blocks)
     with torch.device("meta"):
@@ -155,9 +156,10 @@ def _candidates(shapes: Mapping[str, Shape], part: Part) -> list[str]:
     never pays for building the 7B layout), else all."""
     prefix = BASE_NET_PREFIX if part == "base" else CONTROL_PREFIX
     width = shapes.get(prefix + _WIDTH_KEY)
-    same = [name for name in FLAVOR_NAMES
-            if width is not None and width == (get_flavor(name).base.model_channels,)]
-    return same or list(FLAVOR_NAMES)
+    flavors = registry.installed_flavors()
+    same = [name for name, flavor in flavors.items()
+            if width is not None and width == (flavor.build().base.model_channels,)]
+    return same or list(flavors)
 
 
 def _layout_for(name: str, part: Part, blocks: int | None) -> Expected:

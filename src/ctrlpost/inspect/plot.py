@@ -10,12 +10,12 @@ and no display backend, so it works on a headless node and inside tests.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ctrlpost.errors import CtrlpostError
+from ctrlpost.files import write_atomic
 
 HEADLINE = ("loss", "lr", "grad_norm")
 _LOG_SCALE = {"lr"}  # warm-up then decay spans decades
@@ -83,11 +83,4 @@ def plot_metrics(rows: Sequence[dict[str, Any]], out: Path, *, title: str) -> Pa
 def _save_atomic(figure: Any, out: Path) -> Path:
     """Write to a temp file beside ``out``, then rename: a reader never sees half a PNG."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
-        os.replace(temp, out)
-    finally:
-        temp.unlink(missing_ok=True)
-    return out
+    return write_atomic(out, lambda temp: figure.savefig(temp, format="png", dpi=100))

@@ -17,7 +17,6 @@ from ctrlpost.errors import CtrlpostError, WeightsError
 from ctrlpost.inspect.compare import Comparison, compare_states
 from ctrlpost.inspect.layout import LayoutReport, describe_layout
 from ctrlpost.inspect.run import (
-    EXPORT_NAME,
     Provenance,
     RunSummary,
     is_run_dir,
@@ -26,6 +25,7 @@ from ctrlpost.inspect.run import (
     summarize_run,
 )
 from ctrlpost.models.state_dict import read_checkpoint
+from ctrlpost.rundir import CHECKPOINTS, EXPORT_WEIGHTS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,7 +62,7 @@ class EmaReport:
 
 def ema_pair(path: Path) -> tuple[Path, Path] | None:
     """``(reg, ema)`` when ``path`` is one of an exported pair whose other half exists."""
-    match = EXPORT_NAME.match(path.name)
+    match = EXPORT_WEIGHTS.match(path.name)
     if match is None:
         return None
     stem = match.group(1)
@@ -200,7 +200,7 @@ def inspect_path(
             raise CtrlpostError(f"{path}: not a run directory", hint=_PATH_HINT)
         return describe_run(path, plot=plot)
     if plot is not None:
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        run = path.parent.parent if path.parent.name == CHECKPOINTS else None
         example = f"ctrlpost inspect {run} --plot {plot}" if run else "pass the run directory"
         raise CtrlpostError("--plot draws a run's metrics: pass the run directory", hint=example)
     if diff is not None:

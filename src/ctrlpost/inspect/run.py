@@ -11,7 +11,6 @@ and the exports ``iter_{N:09}_{reg,ema}_model.pt``, each with an optional sideca
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,15 +22,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METRICS_FILE = "metrics.jsonl"
-RECIPE_FILE = "recipe.toml"
-VERSIONS_FILE = "versions.json"
-CHECKPOINTS_DIR = "checkpoints"
-VALIDATION_DIR = "validation"
-DCP_COMPLETE_MARKER = "meta.json"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-EXPORT_NAME = re.compile(r"^(iter_(\d+))_(reg|ema)_model(_only)?\.pt$")
-_RUN_MARKERS = (METRICS_FILE, RECIPE_FILE, CHECKPOINTS_DIR, VALIDATION_DIR)
+from ctrlpost import rundir
+from ctrlpost.rundir import EXPORT_WEIGHTS, RunDir
+
+_RUN_MARKERS = (rundir.METRICS, rundir.RECIPE, rundir.CHECKPOINTS, rundir.VALIDATION)
 _HEADLINE = ("loss", "lr", "grad_norm", "samples_per_s")
 
 Row = dict[str, Any]
@@ -55,13 +49,13 @@ class Provenance:
 
 def sidecar_path(checkpoint: Path) -> Path | None:
     """``iter_{N}.json`` beside an exported ``iter_{N}_{reg,ema}_model.pt``; None otherwise."""
-    match = EXPORT_NAME.match(checkpoint.name)
+    match = EXPORT_WEIGHTS.match(checkpoint.name)
     return checkpoint.with_name(f"{match.group(1)}.json") if match else None
 
 
 def iteration_from_name(checkpoint: Path) -> int | None:
     """N of ``iter_{N}_…``."""
-    match = EXPORT_NAME.match(checkpoint.name)
+    match = EXPORT_WEIGHTS.match(checkpoint.name)
     return int(match.group(2)) if match else None
 
 
@@ -77,11 +71,12 @@ def read_provenance(checkpoint: Path) -> Provenance:
     recipe = _parse_recipe((sidecar or {}).get("recipe"), notes)
     source = str(side) if recipe is not None else None
     versions = (sidecar or {}).get("versions")
-    run = checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else None
-    if recipe is None and run is not None and (run / RECIPE_FILE).is_file():
-        recipe, source = read_recipe(run / RECIPE_FILE, notes), str(run / RECIPE_FILE)
-    if versions is None and run is not None and (run / VERSIONS_FILE).is_file():
-        versions = _read_json(run / VERSIONS_FILE, notes)
+    run = (RunDir(checkpoint.parent.parent) if checkpoint.parent.name == rundir.CHECKPOINTS
+           else None)
+    if recipe is None and run is not None and run.recipe.is_file():
+        recipe, source = read_recipe(run.recipe, notes), str(run.recipe)
+    if versions is None and run is not None and run.versions.is_file():
+        versions = _read_json(run.versions, notes)
     return Provenance(
         recipe=recipe,
         recipe_source=source if recipe is not None else None,
@@ -198,7 +193,7 @@ class RunSummary:
             return []
         found = dict(self.validations)
         chosen = max(found) if step is None else step
-        folder = self.path / VALIDATION_DIR / f"step_{chosen:09d}"
+        folder = RunDir(self.path).validation_step(chosen)
         return [folder / name for name in found.get(chosen, ())]
 
     def metrics(self) -> dict[str, Any]:
@@ -217,10 +212,10 @@ class RunSummary:
         """The export with the highest iteration; the regular weights before the EMA copy."""
         ranked = []
         for name in self.exports:
-            match = EXPORT_NAME.match(name)
+            match = EXPORT_WEIGHTS.match(name)
             if match:
                 ranked.append((int(match.group(2)), match.group(3) == "reg", name))
-        return self.path / CHECKPOINTS_DIR / max(ranked)[2] if ranked else None
+        return RunDir(self.path).checkpoints / max(ranked)[2] if ranked else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,7 +231,7 @@ class RunSummary:
             },
             "validation": {
                 "steps": [step for step, _ in self.validations],
-                "strips": {str(step): [str(self.path / VALIDATION_DIR / f"step_{step:09d}" / n)
+                "strips": {str(step): [str(RunDir(self.path).validation_step(step) / n)
                                        for n in names] for step, names in self.validations},
             },
             "recipe": self.recipe,
@@ -248,12 +243,13 @@ class RunSummary:
 def summarize_run(path: Path) -> RunSummary:
     """Read a run directory's records; missing ones are simply absent from the summary."""
     notes: list[str] = []
-    recipe = read_recipe(path / RECIPE_FILE, notes) if (path / RECIPE_FILE).is_file() else None
-    versions = _read_json(path / VERSIONS_FILE, notes) if (path / VERSIONS_FILE).is_file() else None
-    rows, bad = read_metrics(path / METRICS_FILE)
+    run = RunDir(path)
+    recipe = read_recipe(run.recipe, notes) if run.recipe.is_file() else None
+    versions = _read_json(run.versions, notes) if run.versions.is_file() else None
+    rows, bad = read_metrics(run.metrics)
     if bad:
-        notes.append(f"{path / METRICS_FILE}: {bad} malformed line(s) skipped")
-    complete, incomplete, exports = _list_checkpoints(path / CHECKPOINTS_DIR)
+        notes.append(f"{run.metrics}: {bad} malformed line(s) skipped")
+    complete, incomplete, exports = _list_checkpoints(run.checkpoints)
     return RunSummary(
         path=path,
         recipe=recipe,
@@ -264,7 +260,7 @@ def summarize_run(path: Path) -> RunSummary:
         incomplete_states=tuple(incomplete),
         exports=tuple(exports),
         notes=tuple(notes),
-        validations=tuple(_list_validations(path / VALIDATION_DIR)),
+        validations=tuple(_list_validations(run.validation)),
     )
 
 
@@ -274,10 +270,10 @@ def _list_validations(folder: Path) -> list[tuple[int, tuple[str, ...]]]:
         return []
     found = []
     for entry in folder.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if entry.is_dir() and match:
+        step = rundir.step_of(entry.name)
+        if entry.is_dir() and step is not None:
             strips = tuple(sorted(p.name for p in entry.glob("*.png") if p.is_file()))
-            found.append((int(match.group(1)), strips))
+            found.append((step, strips))
     return sorted(found)
 
 
@@ -289,11 +285,11 @@ def _list_checkpoints(folder: Path) -> tuple[list[int], list[str], list[str]]:
     incomplete: list[str] = []
     exports: list[str] = []
     for entry in sorted(folder.iterdir()):
-        step = _STEP_DIR.match(entry.name)
-        if entry.is_dir() and step and (entry / DCP_COMPLETE_MARKER).is_file():
-            complete.append(int(step.group(1)))
+        step = rundir.step_of(entry.name)
+        if entry.is_dir() and step is not None and (entry / rundir.META).is_file():
+            complete.append(step)
         elif entry.is_dir() and "step_" in entry.name:
             incomplete.append(entry.name)
-        elif entry.is_file() and EXPORT_NAME.match(entry.name):
+        elif entry.is_file() and EXPORT_WEIGHTS.match(entry.name):
             exports.append(entry.name)
     return sorted(complete), incomplete, exports

@@ -1,12 +1,14 @@
-"""The public plugin API for control modalities.
+"""The public plugin API: control modalities, data sources and model flavors.
 
 A plugin is a module (or instance) with ``@hookimpl``-decorated functions, registered through
-the ``ctrlpost`` entry-point group; see :mod:`ctrlpost.modalities.hookspecs`.
+the ``ctrlpost`` entry-point group; see :mod:`ctrlpost.modalities.hookspecs`. ctrlpost's own
+data sources and flavors come through the same hooks (:mod:`ctrlpost.builtin`).
 """
 
 from __future__ import annotations
 
 from ctrlpost.modalities.base import ExactOn, FidelityMetric, HintGenerator, Modality, sample_rng
+from ctrlpost.modalities.flavors import HubRelease, ModelFlavor
 from ctrlpost.modalities.hint_files import (
     ClipInfo,
     ClipWindow,
@@ -16,7 +18,9 @@ from ctrlpost.modalities.hint_files import (
     TargetReplacingGenerator,
 )
 from ctrlpost.modalities.hookspecs import PROJECT, hookimpl, hookspec
+from ctrlpost.modalities.sources import DataSource, FetchRequest
 
-__all__ = ["PROJECT", "ClipInfo", "ClipWindow", "ExactOn", "FidelityMetric", "FileHintGenerator",
-           "HintFile", "HintFileError", "HintGenerator", "Modality", "TargetReplacingGenerator",
-           "hookimpl", "hookspec", "sample_rng"]
+__all__ = ["PROJECT", "ClipInfo", "ClipWindow", "DataSource", "ExactOn", "FetchRequest",
+           "FidelityMetric", "FileHintGenerator", "HintFile", "HintFileError", "HintGenerator",
+           "HubRelease", "Modality", "ModelFlavor", "TargetReplacingGenerator", "hookimpl",
+           "hookspec", "sample_rng"]

@@ -90,7 +90,9 @@ class Modality:
     ``build_generator`` receives a validated instance of ``params_model``. ``exact_on`` lists
     the library versions on which the hints are byte-identical to the reference's (empty: no
     such claim). ``hint_file`` and ``replaces_video`` widen what a modality may do (see
-    :mod:`ctrlpost.modalities.hint_files`).
+    :mod:`ctrlpost.modalities.hint_files`). ``released_control_file`` names the control branch
+    a flavor's hub release has for this modality (``"edge_control.pt"``), the file
+    `fetch-weights` downloads for it; None: none is released.
     """
 
     name: str
@@ -106,6 +108,7 @@ class Modality:
     hint_file: HintFile | None = None
     # The sample trains on generator.target(frames, drawn) instead of the clip's frames.
     replaces_video: bool = False
+    released_control_file: str | None = None
 
     def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""

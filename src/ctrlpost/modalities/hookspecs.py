@@ -7,6 +7,8 @@ from typing import Any
 import pluggy
 
 from ctrlpost.modalities.base import FidelityMetric, Modality
+from ctrlpost.modalities.flavors import ModelFlavor
+from ctrlpost.modalities.sources import DataSource
 
 PROJECT = "ctrlpost"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -14,11 +16,23 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class ModalitySpec:
-    """Hooks a modality plugin may implement."""
+    """Hooks a plugin may implement: each extension point is registered through one hook.
+
+    The ``ctrlpost_register_*`` hooks return descriptors; a name may be provided once across
+    every installed plugin and ctrlpost's own (:mod:`ctrlpost.builtin`).
+    """
 
     @hookspec
     def ctrlpost_register_modalities(self) -> list[Modality]:  # type: ignore[empty-body]
         """Return the control modalities this plugin provides."""
+
+    @hookspec
+    def ctrlpost_register_data_sources(self) -> list[DataSource]:  # type: ignore[empty-body]
+        """Return the `fetch-data` sources this plugin provides (``[data].source``)."""
+
+    @hookspec
+    def ctrlpost_register_flavors(self) -> list[ModelFlavor]:  # type: ignore[empty-body]
+        """Return the model flavors this plugin provides (``[model].flavor``)."""
 
     @hookspec(firstresult=True)
     def ctrlpost_fidelity_metric(  # type: ignore[empty-body]

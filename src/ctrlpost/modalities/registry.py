@@ -1,13 +1,17 @@
-"""Discovery of installed modality plugins through the ``ctrlpost`` entry-point group.
+"""The registries of modalities, data sources and model flavors, read from the plugins.
 
-The plugin manager is the one piece of global state ctrlpost keeps: entry points are read once
-per process. Tests build their own manager with ``build_plugin_manager(load_entrypoints=False)``.
+Plugins come through the ``ctrlpost`` entry-point group; ctrlpost's own data sources and flavors
+(:mod:`ctrlpost.builtin`) are registered by module name first, as pytest registers its default
+plugins, and answer the same hooks. The plugin manager is the one piece of global state ctrlpost
+keeps: it is built, and entry points are read, on the first lookup of a process (never at
+import). Tests build their own with ``build_plugin_manager(load_entrypoints=False)``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
@@ -17,12 +21,32 @@ import pluggy
 from ctrlpost.errors import PluginError
 from ctrlpost.modalities import hookspecs
 from ctrlpost.modalities.base import FidelityMetric, Modality
+from ctrlpost.modalities.flavors import ModelFlavor
+from ctrlpost.modalities.sources import DataSource
+
+#: ctrlpost's own plugin modules, registered by name (so the registry imports none of them).
+BUILTIN_PLUGINS: tuple[str, ...] = ("ctrlpost.builtin",)
+BUILTIN_DISTRIBUTION = "ctrlpost"
+_UNKNOWN_DISTRIBUTION = "unknown distribution"
+
+#: Each extension point: its registering hook and the descriptor that hook returns.
+_KINDS: dict[str, tuple[str, type]] = {
+    "modality": ("ctrlpost_register_modalities", Modality),
+    "data source": ("ctrlpost_register_data_sources", DataSource),
+    "flavor": ("ctrlpost_register_flavors", ModelFlavor),
+}
 
 
-def build_plugin_manager(*, load_entrypoints: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with ctrlpost's hookspecs, optionally loading installed plugins."""
+def build_plugin_manager(*, load_entrypoints: bool = True,
+                         builtins: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with ctrlpost's hookspecs and built-in plugins, optionally loading
+    installed plugins."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs.ModalitySpec)
+    if builtins:
+        for module in BUILTIN_PLUGINS:
+            manager.register(importlib.import_module(module),
+                             name=f"{BUILTIN_DISTRIBUTION}/{module}")
     if load_entrypoints:
         _register_entry_points(manager)
     manager.check_pending()
@@ -38,7 +62,7 @@ def _register_entry_points(manager: pluggy.PluginManager) -> None:
     """
     for ep in sorted(importlib.metadata.entry_points(group=hookspecs.PROJECT), key=str):
         dist = ep.dist
-        origin = f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+        origin = f"{dist.name} {dist.version}" if dist is not None else _UNKNOWN_DISTRIBUTION
         try:
             plugin = ep.load()
         except Exception as exc:
@@ -61,53 +85,112 @@ def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> str:
     return name.rsplit("/", 1)[0] if "/" in name else f"plugin {name!r}"
 
 
-def _provided(manager: pluggy.PluginManager) -> list[tuple[str, Modality]]:
-    """(origin, modality) for every modality every registered plugin returns."""
-    provided: list[tuple[str, Modality]] = []
-    for impl in manager.hook.ctrlpost_register_modalities.get_hookimpls():
+def _provided(manager: pluggy.PluginManager, kind: str = "modality") -> list[tuple[str, Any]]:
+    """(origin, descriptor) for every ``kind`` (a key of ``_KINDS``) every plugin returns."""
+    hook, descriptor = _KINDS[kind]
+    provided: list[tuple[str, Any]] = []
+    for impl in getattr(manager.hook, hook).get_hookimpls():
         origin = _distribution_of(manager, impl.plugin)
-        returned: list[Any] = list(impl.function() or [])  # type: ignore[call-overload]
-        for modality in returned:
-            if not isinstance(modality, Modality):
+        returned: list[Any] = list(impl.function() or [])
+        for item in returned:
+            if not isinstance(item, descriptor):
                 raise PluginError(
-                    f"{origin} returned {type(modality).__name__} from "
-                    "ctrlpost_register_modalities, expected ctrlpost.modalities.Modality"
+                    f"{origin} returned {type(item).__name__} from {hook}, expected "
+                    f"ctrlpost.modalities.{descriptor.__name__}"
                 )
-            provided.append((origin, modality))
+            provided.append((origin, item))
     return provided
 
 
-def installed_modalities(manager: pluggy.PluginManager | None = None) -> dict[str, Modality]:
-    """Every installed modality by name, sorted by name; duplicate names are an error."""
-    found: dict[str, tuple[Modality, str]] = {}
-    for origin, modality in _provided(manager or plugin_manager()):
-        if modality.name in found:
-            first = found[modality.name][1]
+def _installed(kind: str, manager: pluggy.PluginManager | None) -> dict[str, Any]:
+    """Every ``kind`` registered, by name, sorted by name; duplicate names are an error."""
+    found: dict[str, tuple[Any, str]] = {}
+    for origin, item in _provided(manager or plugin_manager(), kind):
+        if item.name in found:
+            first = found[item.name][1]
             raise PluginError(
-                f"modality {modality.name!r} is provided twice: by {first} and by {origin}",
+                f"{kind} {item.name!r} is provided twice: by {first} and by {origin}",
                 hint="uninstall one of the two distributions",
             )
-        found[modality.name] = (modality, origin)
+        found[item.name] = (item, origin)
     return {name: found[name][0] for name in sorted(found)}
 
 
-def get_modality(name: str, manager: pluggy.PluginManager | None = None) -> Modality:
-    """The installed modality called ``name``, or an error listing what is installed."""
-    available = installed_modalities(manager)
+def _get(kind: str, name: str, manager: pluggy.PluginManager | None) -> Any:
+    """The registered ``kind`` called ``name``, or an error listing the registered ones."""
+    available = _installed(kind, manager)
     if name in available:
         return available[name]
     installed = ", ".join(available) or "none"
     close = difflib.get_close_matches(name, list(available), n=1)
     hint = f"did you mean {close[0]!r}?" if close else "install a plugin that provides it"
-    raise PluginError(f"unknown modality {name!r} (installed: {installed})", hint=hint)
+    raise PluginError(f"unknown {kind} {name!r} (installed: {installed})", hint=hint)
 
 
-def origin_of(name: str, manager: pluggy.PluginManager | None = None) -> str:
-    """The distribution that provides modality ``name`` (for summaries)."""
-    for origin, modality in _provided(manager or plugin_manager()):
-        if modality.name == name:
+def installed_modalities(manager: pluggy.PluginManager | None = None) -> dict[str, Modality]:
+    """Every installed modality by name, sorted by name; duplicate names are an error."""
+    return _installed("modality", manager)
+
+
+def get_modality(name: str, manager: pluggy.PluginManager | None = None) -> Modality:
+    """The installed modality called ``name``, or an error listing what is installed."""
+    modality: Modality = _get("modality", name, manager)
+    return modality
+
+
+def installed_data_sources(
+    manager: pluggy.PluginManager | None = None,
+) -> dict[str, DataSource]:
+    """Every registered `fetch-data` source by name, sorted by name."""
+    return _installed("data source", manager)
+
+
+def get_data_source(name: str, manager: pluggy.PluginManager | None = None) -> DataSource:
+    """The registered data source called ``name``, or an error listing the registered ones."""
+    source: DataSource = _get("data source", name, manager)
+    return source
+
+
+def installed_flavors(manager: pluggy.PluginManager | None = None) -> dict[str, ModelFlavor]:
+    """Every registered model flavor by name, sorted by name."""
+    return _installed("flavor", manager)
+
+
+def get_flavor(name: str, manager: pluggy.PluginManager | None = None) -> ModelFlavor:
+    """The registered model flavor called ``name``, or an error listing the registered ones."""
+    flavor: ModelFlavor = _get("flavor", name, manager)
+    return flavor
+
+
+def origin_of(name: str, manager: pluggy.PluginManager | None = None,
+              kind: str = "modality") -> str:
+    """The distribution that provides the ``kind`` called ``name`` (for summaries)."""
+    for origin, item in _provided(manager or plugin_manager(), kind):
+        if item.name == name:
             return origin
-    raise PluginError(f"unknown modality {name!r}")
+    raise PluginError(f"unknown {kind} {name!r}")
+
+
+def plugin_distributions(manager: pluggy.PluginManager | None = None) -> list[str]:
+    """The distributions that registered a modality, data source or flavor (ctrlpost's own
+    built-ins included), by name; plugins registered without a distribution are left out."""
+    manager = manager or plugin_manager()
+    found: set[str] = set()
+    for hook, _ in _KINDS.values():
+        for impl in getattr(manager.hook, hook).get_hookimpls():
+            name = _distribution_name(manager, impl.plugin)
+            if name is not None and impl.function():
+                found.add(name)
+    return sorted(found)
+
+
+def _distribution_name(manager: pluggy.PluginManager, plugin: object) -> str | None:
+    """``ctrlpost-edge`` of a plugin registered as ``"ctrlpost-edge 0.1.0/edge"``; None for one
+    registered by hand (tests) or whose distribution is unknown."""
+    origin, slash, _ = (manager.get_name(plugin) or "").rpartition("/")
+    if not slash or origin == _UNKNOWN_DISTRIBUTION:
+        return None
+    return origin.split(" ")[0]
 
 
 def fidelity_metric(modality: Modality, params: Any,

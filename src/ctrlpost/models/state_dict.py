@@ -4,7 +4,8 @@
 uncertainty head); ``edge_control.pt``/``vis_control.pt`` hold ``net.<name>`` (the control branch).
 ``<name>`` is exactly our ``state_dict()`` name. TransformerEngine ``._extra_state`` entries carry
 no weights and are ignored. Anything else that does not match is an error: the reference loaded
-non-strictly and a silent prefix mismatch once produced noise after post-training (issue #87).
+non-strictly and a silent prefix mismatch once produced noise after post-training
+(docs/reference.md#known-bugs).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.files import write_atomic
 from ctrlpost.models.args import Flavor
 from ctrlpost.models.controlnet import ControlNet
 from ctrlpost.models.dit import DiT
@@ -220,16 +222,14 @@ def export_control_state_dict(
 
 
 def save_checkpoint(state: Mapping[str, Tensor], path: str | os.PathLike[str]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: temp file beside ``path``, fsync, rename."""
+    """Write ``state`` with ``torch.save`` atomically (:func:`ctrlpost.files.write_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(temp: Path) -> None:
+        # Through a handle: given a path, torch names the archive's records after the file, so
+        # the temp name would end up in the bytes (and differ from one save to the next).
         with temp.open("wb") as handle:
             torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+
+    return write_atomic(path, write)

@@ -36,6 +36,7 @@ from ctrlpost.models.tokenizer import (
     MEAN_STD_FILE,
     torchscript_deprecation_silenced,
 )
+from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 TINY_LATENT_STD = 0.5
 """Std written to mean_std.pt: roughly the spread of cell colour means of natural video."""
@@ -110,8 +111,8 @@ def build_tiny_tokenizer(
     directory: str | Path,
     *,
     latent_channels: int = 16,
-    spatial: int = 8,
-    temporal: int = 8,
+    spatial: int = SPATIAL_COMPRESSION,
+    temporal: int = TEMPORAL_COMPRESSION,
     stat_frames: int = 16,
 ) -> Path:
     """Write the tiny "Haar cells" codec as ``encoder.jit``/``decoder.jit``/``mean_std.pt``.

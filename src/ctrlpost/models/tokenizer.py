@@ -1,5 +1,5 @@
 """Wrapper of the Cosmos video tokenizer TorchScript files (``encoder.jit``, ``decoder.jit``,
-``mean_std.pt``), e.g. Cosmos-Tokenize1-CV8x8x8-720p (reference study §4).
+``mean_std.pt``), e.g. Cosmos-Tokenize1-CV8x8x8-720p (docs/reference.md#tokenizer).
 
 The tokenizer is causal in time and works on fixed chunks: 121 pixel frames ↔ 16 latent frames,
 8× spatial compression, 16 latent channels. Latents are normalised per channel *and* per latent
@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
@@ -134,7 +135,7 @@ class VideoTokenizer:
         pixel_chunk_frames: int = 121,
         latent_chunk_frames: int = 16,
         latent_channels: int = 16,
-        spatial_compression: int = 8,
+        spatial_compression: int = SPATIAL_COMPRESSION,
         max_encode_batch: int = 8,
         max_decode_batch: int = 4,
     ) -> VideoTokenizer:

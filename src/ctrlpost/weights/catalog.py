@@ -2,12 +2,13 @@
 
 Pure data plus small lookups; no torch and no huggingface_hub, so the CLI stays fast to import.
 
-Sources (reference/upstream-transfer1.md): §7.1 and the seed's layout for the released files, §4 for
-the tokenizer files, §5 for the T5 encoder, §8 for the repos the reference's downloader mirrors and
-its MD5 table. Sizes are estimates from parameter counts (base ≈ 7.24 B params ≈ 14.5 GB in bf16, a
-control branch ≈ 0.89 B params ≈ 1.8 GB) and are only shown when the hub cannot be asked; the hub's
-own metadata always wins. The MD5s are the reference's: the hub's sha256 / git oid is the
-authoritative check, an MD5 that disagrees with a hub-verified file means the hub's copy changed.
+Sources (docs/reference.md): #released-checkpoints and #weights-layout for the released files,
+#tokenizer for the tokenizer files, #t5-embeddings for the T5 encoder, #downloader for the repos
+the reference's downloader mirrors and its MD5 table. Sizes are estimates from parameter counts
+(base ≈ 7.24 B params ≈ 14.5 GB in bf16, a control branch ≈ 0.89 B params ≈ 1.8 GB) and are only
+shown when the hub cannot be asked; the hub's own metadata always wins. The MD5s are the
+reference's: the hub's sha256 / git oid is the authoritative check, an MD5 that disagrees with a
+hub-verified file means the hub's copy changed.
 """
 
 from __future__ import annotations
@@ -65,17 +66,20 @@ def _transfer(path: str, approx: int | None, md5: str | None = None) -> KnownFil
 
 BASE = _transfer("base_model.pt", 14_500 * MB, "356497b415f3b0697f8bb034d22b6807")
 
-#: Released control branches of Cosmos-Transfer1-7B, by ctrlpost modality name. ``blur`` is the
-#: reference's "vis" control (blur + down-up hint).
-CONTROL_FILES: dict[str, KnownFile] = {
-    "edge": _transfer("edge_control.pt", 1_800 * MB, "a0642e300e9e184077d875e1b5920a61"),
-    "blur": _transfer("vis_control.pt", 1_800 * MB, "69fdffc5006bc5d6acb29449bb3ffdca"),
-    "depth": _transfer("depth_control.pt", 1_800 * MB),
-    "seg": _transfer("seg_control.pt", 1_800 * MB),
-    "keypoint": _transfer("keypoint_control.pt", 1_800 * MB),
-}
+#: Released control branches of Cosmos-Transfer1-7B, by file name. Which modality trains which
+#: file is its plugin's to say (``Modality.released_control_file``): ``blur`` names
+#: ``vis_control.pt``, the reference's "vis" control (blur + down-up hint).
+CONTROL_FILES: dict[str, KnownFile] = {f.path: f for f in (
+    _transfer("edge_control.pt", 1_800 * MB, "a0642e300e9e184077d875e1b5920a61"),
+    _transfer("vis_control.pt", 1_800 * MB, "69fdffc5006bc5d6acb29449bb3ffdca"),
+    _transfer("depth_control.pt", 1_800 * MB),
+    _transfer("seg_control.pt", 1_800 * MB),
+    _transfer("keypoint_control.pt", 1_800 * MB),
+)}
+CONTROL_SUFFIX = "_control.pt"
 
-#: The video tokenizer files training reads (§4); decoder.jit is used only to draw samples.
+#: The video tokenizer files training reads (docs/reference.md#tokenizer); decoder.jit is used
+#: only to draw samples.
 TOKENIZER_FILES: tuple[str, ...] = ("encoder.jit", "decoder.jit", "mean_std.pt")
 
 _TOKENIZER_KNOWN: tuple[KnownFile, ...] = (
@@ -108,7 +112,7 @@ TEXT_ENCODER_PATTERNS: tuple[str, ...] = (
     "*.safetensors.index.json",
 )
 
-#: Other files of the seed's layout with a size estimate or a reference checksum, so `--all`
+#: Other files of the reference's layout with a size estimate or a reference checksum, so `--all`
 #: can show and verify them; everything else in the mirrored repos comes from the hub's listing.
 _OTHER_KNOWN: tuple[KnownFile, ...] = (
     _transfer("4kupscaler_control.pt", 1_800 * MB),
@@ -119,7 +123,8 @@ _OTHER_KNOWN: tuple[KnownFile, ...] = (
     KnownFile(TRANSFER_7B_AV, "lidar_control.pt", 1_800 * MB),
 )
 
-#: ``--all``: every repo the reference's downloader mirrors (§8), as patterns per repo.
+#: ``--all``: every repo the reference's downloader mirrors (docs/reference.md#downloader), as
+#: patterns per repo.
 MIRRORS: tuple[RepoPatterns, ...] = (
     RepoPatterns(TRANSFER_7B, purpose="base and every released control branch"),
     RepoPatterns(TRANSFER_7B_AV, purpose="autonomous-vehicle sample model"),
@@ -150,12 +155,30 @@ def lookup(repo_id: str, path: str) -> KnownFile:
     return known_file(repo_id, path) or KnownFile(repo_id, path, None)
 
 
-def control_file(modality: str) -> KnownFile:
-    """The released control checkpoint of a modality; an unknown name lists the known ones."""
-    found = CONTROL_FILES.get(modality)
+def released_controls(repo_id: str = TRANSFER_7B) -> dict[str, KnownFile]:
+    """The control branches `fetch-weights --modality` can take from ``repo_id``, by name, sorted:
+    each installed modality's ``released_control_file``, then the catalogued control files of the
+    repo no installed modality claims, by the release's own name (``depth_control.pt``: depth)."""
+    from ctrlpost.modalities import registry
+
+    found = {name: lookup(repo_id, modality.released_control_file)
+             for name, modality in registry.installed_modalities().items()
+             if modality.released_control_file}
+    claimed = {f.path for f in found.values()}
+    for f in CONTROL_FILES.values():
+        if f.repo_id == repo_id and f.path not in claimed:
+            found.setdefault(f.path.removesuffix(CONTROL_SUFFIX), f)
+    return dict(sorted(found.items()))
+
+
+def control_file(modality: str, repo_id: str = TRANSFER_7B) -> KnownFile:
+    """The released control checkpoint of a modality in ``repo_id`` (see
+    :func:`released_controls`); an unknown name lists the known ones."""
+    available = released_controls(repo_id)
+    found = available.get(modality)
     if found is not None:
         return found
-    choices = sorted(CONTROL_FILES)
+    choices = list(available)
     close = difflib.get_close_matches(modality, choices, n=1, cutoff=0.6)
     guess = f"did you mean {close[0]!r}? " if close else ""
     raise WeightsError(

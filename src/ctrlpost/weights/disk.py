@@ -7,7 +7,6 @@ Present files are checked against the plan's digests; the digests are cached in
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.files import write_text_atomic
 from ctrlpost.weights.download import Digests, ProgressFactory, hash_file, mismatch, partial_path
 from ctrlpost.weights.plan import PlannedFile, WeightsPlan
 
@@ -63,9 +63,7 @@ class HashCache:
         """Write atomically; a read-only folder only costs re-hashing next time."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self._data, indent=1, sort_keys=True))
         except OSError:
             pass
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.files import commit_file
 from ctrlpost.weights.catalog import LICENSE_URL
 
 CHUNK_BYTES = 8 * 2**20
@@ -312,7 +313,7 @@ def download(
     if wrong is not None:
         partial.unlink(missing_ok=True)
         raise wrong
-    os.replace(partial, dest)
+    commit_file(partial, dest)
     return actual
 
 

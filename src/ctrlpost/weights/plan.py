@@ -1,7 +1,8 @@
 """`fetch-weights`, step 1 and 2: what a recipe needs (catalog) and what the hub has (metadata).
 
-Layout: the seed's, ``<dir>/<org>/<repo>/<file>`` (``checkpoints/nvidia/Cosmos-Transfer1-7B/
-base_model.pt``), which the recipe's ``[weights]`` paths and the reference's tools expect.
+Layout: the reference's, ``<dir>/<org>/<repo>/<file>`` (``checkpoints/nvidia/Cosmos-Transfer1-7B/
+base_model.pt``), which the recipe's ``[weights]`` paths and the reference's tools expect
+(docs/reference.md#weights-layout).
 
 * :func:`plan_downloads` — from the recipe's ``[weights]`` section and the catalog; no network;
   sizes are estimates.
@@ -20,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.modalities import HubRelease, registry
 from ctrlpost.weights import catalog
 from ctrlpost.weights.catalog import KnownFile, RepoPatterns
 from ctrlpost.weights.download import (
@@ -108,9 +110,7 @@ def plan_downloads(
     (``control_from_modalities`` forces the latter, for ``--modality``). ``include_all`` adds every
     repo the reference mirrors, as patterns.
     """
-    if flavor != "7b":
-        raise WeightsError(f"flavor {flavor!r} has no released weights to download",
-                           hint="the tiny flavor's weights are made locally (make_tiny)")
+    release = _release_of(flavor)
     root = Path(root if root is not None else weights.dir)
     wanted: list[tuple[str, KnownFile]] = []
     patterns: list[RepoPatterns] = []
@@ -125,7 +125,8 @@ def plan_downloads(
     if weights.control and not control_from_modalities:
         add_file("control", "weights.control", weights.control)
     else:
-        wanted.extend(("control", catalog.control_file(m)) for m in dict.fromkeys(modalities))
+        wanted.extend(("control", catalog.control_file(m, release.repo_id))
+                      for m in dict.fromkeys(modalities))
     tokenizer = _split_hub_path(weights.tokenizer, "weights.tokenizer", notes, need_file=False)
     if tokenizer is not None:
         repo_id, sub = tokenizer
@@ -148,6 +149,17 @@ def plan_downloads(
                           for f in catalog.known_in(mirror.repo_id))
     files = _dedup(_planned(root, role, f) for role, f in wanted)
     return WeightsPlan(root=root, files=files, patterns=tuple(patterns), notes=tuple(notes))
+
+
+def _release_of(flavor: str) -> HubRelease:
+    """The hub release of the registered ``flavor``; one without is an error saying where its
+    weights come from instead."""
+    found = registry.get_flavor(flavor)
+    if found.release is None:
+        hint = (f"flavor {flavor!r} makes its weights locally: `ctrlpost fetch-weights` does it"
+                if found.make_weights is not None else "point [weights] at files you have")
+        raise WeightsError(f"flavor {flavor!r} has no released weights to download", hint=hint)
+    return found.release
 
 
 def _split_hub_path(value: str | None, key: str, notes: list[str], *,

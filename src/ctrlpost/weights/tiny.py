@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctrlpost.errors import WeightsError
+from ctrlpost.files import commit_folder, temp_path
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -132,13 +133,12 @@ def _make_folder(
             f"{target} exists but lacks {', '.join(missing)}: it was not made by ctrlpost",
             hint=f"delete {target} and run `ctrlpost fetch-weights` again",
         )
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(temp, ignore_errors=True)
+    temp = temp_path(target)
     temp.mkdir(parents=True)
     try:
         write(temp, seed)
         try:
-            os.replace(temp, target)  # replaces an empty folder; fails on a full one
+            commit_folder(temp, target)  # replaces an empty folder; fails on a full one
         except OSError:
             if any(not (target / name).is_file() for name in required):
                 raise

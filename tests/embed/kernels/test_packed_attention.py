@@ -35,14 +35,16 @@ def unpadded(x_B_L: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     return torch.cat([x_B_L[i, :n] for i, n in enumerate(lengths)])
 
 
-@pytest.mark.parametrize(("block_m", "block_n", "heads_inner", "tma"),
-                         [(16, 16, True, False), (64, 32, True, False), (16, 64, False, False),
-                          (16, 16, True, True)])
-def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, block_m: int,
-                                                           block_n: int, heads_inner: bool,
+@pytest.mark.parametrize(("block_m", "block_n", "tma"),
+                         [(16, 16, False), (64, 32, False), (16, 64, False), (16, 16, True)])
+def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           block_m: int, block_n: int,
                                                            tma: bool) -> None:
-    """Also with q/k/v through tensor descriptors, whose tiles run past a caption's end into
-    the next caption (and past the last token)."""
+    """At any tile size, and with q/k/v through tensor descriptors, whose tiles run past a
+    caption's end into the next caption (and past the last token)."""
+    monkeypatch.setattr(packed_attention, "BLOCK_M", block_m)
+    monkeypatch.setattr(packed_attention, "BLOCK_N", block_n)
     heads, head_dim, lengths = 2, 16, [5, 37, 1, 16]  # tiles full, partial and single-token
     generator = torch.Generator().manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * heads * head_dim, generator=generator)
@@ -51,8 +53,7 @@ def test_kernel_matches_dense_attention_caption_by_caption(interpreted: None, bl
     assert starts_S.tolist() == [0, 5, 42, 43] and lengths_S.tolist() == lengths
     got = packed_attention.packed_attention(qkv, bias, starts_S, lengths_S,
                                             max_length=max(lengths), heads=heads,
-                                            head_dim=head_dim, block_m=block_m,
-                                            block_n=block_n, heads_inner=heads_inner, tma=tma)
+                                            head_dim=head_dim, tma=tma)
     want = dense_attention(qkv, bias, lengths, heads, head_dim)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
@@ -111,7 +112,7 @@ def test_text_encoder_splits_packed_outputs_per_caption(interpreted: None,
 
 
 @pytest.mark.gpu
-def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
+def test_compiled_kernel_on_the_gpu_is_what_embed_picks(monkeypatch: pytest.MonkeyPatch) -> None:
     """On CUDA: the compiled kernel in bf16 within bf16 error of the float64 reference, and the
     packed bf16 encoder (what `embed` picks for heads of 16 or more) within bf16 error of the
     float32 padded one."""
@@ -128,12 +129,15 @@ def test_compiled_kernel_on_the_gpu_is_what_embed_picks() -> None:
     by_tma = packed_attention.copies_by_tma(qkv_T_3HD)
     assert by_tma == (torch.cuda.get_device_capability(device) >= (9, 0))
     for block_m, block_n in ((64, 32), (64, 16), (32, 64), (64, 64), (128, 64)):
+        monkeypatch.setattr(packed_attention, "BLOCK_M", block_m)
+        monkeypatch.setattr(packed_attention, "BLOCK_N", block_n)
         for tma in {False, by_tma}:
             got = packed_attention.packed_attention(
                 qkv_T_3HD, bias_H_O, starts_S, lengths_S, max_length=max(lengths), heads=heads,
-                head_dim=head_dim, block_m=block_m, block_n=block_n, tma=tma)
+                head_dim=head_dim, tma=tma)
             error = float((got.double().cpu() - want).norm() / want.norm())
             assert error < 1e-2, (block_m, block_n, tma, error)
+    monkeypatch.undo()  # the tuned tile for what `embed` picks
 
     model = wide_heads_t5().to(device)
     network = embed.lean_network(model.bfloat16())

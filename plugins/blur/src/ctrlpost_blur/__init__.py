@@ -44,6 +44,7 @@ BLUR = Modality(
             why="bilateralFilter differs by one level on some values in other OpenCV releases",
         ),
     ),
+    released_control_file="vis_control.pt",  # the reference's "vis" control
 )
 
 

@@ -9,8 +9,8 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# Frames per torch call. One call over a whole 121-frame 720p clip peaked at ~19 GB in the
-# environment notes; in chunks of 8 this resize takes ~4 s and ~1.1 GB on 2 cores.
+# Frames per torch call: bounds the float32 working set (a whole 720p clip in one call takes
+# tens of GB; docs/environment.md#torch-on-cpu-large-resizes, timings in bench/NOTES.md).
 CHUNK_FRAMES = 8
 
 

@@ -28,6 +28,7 @@ EDGE = Modality(
     # Canny gives the same bytes on every OpenCV from 4.10 (the reference's) to 5.1; releases
     # after 5.1 are not yet compared.
     exact_on=(ExactOn("OpenCV", "cv2", ">=4.10,<5.2", why="not compared on other releases"),),
+    released_control_file="edge_control.pt",
 )
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ctrlpost.modalities import registry
 from ctrlpost.weights import fetch as hub_weights
 from ctrlpost.weights.disk import MARGIN_BYTES, fmt_bytes
 from ctrlpost.weights.download import FileProgress, ProgressFactory, no_progress
@@ -38,9 +39,9 @@ def run(
     rerun: str = "ctrlpost fetch-weights",
 ) -> None:
     """The whole command: plan, then list (``dry_run``) or fetch, and render."""
-    if flavor == "tiny":
-        made = hub_weights.make_tiny(weights)
-        _print_tiny(weights, made, as_json)
+    make_weights = registry.get_flavor(flavor).make_weights
+    if make_weights is not None:
+        _print_made(flavor, weights, make_weights(weights), as_json)
         return
     plan = hub_weights.plan_downloads(weights, flavor=flavor, modalities=modalities,
                                       include_all=include_all, root=root,
@@ -169,13 +170,13 @@ class _RichFile:
         self._progress.stop_task(self._task)
 
 
-def _print_tiny(weights: WeightsSection, made: object, as_json: bool) -> None:
+def _print_made(flavor: str, weights: WeightsSection, made: object, as_json: bool) -> None:
     paths = [str(p) for p in made] if isinstance(made, list | tuple) else []
     if as_json:
-        print(json.dumps({"flavor": "tiny", "root": weights.dir, "made": paths}, indent=2))
+        print(json.dumps({"flavor": flavor, "root": weights.dir, "made": paths}, indent=2))
         return
     console = _console()
-    console.print(f"flavor 'tiny': nothing to download; tiny weights made locally under "
+    console.print(f"flavor {flavor!r}: nothing to download; its weights are made locally under "
                   f"{weights.dir}")
     for path in paths:
         console.print(f"  {path}")

@@ -18,7 +18,8 @@ from ctrlpost.data.fetch.failures import ClipError, FailureKind
 from ctrlpost.data.fetch.ffmpeg import probe
 from ctrlpost.data.fetch.manifest import ClipRecord
 from ctrlpost.data.fetch.plan import ClipSpec
-from ctrlpost.data.layout import DatasetLayout, move_into_place, sha256_of, write_text_atomic
+from ctrlpost.data.layout import DatasetLayout, sha256_of
+from ctrlpost.files import commit_file, write_text_atomic
 
 
 def commit(clip: ClipSpec, produced: Path, *, layout: DatasetLayout, num_frames: int,
@@ -33,7 +34,7 @@ def commit(clip: ClipSpec, produced: Path, *, layout: DatasetLayout, num_frames:
         stream=dict(stream) if stream else None, width=info.width, height=info.height,
         fps=info.fps, frames=info.frames, sha256=sha256_of(produced), attempts=attempts,
     )
-    move_into_place(produced, layout.video(clip.id))
+    commit_file(produced, layout.video(clip.id))
     write_metas(clip, record, layout)
     return record
 

@@ -1,9 +1,9 @@
 """Timestamps, exact clip cutting with ffmpeg, and measuring a video with OpenCV.
 
 Cuts re-encode with libx264 and seek on the input: stream copy can only start at a keyframe, so
-a copied clip starts up to a GOP early (measured: 50 frames [24…72, 76] instead of 48 [24…71]).
-Re-encoding keeps exactly the frames whose timestamps lie in ``[start, end)``. ffmpeg comes from
-``imageio-ffmpeg`` (it ships libx264; OpenCV's wheel cannot write H.264).
+a copied clip can start up to a GOP early; re-encoding keeps exactly the frames whose timestamps
+lie in ``[start, end)``. ffmpeg comes from ``imageio-ffmpeg`` (it ships libx264; OpenCV's wheel
+cannot write H.264). See docs/environment.md#video-io.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class VideoInfo:
 def probe(path: Path) -> VideoInfo:
     """Measure a video by decoding it with OpenCV; raise ``bad_video`` if it does not decode.
 
-    The frame count comes from the container (exact for mp4, see environment notes §4) and
+    The frame count comes from the container (exact for mp4, docs/environment.md#video-io) and
     falls back to counting frames when the container has none.
     """
     import cv2

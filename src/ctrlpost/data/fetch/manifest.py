@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ctrlpost.data.layout import write_text_atomic
+from ctrlpost.files import write_text_atomic
 
 Status = Literal["ok", "skipped", "failed"]
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ctrlpost.data.fetch import commit, hdvila, local, manifest, synthetic, youtube
+from ctrlpost.data.fetch import commit, manifest, youtube
 from ctrlpost.data.fetch.failures import ClipError, FailureKind, classify, is_retryable
 from ctrlpost.data.fetch.manifest import ClipRecord
 from ctrlpost.data.fetch.plan import ClipSpec, Plan, Unit
 from ctrlpost.data.layout import DatasetLayout, exclusive
 from ctrlpost.errors import DataError
+from ctrlpost.modalities import FetchRequest, registry
 
 if TYPE_CHECKING:
     from ctrlpost.recipe import DataSection
@@ -103,17 +104,11 @@ def fetch_data(data: DataSection, *, seed: int, num_videos: int | None = None,
 
 def plan_source(data: DataSection, *, seed: int, num_videos: int | None = None,
                 youtube_factory: youtube.YouTubeFactory | None = None) -> Plan:
-    """The plan of ``data.source``; raises :class:`DataError` for bad input."""
-    if data.source == "hdvila":
-        return hdvila.plan(Path(data.hdvila.jsonl), num_videos=num_videos or data.hdvila.num_videos,
-                           min_height=data.fetch.min_height,
-                           factory=youtube_factory or youtube.default_factory())
-    if data.source == "local":
-        return local.plan(data.local.videos, data.local.captions, num_videos=num_videos)
-    spec = data.synthetic
-    return synthetic.plan(num_clips=num_videos or spec.num_clips, width=spec.width,
-                          height=spec.height, frames=spec.frames, fps=spec.fps, seed=seed,
-                          num_frames=data.num_frames, textures=spec.textures)
+    """The plan of ``data.source``, by the registered source of that name; raises
+    :class:`DataError` for bad input."""
+    source = registry.get_data_source(data.source)
+    return source.plan(FetchRequest(data=data, seed=seed, num_videos=num_videos,
+                                    youtube_factory=youtube_factory))
 
 
 class _Runner:

@@ -4,10 +4,8 @@ kernel.
 Each layer normalizes the stream twice, and the products take the result in float16 or bf16.
 ``F.rms_norm`` followed by a cast reads the ``[T, D]`` float32 stream, writes it normalized in
 float32, reads that back and writes the low-precision copy: 14 bytes per element. This kernel
-reads the stream once and writes the low-precision copy: 6 bytes. Over an `embed` pass of the
-T5-11B encoder that takes the norms from 14.8 to 5.9 ms of kernel time and the pass 0.6–0.8 %
-faster (bench/NOTES.md, seventh round; ``bench/embed_power.py --variants lean,lean-torchnorm``
-compares them).
+reads the stream once and writes the low-precision copy: 6 bytes (its effect on an `embed` pass
+is in bench/NOTES.md).
 
 Used by the packed encoder (:func:`ctrlpost.embed.t5.encode_packed`), which already needs
 Triton; ``TRITON_INTERPRET=1`` runs it on CPU tensors, which the tests use.

@@ -12,7 +12,7 @@ style) in float32, in base 2; scores are unscaled, as in T5.
 On Hopper and later GPUs q, k and v arrive through the tensor memory accelerator: two
 descriptors over the whole packed ``[T, 3·H·Dk]``, made once per call on the host (a tile that
 runs past its caption reads the next caption's rows; those keys are masked and those queries
-never stored). That is ~12–15 % faster than computed addresses (bench/attention_variants.py).
+never stored), which saves address and load instructions in a kernel bound by its issue rate.
 
 Needs Triton 3.2 or later (it comes with CUDA builds of torch; the descriptors need 3.4, and
 older ones take computed addresses); ``TRITON_INTERPRET=1`` runs the same kernel on CPU
@@ -26,6 +26,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+# Queries and keys per tile and Triton's launch settings: the fastest of the sweeps on an H200
+# for T5-11B's caption mix (bench/NOTES.md; `bench/embed.py --kernel-sweep` times others).
+BLOCK_M = 64
+BLOCK_N = 32
+WARPS = 4
+STAGES = 3
 
 
 def supported(head_dim: int) -> bool:
@@ -74,26 +81,20 @@ def copies_by_tma(qkv_T_3HD: torch.Tensor) -> bool:
 
 def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: torch.Tensor,
                      lengths_S: torch.Tensor, *, max_length: int, heads: int,
-                     head_dim: int, block_m: int = 64, block_n: int = 32, warps: int = 4,
-                     stages: int = 3, heads_inner: bool = True,
-                     tma: bool | None = None) -> torch.Tensor:
+                     head_dim: int, tma: bool | None = None) -> torch.Tensor:
     """Attention of every caption over its own tokens: ``[T, H·Dk]`` in q/k/v's dtype.
 
     ``qkv_T_3HD``: the fused product's output, q, k and v stacked per token; ``bias_H_O``: the
     position bias of each key − query offset, offset ``o`` at column ``o + (O − 1) / 2``;
     ``starts_S`` / ``lengths_S``: int32 first token and length of each caption; ``max_length``:
-    the longest caption (the launch grid is sized by it); ``block_m`` / ``block_n``: queries /
-    keys per tile, ``warps`` and ``stages``: Triton's launch settings, ``heads_inner``: the
-    heads of a tile of queries as neighbouring programs (the defaults are the
-    fastest on an H200 for T5-11B's caption mix: bench/embed.py --kernel-sweep,
-    bench/embed_gemms.py --attention and bench/attention_variants.py); ``tma``: q/k/v through
-    tensor descriptors (default: where :func:`copies_by_tma`)."""
+    the longest caption (the launch grid is sized by it); ``tma``: q/k/v through tensor
+    descriptors (default: where :func:`copies_by_tma`). The heads of a tile of queries run as
+    neighbouring programs, so they read neighbouring memory."""
+    block_m, block_n = BLOCK_M, BLOCK_N
     tokens = qkv_T_3HD.shape[0]
     out_T_HD = torch.empty(tokens, heads * head_dim, dtype=qkv_T_3HD.dtype,
                            device=qkv_T_3HD.device)
-    blocks = -(-max_length // block_m)
-    grid = ((heads, blocks, starts_S.shape[0]) if heads_inner else
-            (blocks, starts_S.shape[0], heads))
+    grid = (heads, -(-max_length // block_m), starts_S.shape[0])
     q_desc = kv_desc = None
     if copies_by_tma(qkv_T_3HD) if tma is None else tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -103,9 +104,8 @@ def packed_attention(qkv_T_3HD: torch.Tensor, bias_H_O: torch.Tensor, starts_S: 
     _kernel()[grid](qkv_T_3HD, q_desc, kv_desc, out_T_HD, bias_H_O, starts_S, lengths_S,
                     bias_H_O.stride(0), (bias_H_O.shape[1] - 1) // 2,
                     HEADS=heads, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-                    HEADS_INNER=heads_inner, TMA=q_desc is not None,
-                    WINDOW=_power_of_two_above(block_m + block_n - 1), num_warps=warps,
-                    num_stages=stages)
+                    TMA=q_desc is not None, WINDOW=_power_of_two_above(block_m + block_n - 1),
+                    num_warps=WARPS, num_stages=STAGES)
     return out_T_HD
 
 
@@ -124,12 +124,8 @@ def _kernel() -> Any:
     def attention_kernel(qkv_ptr, q_desc, kv_desc, out_ptr, bias_ptr,  # type: ignore[no-untyped-def]
                          starts_ptr, lengths_ptr, bias_stride, max_offset,
                          HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, HEADS_INNER: tl.constexpr, TMA: tl.constexpr,
-                         WINDOW: tl.constexpr):
-        if HEADS_INNER:  # the heads of one token row run side by side: neighbouring reads
-            head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        else:
-            query_block, caption, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+                         BLOCK_N: tl.constexpr, TMA: tl.constexpr, WINDOW: tl.constexpr):
+        head, query_block, caption = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         length = tl.load(lengths_ptr + caption)
         if query_block * BLOCK_M >= length:
             return
@@ -149,8 +145,8 @@ def _kernel() -> Any:
         bias_row = bias_ptr + head * bias_stride + max_offset
         log2_e = 1.4426950408889634  # the softmax is in base 2 (see the loop)
         # A tile's bias depends on key − query only: its BLOCK_M + BLOCK_N − 1 offsets are read
-        # as one run, then spread over the tile in registers (reading each element's own
-        # offset costs 2–9 % more kernel time: bench/attention_variants.py).
+        # as one run, then spread over the tile in registers, instead of one gathered load per
+        # score.
         spread = tl.reshape(tl.arange(0, BLOCK_N)[None, :] - tl.arange(0, BLOCK_M)[:, None]
                             + (BLOCK_M - 1), [BLOCK_M * BLOCK_N])
         for first_key in range(0, length, BLOCK_N):
@@ -170,7 +166,7 @@ def _kernel() -> Any:
             offsets = tl.minimum(tl.maximum(lowest + tl.arange(0, WINDOW), -max_offset),
                                  max_offset)
             # Softmax in base 2: scores and bias scaled by log2(e), so each score costs one
-            # multiply-add and one exp2 (4 % less kernel time than exp: bench/NOTES.md).
+            # multiply-add and one exp2.
             bias_run = tl.load(bias_row + offsets) * log2_e
             bias = tl.reshape(tl.gather(bias_run, spread, 0), [BLOCK_M, BLOCK_N])
             scores = tl.dot(q, tl.trans(k)) * log2_e + bias
