@@ -9,7 +9,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 # An exact pin: pip takes the local CPU wheel; a range would pull a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
-PACKAGES = ["-e", ".[dev]", "-e", "plugins/edge", "-e", "plugins/blur"]
+PLUGINS = ["edge", "blur", "depth", "seg", "keypoint", "upscale"]
+PACKAGES = ["-e", ".[dev]", *(arg for name in PLUGINS for arg in ("-e", f"plugins/{name}"))]
 TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "ctrlpost"
-PLUGINS = [REPO / "plugins" / "edge" / "src", REPO / "plugins" / "blur" / "src"]
+PLUGINS = [REPO / "plugins" / name / "src"
+           for name in ("edge", "blur", "depth", "seg", "keypoint", "upscale")]
 
 
 def module_name(path: Path, root: Path) -> str:

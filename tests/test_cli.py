@@ -82,7 +82,7 @@ def test_verify_json_lists_plugin_problems(tmp_path: Path) -> None:
     report = json.loads(result.output)
     (problem,) = report["problems"]
     assert problem["stage"] == "plugins" and problem["path"] == "control[0].modality"
-    assert "installed: blur, edge" in problem["message"]
+    assert "installed: blur, depth, edge, keypoint, seg, upscale" in problem["message"]
     assert "did you mean 'edge'" in problem["message"]
     bad_params = runner.invoke(app, ["verify", str(recipe), "--json", *stages, "--set",
                                      "control.0.modality='edge'", "--set",
@@ -118,9 +118,10 @@ def test_modalities_lists_plugins() -> None:
     result = runner.invoke(app, ["modalities", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.output)
-    assert [r["name"] for r in rows] == ["blur", "edge"]
-    assert rows[1]["from"].startswith("ctrlpost-edge")
-    assert [r["fidelity"] for r in rows] == ["psnr", "f1"]  # the headline of each plugin's metric
+    assert [r["name"] for r in rows] == ["blur", "depth", "edge", "keypoint", "seg", "upscale"]
+    assert rows[2]["from"].startswith("ctrlpost-edge")
+    # The headline of each plugin's metric (the file-based modalities have none yet).
+    assert [r["fidelity"] for r in rows] == ["psnr", None, "f1", None, None, None]
     table = runner.invoke(app, ["modalities"])
     assert table.exit_code == 0 and "fidelity" in table.output and "psnr" in table.output
     one = runner.invoke(app, ["modalities", "edge", "--json"])
@@ -158,7 +159,7 @@ def test_completion_does_not_import_torch() -> None:
            "_CTRLPOST_COMPLETE": "complete_bash"}
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "ctrlpost"], env=env,
                             capture_output=True, text=True, timeout=60)
-    assert result.stdout.split() == ["blur", "edge"]
+    assert result.stdout.split() == ["blur", "depth", "edge", "keypoint", "seg", "upscale"]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}
     assert not {m for m in imported if m.split(".")[0] == "torch"}
 

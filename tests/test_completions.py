@@ -69,13 +69,14 @@ def test_offers_subcommands_and_options() -> None:
 
 def test_offers_recipe_paths_and_modalities(repo: Path, tmp_path: Path) -> None:
     assert complete("ctrlpost verify recipes/", cwd=repo) == [
-        "recipes/blur_hdvila.toml", "recipes/edge_hdvila.toml", "recipes/edge_tiny.toml"
-    ]
+        f"recipes/{path.name}" for path in sorted((repo / "recipes").glob("*.toml"))]
+    assert len(list((repo / "recipes").glob("*.toml"))) == 11
     assert complete("ctrlpost verify rec", cwd=repo) == ["recipes/"]
     (tmp_path / "a.toml").write_text("")
     (tmp_path / "b.txt").write_text("")
     assert complete("ctrlpost verify ", cwd=tmp_path) == ["a.toml"]
-    assert complete("ctrlpost modalities ") == ["blur", "edge"]
+    assert complete("ctrlpost modalities ") == [
+        "blur", "depth", "edge", "keypoint", "seg", "upscale"]
     assert complete("ctrlpost modalities e") == ["edge"]
 
 

@@ -55,7 +55,7 @@ def ctrlpost_register_data_sources() -> list[DataSource]:
         DataSource("local", "a folder of videos with a captions file ([data.local])",
                    _plan_local),
         DataSource("synthetic", "procedural clips with captions, no network ([data.synthetic])",
-                   _plan_synthetic),
+                   _plan_synthetic, synthesizes_hints=True),
     ]
 
 

@@ -223,23 +223,26 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
 
 
 def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
-    """Every clip decodes and is long enough, has a caption and a well-formed embedding, and
-    still has the sha256 the dataset's manifest recorded for it (clips it lists).
+    """Every clip decodes and is long enough, has a caption, a well-formed embedding and the
+    hint file its modality reads (if any), and still has the sha256 the dataset's manifest
+    recorded for it (clips it lists).
 
     ``ctx.deep`` decodes every frame instead of the first and the last.
     """
     from ctrlpost.data.checks import check_dataset
     from ctrlpost.data.fetch import manifest
     from ctrlpost.data.layout import DatasetLayout
+    from ctrlpost.modalities import registry
 
     assert ctx.recipe is not None
     data = ctx.recipe.data
     records = manifest.load(DatasetLayout(Path(data.root)).manifest)
+    hint_files = tuple(registry.get_modality(c.modality).hint_file for c in ctx.recipe.control)
     problems, summary = check_dataset(
         data.root, num_frames=data.num_frames, resolution=data.resolution,
         text_dim=_architecture(ctx).base.text_dim, recipe=ctx.recipe_path,
         sha256={r.id: r.sha256 for r in records.values() if r.usable and r.sha256},
-        deep=ctx.deep,
+        deep=ctx.deep, hint_files=tuple(h for h in hint_files if h is not None),
     )
     found = [Problem("data", p.path, p.message) for p in problems]
     root = ctx.recipe.validation.root

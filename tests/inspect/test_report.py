@@ -371,3 +371,17 @@ def test_values_are_read_one_tensor_at_a_time(
     assert len(seen) == 12
     assert max(seen) - before < 40_000_000, [(s - before) // 1_000_000 for s in seen]
 
+
+
+def test_the_modality_comes_from_the_recorded_recipe_or_the_released_file_name() -> None:
+    from ctrlpost.inspect.report import modality_of
+    from ctrlpost.inspect.run import Provenance
+
+    ours = Provenance(recipe={"control": [{"modality": "seg", "weight": 1.0}]})
+    assert modality_of(Path("run/checkpoints/iter_000000040_ema_model.pt"), ours) == "seg"
+    released = {"vis_control.pt": "blur", "edge_control.pt": "edge",
+                "depth_control.pt": "depth", "4kupscaler_control.pt": "upscale"}
+    for name, modality in released.items():
+        assert modality_of(Path("checkpoints/nvidia/Cosmos-Transfer1-7B") / name,
+                           Provenance()) == modality
+    assert modality_of(Path("my_branch.pt"), Provenance()) is None

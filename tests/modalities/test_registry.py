@@ -72,7 +72,7 @@ def isolated(*plugins: tuple[str, object]) -> pluggy.PluginManager:
 
 
 def test_installed_entry_points_give_exactly_edge_and_blur() -> None:
-    assert list(installed_modalities()) == ["blur", "edge"]
+    assert list(installed_modalities()) == ["blur", "depth", "edge", "keypoint", "seg", "upscale"]
     assert get_modality("edge") is ctrlpost_edge.EDGE
     assert get_modality("blur") is ctrlpost_blur.BLUR
     assert origin_of("edge").startswith("ctrlpost-edge ")
@@ -107,14 +107,17 @@ def test_duplicate_of_an_installed_modality_names_its_distribution() -> None:
     assert "ctrlpost-edge" in str(info.value) and "'impostor'" in str(info.value)
 
 
+INSTALLED = "blur, depth, edge, keypoint, seg, upscale"  # the plugins of this repository
+
+
 def test_unknown_name_lists_installed_and_suggests() -> None:
     with pytest.raises(
-        PluginError, match=r"unknown modality 'egde' \(installed: blur, edge\)"
+        PluginError, match=rf"unknown modality 'egde' \(installed: {INSTALLED}\)"
     ) as info:
         get_modality("egde")
     assert info.value.hint == "did you mean 'edge'?"
-    with pytest.raises(PluginError, match="installed: blur, edge") as info:
-        get_modality("depth")
+    with pytest.raises(PluginError, match=f"installed: {INSTALLED}") as info:
+        get_modality("lidar")
     assert info.value.hint == "install a plugin that provides it"
 
 

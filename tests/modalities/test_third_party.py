@@ -69,7 +69,8 @@ def test_verify_accepts_an_entry_point_modality(tmp_path: Path, ctrlpost_exe: li
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True
-    assert report["stages"][1]["summary"]["installed"] == ["blur", "edge", "invert"]
+    assert report["stages"][1]["summary"]["installed"] == [
+        "blur", "depth", "edge", "invert", "keypoint", "seg", "upscale"]
 
 
 def test_duplicate_names_fail_naming_both_distributions(

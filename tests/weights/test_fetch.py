@@ -541,4 +541,4 @@ def test_cli_offers_the_command_and_its_options() -> None:
     assert complete("ctrlpost fetch-weights --") == [
         "--dry-run", "--all", "--dir", "--modality", "--json", "--set", "--help"]
     assert complete("ctrlpost fetch-weights x.toml --modality ") == [
-        "blur", "depth", "edge", "keypoint", "seg"]
+        "blur", "depth", "edge", "keypoint", "seg", "upscale"]

@@ -310,12 +310,15 @@ def fetch_data(
     from ctrlpost.cli.views import fetch_data as console
     from ctrlpost.data.fetch import runner as fetch
     from ctrlpost.data.fetch import youtube
+    from ctrlpost.modalities import registry
 
     loaded = recipes.load(recipe, overrides or [], values=_given({
         "data.source": source, "data.fetch.workers": workers}))
+    hint_files = [registry.get_modality(c.modality).hint_file for c in loaded.control]
     with console.progress_bar() as progress:
         result = fetch.fetch_data(loaded.data, seed=loaded.job.seed, num_videos=num_videos,
-                                  youtube_factory=youtube.factory_from_env(), progress=progress)
+                                  youtube_factory=youtube.factory_from_env(), progress=progress,
+                                  hint_files=[h for h in hint_files if h is not None])
     console.print_summary(result)
     if not result.complete and not accept_partial:
         raise fetch.FetchFailed(result)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from ctrlpost.data import buckets, text
 from ctrlpost.data.layout import EMBEDDING_SUFFIX, MANIFEST, DatasetLayout
 from ctrlpost.data.video import VideoError, VideoReader
 from ctrlpost.errors import DataError
+from ctrlpost.modalities import ClipInfo, HintFile
 
 MAX_LISTED = 20
 """Names listed per summary entry (the counts are always complete)."""
@@ -66,12 +67,15 @@ class ClipCheck:
 def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_dim: int | None,
                   recipe: str = "RECIPE", max_workers: int | None = None,
                   sha256: Mapping[str, str] | None = None, deep: bool = False,
+                  hint_files: Sequence[HintFile] = (),
                   ) -> tuple[list[DataProblem], dict[str, Any]]:
     """Every problem of the dataset at ``root``, and a summary of what is there.
 
     ``recipe`` is the recipe path named in the commands that fix a problem. ``sha256`` maps clip
     names to the hash their video must have (the manifest's; clips not in it are not hashed);
-    ``deep`` decodes every frame of every clip instead of the first and the last.
+    ``deep`` decodes every frame of every clip instead of the first and the last;
+    ``hint_files`` are the per-clip files the recipe's modalities read (each clip's is checked
+    by its plugin, which never executes anything from the file).
     """
     root = Path(root)
     if not root.is_dir():
@@ -86,7 +90,8 @@ def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_di
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = list(pool.map(lambda name: check_clip(
             root, name, num_frames=num_frames, resolution=resolution, text_dim=text_dim,
-            recipe=recipe, sha256=(sha256 or {}).get(name), deep=deep), names))
+            recipe=recipe, sha256=(sha256 or {}).get(name), deep=deep,
+            hint_files=hint_files), names))
     problems = [p for c in checks for p in c.problems]
     return problems, _summary(checks, orphans(root, names)) | {
         "sha256_checked": sum(c.hashed for c in checks), "deep": deep}
@@ -94,7 +99,7 @@ def check_dataset(root: str | Path, *, num_frames: int, resolution: str, text_di
 
 def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
                text_dim: int | None, recipe: str = "RECIPE", sha256: str | None = None,
-               deep: bool = False) -> ClipCheck:
+               deep: bool = False, hint_files: Sequence[HintFile] = ()) -> ClipCheck:
     """Check one clip's video (against ``sha256`` when given; every frame if ``deep``), its
     caption and its embedding."""
     check = ClipCheck(name)
@@ -124,7 +129,29 @@ def check_clip(root: Path, name: str, *, num_frames: int, resolution: str,
     message = embedding_problem(embedding, text_dim, recipe=recipe)
     if message:
         check.problems.append(DataProblem(layout.relative(embedding), message))
+    if decodes and check.frames and check.size:
+        clip = ClipInfo(name=name, frame_count=check.frames, width=check.size[0],
+                        height=check.size[1], fps=check.fps or 0.0)
+        for hint_file in hint_files:
+            path = hint_file.path(root, name)
+            message = hint_file_problem(hint_file, path, clip, recipe=recipe)
+            if message:
+                check.problems.append(DataProblem(layout.relative(path), message))
     return check
+
+
+def hint_file_problem(hint_file: HintFile, path: Path, clip: ClipInfo, *,
+                      recipe: str) -> str | None:
+    """Why the clip's hint file cannot serve training, or None (the plugin's own check)."""
+    if not path.is_file():
+        made_by = hint_file.made_by.replace("RECIPE", recipe)
+        fix = (f"run `{made_by}`" if made_by else
+               f"make one per clip in the format the {hint_file.folder} plugin's README gives")
+        return f"missing {hint_file.folder} file; {fix}"
+    try:
+        return hint_file.check(path, clip)
+    except Exception as exc:  # a plugin's check must not stop verify: its failure is the finding
+        return f"cannot be checked: {type(exc).__name__}: {exc}"
 
 
 def _check_video(root: Path, check: ClipCheck, *, num_frames: int, resolution: str) -> bool:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ctrlpost.data import buckets, text, video
 from ctrlpost.data.layout import DatasetLayout
 from ctrlpost.errors import DataError
-from ctrlpost.modalities import HintGenerator, sample_rng
+from ctrlpost.modalities import ClipInfo, ClipWindow, HintFile, HintFileError, sample_rng
 
 if TYPE_CHECKING:
     import pluggy
@@ -75,11 +75,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
         *,
         num_frames: int,
         resolution: str,
-        generator: HintGenerator,
+        generator: Any,
         hint_key: str,
         seed: int,
         text_dim: int | None = None,
         text_tokens: int = text.TEXT_TOKENS,
+        hint_file: HintFile | None = None,
+        replaces_video: bool = False,
     ) -> None:
         self.root = Path(root)
         self.layout = DatasetLayout(self.root)
@@ -95,6 +97,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self.seed = seed
         self.text_dim = text_dim
         self.text_tokens = text_tokens
+        self.hint_file = hint_file
+        self.replaces_video = replaces_video
 
     def __len__(self) -> int:
         return len(self.names)
@@ -113,20 +117,19 @@ class ClipDataset(Dataset[dict[str, Any]]):
         name = self.names[index]
         t5_N_D, t5_length = self._embedding(name)
         rng = sample_rng(self.seed, epoch, index)
-        frames_T_H_W_C, start, fps = self._frames(index, rng)
-        drawn = self.generator.draw(rng)
-        T, H, W, _ = frames_T_H_W_C.shape
+        frames_T_H_W_C, start, clip = self._frames(index, rng)
+        target_T_H_W_C, hint_T_h_w_C, drawn = self._hint(frames_T_H_W_C, start, clip, rng)
+        T, H, W, _ = target_T_H_W_C.shape
         fit = buckets.fit(self.resolution, W, H)
-        hint_T_h_w_C = self.generator.render(video.shrink_for_hint(frames_T_H_W_C, fit), drawn)
         return {
-            "video": video.fit_frames(frames_T_H_W_C, fit),
-            "hint": video.fit_frames(hint_T_h_w_C, fit),
+            "video": video.fit_frames(target_T_H_W_C, fit),
+            "hint": video.fit_frames(hint_T_h_w_C, self._hint_fit(hint_T_h_w_C, fit)),
             "hint_key": self.hint_key,
             "t5": torch.from_numpy(t5_N_D),
             "t5_length": t5_length,
             "padding_mask": video.padding_mask(fit),
             "image_size": torch.tensor(fit.image_size, dtype=torch.float32),
-            "fps": fps,
+            "fps": clip.fps,
             "frame_start": start,
             "num_frames": T,
             "name": name,
@@ -135,6 +138,42 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "bucket": fit.bucket,
             "hint_draw": _jsonable(drawn),
         }
+
+    def _hint(self, frames_T_H_W_C: np.ndarray, start: int, clip: ClipInfo,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]:
+        """(frames to train on, hint, draw) of a sample, in the way the modality makes hints:
+        from a per-clip file, from the frames with a new target, or from the frames (brought
+        inside the bucket box first, as the reference does for edge and blur)."""
+        if self.hint_file is not None:
+            source = self._hint_source(frames_T_H_W_C, start, clip)
+            drawn = self.generator.draw(rng, source)
+            return frames_T_H_W_C, self.generator.render(frames_T_H_W_C, drawn, source), drawn
+        drawn = self.generator.draw(rng)
+        if self.replaces_video:
+            target_T_H_W_C = self.generator.target(frames_T_H_W_C, drawn)
+            return target_T_H_W_C, self.generator.render(frames_T_H_W_C, drawn), drawn
+        fit = buckets.fit(self.resolution, clip.width, clip.height)
+        hint = self.generator.render(video.shrink_for_hint(frames_T_H_W_C, fit), drawn)
+        return frames_T_H_W_C, hint, drawn
+
+    def _hint_source(self, frames_T_H_W_C: np.ndarray, start: int, clip: ClipInfo) -> Any:
+        assert self.hint_file is not None
+        path = self.hint_file.path(self.root, clip.name)
+        if not path.is_file():
+            made_by = f" (made by `{self.hint_file.made_by}`)" if self.hint_file.made_by else ""
+            raise BadSampleError(path, f"missing {self.hint_file.folder} file{made_by}")
+        try:
+            return self.hint_file.read(path, ClipWindow(clip, start, len(frames_T_H_W_C)))
+        except HintFileError as exc:
+            raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
+
+    def _hint_fit(self, hint_T_H_W_C: np.ndarray, fit: buckets.Fit) -> buckets.Fit:
+        """The fit of the hint: the video's, unless the hint has a size of its own (an upscale
+        crop larger than a small clip), which is then fitted into the same bucket."""
+        _, H, W, _ = hint_T_H_W_C.shape
+        if (W, H) in {(fit.source_width, fit.source_height), (fit.scaled_width, fit.scaled_height)}:
+            return fit
+        return buckets.fit(self.resolution, W, H)
 
     def _embedding(self, name: str) -> tuple[np.ndarray, int]:
         path = self.layout.embedding(name)
@@ -146,7 +185,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
             raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
         return text.pad_embedding(embedding_L_D, self.text_tokens), len(embedding_L_D)
 
-    def _frames(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, int, float]:
+    def _frames(self, index: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, int, ClipInfo]:
         path = self.video_path(index)
         try:
             with video.VideoReader(path) as reader:
@@ -155,9 +195,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
                     raise BadSampleError(path, f"{count} frames, fewer than num_frames="
                                                f"{self.num_frames}")
                 start = int(rng.integers(0, count - self.num_frames, endpoint=True))
-                return reader.read(start, self.num_frames), start, reader.info.fps
+                frames_T_H_W_C = reader.read(start, self.num_frames)
+                info = reader.info
         except video.VideoError as exc:
             raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
+        clip = ClipInfo(name=self.names[index], frame_count=count, width=info.width,
+                        height=info.height, fps=info.fps)
+        return frames_T_H_W_C, start, clip
 
 
 def _jsonable(drawn: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,4 +243,6 @@ def build_dataset(
         hint_key=modality.hint_key or f"control_input_{modality.name}",
         seed=seed,
         text_dim=text_dim,
+        hint_file=modality.hint_file,
+        replaces_video=modality.replaces_video,
     )

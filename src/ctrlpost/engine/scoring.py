@@ -101,19 +101,24 @@ class Scorer:
         return {f"{headline}_reconstruction": ceiling[headline],
                 f"{headline}_noise": floor[headline]}
 
-    def hint_of(self, frames_T_H_W_C: np.ndarray, clip: ClipInputs) -> np.ndarray:
-        """The clip's hint generator (same draw) applied to ``frames``."""
+    def hint_of(self, frames_T_H_W_C: np.ndarray, clip: ClipInputs) -> np.ndarray | None:
+        """The clip's hint generator (same draw) applied to ``frames``; None for a modality
+        whose hints come from a per-clip file (made by a model, not from the frames)."""
+        if self.modality.hint_file is not None:
+            return None
         generator = self.modality.build_generator(self.params)
         return generator.render(np.ascontiguousarray(frames_T_H_W_C), clip.hint_draw)
 
     def strip(self, generated_T_H_W_C: np.ndarray, clip: ClipInputs, *, frames: int,
               label: str) -> np.ndarray:
         """uint8 RGB image: one row per shown frame, columns hint | generated | hint of
-        generated | real, under a label line."""
+        generated (when the hint can be made from frames) | real, under a label line."""
         crop = Crop.of(clip.padding_mask_1_H_W)
         generated = crop.apply(generated_T_H_W_C)
+        hint_of_generated = self.hint_of(generated, clip)
         panels = [crop.apply(channels_last(clip.hint_C_T_H_W)), generated,
-                  self.hint_of(generated, clip), crop.apply(channels_last(clip.video_3_T_H_W))]
+                  *([] if hint_of_generated is None else [hint_of_generated]),
+                  crop.apply(channels_last(clip.video_3_T_H_W))]
         T = generated.shape[0]
         picks = np.linspace(0, T - 1, num=min(frames, T)).round().astype(int)
         rows = [_join([_rgb(panel[t]) for panel in panels], axis=1) for t in picks]

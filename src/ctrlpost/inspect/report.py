@@ -88,6 +88,7 @@ class CheckpointReport:
     ema: EmaReport
     provenance: Provenance
     notes: tuple[str, ...] = field(default=())
+    modality: str | None = None  # the control modality, when the recipe or file name tells
 
     def to_json(self) -> dict[str, Any]:
         layout = self.layout
@@ -96,7 +97,8 @@ class CheckpointReport:
             "closest_flavor": layout.closest_flavor, "part": layout.part,
             "num_control_blocks": layout.num_control_blocks, "params": layout.params.to_json(),
             "dtypes": self.dtypes, "num_tensors": self.num_tensors, "file_bytes": self.file_bytes,
-            "iteration": self.iteration, "key_problems": layout.key_problems(),
+            "iteration": self.iteration, "modality": self.modality,
+            "key_problems": layout.key_problems(),
             "ema": self.ema.to_json(), "recipe": self.provenance.recipe,
             "recipe_name": (self.provenance.sidecar or {}).get("recipe_name"),
             "recipe_source": self.provenance.recipe_source,
@@ -116,7 +118,26 @@ def describe_checkpoint(path: Path) -> CheckpointReport:
         dtypes=dict(sorted(dtypes.items())), num_tensors=len(state),
         iteration=iteration if isinstance(iteration, int) else iteration_from_name(path),
         ema=_ema_report(path, state), provenance=provenance, notes=provenance.notes,
+        modality=modality_of(path, provenance) if layout.part != "base" else None,
     )
+
+
+def modality_of(path: Path, provenance: Provenance) -> str | None:
+    """The control modality of a checkpoint: the recipe recorded with it (an export of ours),
+    else the released file name an installed modality declares (``edge_control.pt``), else
+    None (a control branch's weights do not say what hint it follows)."""
+    recipe = provenance.recipe if isinstance(provenance.recipe, dict) else {}
+    controls = recipe.get("control")
+    if isinstance(controls, list) and controls and isinstance(controls[0], dict):
+        name = controls[0].get("modality")
+        if isinstance(name, str):
+            return name
+    from ctrlpost.modalities import registry
+
+    for name, modality in registry.installed_modalities().items():
+        if modality.released_control_file and path.name == modality.released_control_file:
+            return name
+    return None
 
 
 def _ema_report(path: Path, state: Mapping[str, Tensor]) -> EmaReport:

@@ -61,6 +61,10 @@ class HintFile:
             else one sentence saying what is wrong (``verify`` prefixes the path). Must never
             execute code from the file.
         made_by: The command that makes the file (named by ``verify`` when one is missing).
+        synthesize: ``synthesize(frames_T_H_W_C, fps, path)``: write a plausible file for a
+            synthetic clip from its decoded RGB frames (what a data source that makes clips
+            itself, such as ``synthetic``, calls so the embedded default can train this
+            modality with no annotation model); None when the modality cannot.
     """
 
     folder: str
@@ -68,6 +72,7 @@ class HintFile:
     read: Callable[[Path, ClipWindow], Any]
     check: Callable[[Path, ClipInfo], str | None]
     made_by: str = ""
+    synthesize: Callable[[np.ndarray, float, Path], None] | None = None
 
     def path(self, root: Path, clip: str) -> Path:
         """``<root>/<folder>/<clip><suffix>``."""

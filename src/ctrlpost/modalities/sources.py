@@ -34,8 +34,14 @@ class FetchRequest:
 
 @dataclass(frozen=True)
 class DataSource:
-    """What a plugin tells ctrlpost about one data source of `fetch-data`."""
+    """What a plugin tells ctrlpost about one data source of `fetch-data`.
+
+    ``synthesizes_hints``: the source makes its clips itself, so `fetch-data` also writes the
+    per-clip hint files of the recipe's modalities with their plugins' ``synthesize`` (for a
+    demo that trains a file-based modality with no annotation model).
+    """
 
     name: str
     summary: str
     plan: Callable[[FetchRequest], Plan]
+    synthesizes_hints: bool = False

@@ -100,6 +100,9 @@ def _ema_line(report: CheckpointReport) -> str:
 
 
 def _add_provenance(table: Table, report: CheckpointReport) -> None:
+    if report.layout.part != "base":
+        table.add_row("modality", escape(report.modality or "unknown (no recipe recorded and "
+                                         "not a released file name)"))
     record = report.provenance
     if isinstance(record.recipe, dict):
         job = record.recipe.get("job", {})
@@ -188,7 +191,7 @@ def print_run(report: RunReport, console: Console) -> None:
     console.print(table)
     strips = run.strips()
     if strips:
-        console.print("[bold]validation strips[/] (hint | generated | hint of generated | real):")
+        console.print(f"[bold]validation strips[/] ({_strip_columns(report)}):")
         for strip in strips:
             console.print(f"  {escape(str(strip))}", soft_wrap=True)
     if report.checkpoint is not None:
@@ -219,3 +222,15 @@ def show(report: CheckpointReport | RunReport | DiffReport, *, as_json: bool = F
     except BrokenPipeError:
         # Point stdout at devnull so the interpreter's own flush at exit does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _strip_columns(report: RunReport) -> str:
+    """The columns of the run's strips: a hint read from a per-clip file (depth, seg,
+    keypoint) cannot be made again from the generated frames, so that column is left out."""
+    from ctrlpost.modalities import registry
+
+    modality = report.checkpoint.modality if report.checkpoint is not None else None
+    installed = registry.installed_modalities()
+    from_file = modality in installed and installed[modality].hint_file is not None
+    return ("hint | generated | real" if from_file
+            else "hint | generated | hint of generated | real")

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ctrlpost.data.fetch import commit, manifest, youtube
 from ctrlpost.data.fetch.failures import ClipError, FailureKind, classify, is_retryable
+from ctrlpost.data.fetch.hints import synthesize_hint_files
 from ctrlpost.data.fetch.manifest import ClipRecord
 from ctrlpost.data.fetch.plan import ClipSpec, Plan, Unit
 from ctrlpost.data.layout import DatasetLayout, exclusive
 from ctrlpost.errors import DataError
-from ctrlpost.modalities import FetchRequest, registry
+from ctrlpost.modalities import FetchRequest, HintFile, registry
 
 if TYPE_CHECKING:
     from ctrlpost.recipe import DataSection
@@ -83,11 +84,14 @@ class FetchProgress(Protocol):
 
 def fetch_data(data: DataSection, *, seed: int, num_videos: int | None = None,
                youtube_factory: youtube.YouTubeFactory | None = None,
-               progress: FetchProgress | None = None, backoff_s: float = 1.0) -> FetchResult:
+               progress: FetchProgress | None = None, backoff_s: float = 1.0,
+               hint_files: Sequence[HintFile] = ()) -> FetchResult:
     """Make ``data.root`` from ``data.source``; see the module docstring for the guarantees.
 
     ``num_videos`` overrides the source's count (HD-VILA videos, local files, synthetic clips).
     ``youtube_factory`` replaces ``pytubefix.YouTube`` (tests, PO-token or OAuth setups).
+    ``hint_files`` (the recipe's modalities' per-clip files) are written for every clip when
+    the source makes its clips itself (``DataSource.synthesizes_hints``).
     Bad input raises :class:`DataError` before anything is written; failed clips do not raise.
     """
     plan = plan_source(data, seed=seed, num_videos=num_videos, youtube_factory=youtube_factory)
@@ -98,6 +102,8 @@ def fetch_data(data: DataSection, *, seed: int, num_videos: int | None = None,
                          backoff_s=backoff_s, progress=progress)
         records = runner.run(plan, workers=data.fetch.workers)
         shutil.rmtree(layout.tmp, ignore_errors=True)
+        if registry.get_data_source(data.source).synthesizes_hints:
+            synthesize_hint_files(layout, hint_files)
     return FetchResult(root=layout.root, source=data.source, manifest=layout.manifest,
                        records=records)
 
