@@ -10,6 +10,7 @@ from __future__ import annotations
 from ctrlpost.modalities.base import ExactOn, FidelityMetric, HintGenerator, Modality, sample_rng
 from ctrlpost.modalities.flavors import HubRelease, ModelFlavor
 from ctrlpost.modalities.hint_files import (
+    Annotator,
     ClipInfo,
     ClipWindow,
     FileHintGenerator,
@@ -20,7 +21,7 @@ from ctrlpost.modalities.hint_files import (
 from ctrlpost.modalities.hookspecs import PROJECT, hookimpl, hookspec
 from ctrlpost.modalities.sources import DataSource, FetchRequest
 
-__all__ = ["PROJECT", "ClipInfo", "ClipWindow", "DataSource", "ExactOn", "FetchRequest",
-           "FidelityMetric", "FileHintGenerator", "HintFile", "HintFileError", "HintGenerator",
-           "HubRelease", "Modality", "ModelFlavor", "TargetReplacingGenerator", "hookimpl",
-           "hookspec", "sample_rng"]
+__all__ = ["PROJECT", "Annotator", "ClipInfo", "ClipWindow", "DataSource", "ExactOn",
+           "FetchRequest", "FidelityMetric", "FileHintGenerator", "HintFile", "HintFileError",
+           "HintGenerator", "HubRelease", "Modality", "ModelFlavor", "TargetReplacingGenerator",
+           "hookimpl", "hookspec", "sample_rng"]

@@ -61,6 +61,7 @@ class HintFile:
             else one sentence saying what is wrong (``verify`` prefixes the path). Must never
             execute code from the file.
         made_by: The command that makes the file (named by ``verify`` when one is missing).
+        annotator: The models that make real files (`ctrlpost annotate`), or None.
         synthesize: ``synthesize(frames_T_H_W_C, fps, path)``: write a plausible file for a
             synthetic clip from its decoded RGB frames (what a data source that makes clips
             itself, such as ``synthetic``, calls so the embedded default can train this
@@ -73,10 +74,31 @@ class HintFile:
     check: Callable[[Path, ClipInfo], str | None]
     made_by: str = ""
     synthesize: Callable[[np.ndarray, float, Path], None] | None = None
+    annotator: Annotator | None = None
 
     def path(self, root: Path, clip: str) -> Path:
         """``<root>/<folder>/<clip><suffix>``."""
         return Path(root) / self.folder / f"{clip}{self.suffix}"
+
+
+@dataclass(frozen=True)
+class Annotator:
+    """How a plugin makes its hint files for real clips with models (`ctrlpost annotate`).
+
+    Attributes:
+        models: Hugging Face repos of the models it runs (``"org/name"``): `fetch-weights`
+            fetches exactly these for a recipe of this modality, into ``weights.dir/<repo>``.
+        load: ``load(folders, device, params)``: the loaded models, ready to annotate
+            (``folders`` maps each repo of ``models`` to its local folder; ``params`` is the
+            modality's validated recipe parameters).
+        annotate: ``annotate(loaded, frames_T_H_W_C, fps, path, batch_size)``: write the hint
+            file of one clip (all its decoded RGB uint8 frames) at ``path``, atomically (a temp
+            name renamed into place), in exactly the format ``HintFile.read`` reads.
+    """
+
+    models: tuple[str, ...]
+    load: Callable[[Mapping[str, Path], str, Any], Any]
+    annotate: Callable[[Any, np.ndarray, float, Path, int], None]
 
 
 class FileHintGenerator(Protocol):
