@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from ctrlpost.cli import app
 from ctrlpost.data import text
 from ctrlpost.embed import run as embed
+from ctrlpost.embed.t5 import T5Encoder
 from ctrlpost.errors import CtrlpostError, DataError, WeightsError
 from ctrlpost.recipe import EmbedOptions
 
@@ -208,16 +209,49 @@ def test_embed_command(tmp_path: Path, tiny_t5: Path) -> None:
     assert wrong.exit_code != 0 and "unknown device 'tpu'" in wrong.output
 
 
-def test_overflow_stops_before_writing_and_says_what_to_do(tmp_path: Path,
-                                                          encoder: embed.TextEncoder) -> None:
-    """float16 outputs that overflow are refused, not written as inf."""
+def test_non_finite_output_without_float16_stops_before_writing(
+        tmp_path: Path, encoder: embed.TextEncoder) -> None:
+    """Outputs that are not numbers with float32 products (bad weights) are refused, not
+    written as inf."""
     huge = dataclasses.replace(encoder.network, final_norm_D=encoder.network.final_norm_D * 1e9)
     overflowing = dataclasses.replace(encoder, network=huge)
-    with pytest.raises(CtrlpostError, match="overflowed") as caught:
+    with pytest.raises(CtrlpostError, match="not finite") as caught:
         embed.embed_captions(tmp_path, overflowing, {"a": CORPUS[0], "b": CORPUS[1]},
                              batch_size=1, batch_tokens=4096)
-    assert "--precision bf16" in (caught.value.hint or "")
+    assert "check the checkpoint" in (caught.value.hint or "")
     assert not (tmp_path / text.EMBED_DIR).exists() or not any(
         (tmp_path / text.EMBED_DIR).iterdir())
+
+
+def overflowing_in_float16(network: T5Encoder, dtype: torch.dtype) -> T5Encoder:
+    """``network`` with products in ``dtype`` and a first feed-forward whose activations pass
+    float16's largest value (65504) but stay far inside bf16's range (as T5's do)."""
+    low = network.with_compute_dtype(dtype)
+    first = dataclasses.replace(low.blocks[0], ff_norm_D=low.blocks[0].ff_norm_D * 1e4,
+                                ff_out_weight=low.blocks[0].ff_out_weight * 10)
+    return dataclasses.replace(low, blocks=(first, *low.blocks[1:]))
+
+
+def test_a_batch_that_overflows_in_float16_is_redone_in_bf16(
+        tmp_path: Path, encoder: embed.TextEncoder) -> None:
+    captions = {"a": CORPUS[0], "b": CORPUS[1], "c": CORPUS[2]}
+    fp16 = dataclasses.replace(encoder, network=overflowing_in_float16(encoder.network,
+                                                                       torch.float16))
+    # What the fallback runs: the same (float16-rounded) weights, bf16 products.
+    bf16 = dataclasses.replace(fp16, network=fp16.network.with_compute_dtype(torch.bfloat16))
+    tokens = fp16.tokenize([captions["a"]])
+    assert not np.isfinite(fp16.network(torch.tensor(tokens), torch.ones(1, len(tokens[0]),
+                                                                         dtype=torch.long))
+                           .numpy()).all(), "the planted weights must overflow in float16"
+    embed.embed_captions(tmp_path, fp16, captions, batch_size=1, batch_tokens=4096)
+    assert fp16.redone_in_bf16 == 3  # every batch (one caption each) overflowed
+    for stem, caption in captions.items():
+        written = text.read_embedding(tmp_path / text.EMBED_DIR / f"{stem}.pickle")
+        np.testing.assert_array_equal(written, bf16.encode([caption])[0])
+        assert np.isfinite(written).all()
+    summary = embed.EmbedSummary(3, 0, [], 1.0, "out", redone_in_bf16=2)
+    assert "2 batch(es) redone with bf16 products (float16 overflowed)" in summary.line()
+
+
     with pytest.raises(CtrlpostError, match="precision='fp8'"):
         embed.load_text_encoder("unused", device=torch.device("cpu"), precision="fp8")

@@ -15,8 +15,9 @@ faster:
 * a lean forward of the same weights (:mod:`ctrlpost.embed.t5`): on GPU float16 (or bf16)
   products around a float32 residual stream, our packed attention kernel, the residual adds
   and ReLU inside the products; fp32 on CPU; the next batch is queued on the GPU while the
-  previous one is written, and a batch whose output overflowed is refused, not written
-  (its speed against the reference's way: README, bench/NOTES.md);
+  previous one is written; a batch whose float16 output overflowed is encoded again with
+  bf16 products and counted in the summary (its speed against the reference's way: README,
+  bench/NOTES.md);
 * ``--model`` and ``max_length`` are honoured (the reference ignores both flags).
 """
 
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from ctrlpost.recipe import EmbedOptions
 
 
-@dataclass(frozen=True)
+@dataclass
 class TextEncoder:
     """A T5 encoder and its tokenizer, ready to turn captions into trimmed embeddings."""
 
@@ -53,6 +54,9 @@ class TextEncoder:
     device: torch.device
     max_length: int
     pad_multiple: int = 1  # batches are padded to a multiple of this many tokens
+    # Batches whose float16 output overflowed, redone with bf16 products (float32's range).
+    redone_in_bf16: int = 0
+    _bf16: T5Encoder | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -84,10 +88,36 @@ class TextEncoder:
         for token_ids in batches:
             launched = self._launch(token_ids, copies)
             if in_flight is not None:
-                yield in_flight.collect()
+                yield self._collect(in_flight)
             in_flight = launched
         if in_flight is not None:
-            yield in_flight.collect()
+            yield self._collect(in_flight)
+
+    def _collect(self, launched: _Launched) -> list[np.ndarray]:
+        """A batch's embeddings; one whose float16 products overflowed (released T5
+        checkpoints are known to) is encoded again with bf16 products, and counted."""
+        if launched.all_finite():
+            return launched.collect()
+        if self.network.compute_dtype != torch.float16:
+            raise CtrlpostError(
+                f"the T5 encoder's output is not finite (inf/nan) in a batch of "
+                f"{len(launched.lengths)} caption(s), with {self.network.compute_dtype} products",
+                hint="the weights themselves may hold inf/nan: check the checkpoint; "
+                "embeddings already written are kept")
+        if self._bf16 is None:
+            self._bf16 = self.network.with_compute_dtype(torch.bfloat16)
+        fp16, self.network = self.network, self._bf16
+        try:
+            redone = self._launch(launched.token_ids, None)
+        finally:
+            self.network = fp16
+        self.redone_in_bf16 += 1
+        if not redone.all_finite():
+            raise CtrlpostError(
+                f"the T5 encoder's output is not finite (inf/nan) in a batch of "
+                f"{len(launched.lengths)} caption(s), even with bf16 products",
+                hint="the weights themselves may hold inf/nan: check the checkpoint")
+        return redone.collect()
 
     @torch.inference_mode()
     def _launch(self, token_ids: Sequence[Sequence[int]],
@@ -109,7 +139,7 @@ class TextEncoder:
         if copies is None:
             host.copy_(out)
             finite.copy_(all_finite)
-            return _Launched(host, lengths, finite, None)
+            return _Launched(host, token_ids, lengths, finite, None)
         copies.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(copies):
             host.copy_(out, non_blocking=True)
@@ -118,7 +148,7 @@ class TextEncoder:
             done.record()
         for tensor in (out, all_finite):  # not reused by the next batch before the copy ends
             tensor.record_stream(copies)
-        return _Launched(host, lengths, finite, done)
+        return _Launched(host, token_ids, lengths, finite, done)
 
     def _padded(self, token_ids: Sequence[Sequence[int]], lengths: list[int]) -> torch.Tensor:
         """float16 ``[B, L, D]`` of a batch padded to its longest caption (rounded up to
@@ -144,19 +174,21 @@ class _Launched:
     ``[T, D]`` packed) fills when ``done`` fires."""
 
     host: torch.Tensor
+    token_ids: Sequence[Sequence[int]]  # kept to encode the batch again if it overflowed
     lengths: list[int]
     finite: torch.Tensor  # whether every output is a number (float16 can overflow)
     done: torch.cuda.Event | None
 
-    def collect(self) -> list[np.ndarray]:
+    def all_finite(self) -> bool:
+        """Whether every output is a number (waits for the batch)."""
         if self.done is not None:
             self.done.synchronize()
-        if not bool(self.finite):
-            raise CtrlpostError(
-                f"the T5 encoder's output overflowed (inf/nan) in a batch of "
-                f"{len(self.lengths)} caption(s)",
-                hint="rerun with --precision bf16 (data.embed.precision = \"bf16\"); "
-                "embeddings already written are kept")
+        return bool(self.finite)
+
+    def collect(self) -> list[np.ndarray]:
+        """The batch's float16 ``[L_i, D]`` embeddings (after :meth:`all_finite`)."""
+        if self.done is not None:
+            self.done.synchronize()
         out = self.host.numpy()
         if out.ndim == 2:  # packed: each caption's rows in turn
             ends = np.cumsum(self.lengths)
@@ -417,11 +449,15 @@ class EmbedSummary:
     empty: list[str]
     seconds: float
     out_dir: str
+    redone_in_bf16: int = 0  # batches whose float16 products overflowed
 
     def line(self) -> str:
         """One human line for the end of the command."""
         rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
         extra = f", {len(self.empty)} empty caption(s) skipped" if self.empty else ""
+        if self.redone_in_bf16:
+            extra += (f", {self.redone_in_bf16} batch(es) redone with bf16 products (float16 "
+                      "overflowed)")
         return (f"embedded {self.embedded} caption(s) in {self.seconds:.1f} s ({rate:.1f}/s), "
                 f"{self.skipped} already done{extra} -> {self.out_dir}")
 
@@ -433,7 +469,7 @@ def run(root: str | Path, *, model: str, options: EmbedOptions,
     start = time.perf_counter()
     torch_device = resolve_device(options.device)
     pending = pending_captions(root, dim=model_dim(model))
-    embedded = 0
+    embedded = redone = 0
     if pending.todo:  # a finished dataset never loads the (45 GB for T5-11B) weights
         encoder = load_text_encoder(model, device=torch_device, max_length=options.max_length,
                                     precision=options.precision)
@@ -441,8 +477,10 @@ def run(root: str | Path, *, model: str, options: EmbedOptions,
             embedded = embed_captions(root, encoder, pending.todo,
                                       batch_size=options.batch_size,
                                       batch_tokens=options.batch_tokens, on_batch=advance)
+        redone = encoder.redone_in_bf16
     return EmbedSummary(embedded, len(pending.done), pending.empty,
-                        time.perf_counter() - start, str(DatasetLayout(Path(root)).embeddings))
+                        time.perf_counter() - start, str(DatasetLayout(Path(root)).embeddings),
+                        redone_in_bf16=redone)
 
 
 class _Progress:

@@ -114,6 +114,18 @@ class T5Encoder:
         batches."""
         return self.attention == "packed"
 
+    def with_compute_dtype(self, compute_dtype: torch.dtype) -> T5Encoder:
+        """The same encoder with its products in ``compute_dtype`` (the product weights cast;
+        norms, embedding and position bias stay float32)."""
+        import dataclasses
+
+        blocks = tuple(dataclasses.replace(
+            block, qkv_weight=block.qkv_weight.to(compute_dtype),
+            out_weight=block.out_weight.to(compute_dtype),
+            in_weight=block.in_weight.to(compute_dtype),
+            ff_out_weight=block.ff_out_weight.to(compute_dtype)) for block in self.blocks)
+        return dataclasses.replace(self, blocks=blocks, compute_dtype=compute_dtype)
+
     def __call__(self, ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> torch.Tensor:
         """float32 ``[B, L, D]`` last hidden state (padded positions hold garbage)."""
         return encode(self, ids_B_L, mask_B_L)
