@@ -6,8 +6,7 @@ Parts (``--parts``, each adds its section to the same JSON, so they may run in s
 * ``baseline``: ``ctrlpost train RECIPE --synthetic`` on 1 GPU for ``--steps`` steps;
 * ``scale``: the same on ``--gpus`` N GPUs, saving at step ``--steps`` / 2: samples/s, scaling
   efficiency against the baseline (samples/s at N ÷ (N × samples/s at 1)), peak memory of rank 0,
-  model FLOPs per second against a bf16 matmul measured in this process (the formula of
-  ``bench/train_step.py``);
+  model FLOPs per second against a bf16 matmul measured in this process (``bench/flops.py``);
 * ``resume``: the N-GPU run's mid-point checkpoint resumed on N/2 and on 1 GPU, with
   ``train.grad_accum_steps`` keeping the global batch, for ``--resume-steps`` steps: the losses
   against the N-GPU run's (exactly equal on CPU; within bf16 reduction-order noise on GPUs).
@@ -77,7 +76,7 @@ def train(recipe: str, output: Path, *, gpus: int, steps: int, accum: int, save_
 
 def model_flops_per_sample(recipe_path: str, overrides: list[str]) -> float:
     """Model FLOPs of one training sample (base fwd + input-grad bwd, control fwd + bwd)."""
-    from train_step import model_flops
+    from flops import model_flops
 
     from ctrlpost.engine import build
     from ctrlpost.recipe import load
@@ -87,7 +86,7 @@ def model_flops_per_sample(recipe_path: str, overrides: list[str]) -> float:
     _, frames, height, width = build.latent_shape(recipe, flavor)
     patch = flavor.base.patch_spatial
     tokens = frames * (height // patch) * (width // patch)
-    return model_flops(flavor, tokens, frames, control=True)["total"]
+    return model_flops(flavor, tokens, frames, part="control")["total"]
 
 
 def resume_from(source: Path, output: Path, step: int) -> None:

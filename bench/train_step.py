@@ -15,19 +15,8 @@ Measures, in one process on one device:
   and EMA (the engine's step on one 80 GB GPU only fits with "full" checkpointing because of
   their state; see bench/train_recipe.py for the whole engine).
 
-Model FLOPs (``model_flops``; a matmul of m×k by k×n counts 2·m·k·n; recomputation is never
-counted, neither activation checkpointing's nor the attention backward's QKᵀ):
-
-  per block, L video tokens, M text tokens, width D, text width C, MLP width 4D, AdaLN rank r,
-  T token frames:
-    linear  = 2·L·(4·D² + 2·D² + 8·D²)        self-attn q,k,v,o; cross-attn q,o; MLP
-            + 2·M·2·C·D                        cross-attn k,v on the text
-            + 3·2·T·(D·r + r·3D)               AdaLN-LoRA (per frame, negligible)
-    attn    = 4·L²·D + 4·L·M·D                 QKᵀ and PV of self- and cross-attention
-  frozen base (fwd + input-gradient bwd):  2·linear + 3·attn per block (bwd: dX only; attention
-    backward = dQ, dK, dV, dP = 2× its forward), plus patch embedding and final layer (×2);
-  trained control block:  3·linear + 3·attn (bwd: dX and dW) + zero projection 3·2·L·D²;
-    control embeddings: patch embeddings and hint MLP (×3, hint input needs no gradient: ×2).
+Model FLOPs: ``bench/flops.py`` (only work that runs; ``part="control"`` counts no backward for
+the base blocks before the first control residual).
 
 Usage (on the GPU, from the repository root)::
 
@@ -42,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import itertools
 import math
 import sys
 import time
@@ -56,55 +44,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
+import flops as flops_module
+from flops import model_flops
 
 common.ensure_ctrlpost_importable()
 
 from ctrlpost.engine import parallel  # noqa: E402
 from ctrlpost.models import ControlledDiT, DiT, Flavor, build_controlled_dit, get_flavor  # noqa: E402
-from ctrlpost.models.args import DiTArgs  # noqa: E402
 
 # Latent (T, H, W): 121 frames of 704x1280 (56,320 tokens) and 25 frames (14,080 tokens).
 LATENTS_7B = {56320: (16, 88, 160), 14080: (4, 88, 160)}
 LATENTS_TINY = {512: (2, 32, 32), 128: (2, 16, 16)}
 DEFAULT_BASE_VARIANTS = ("diffusers", "ctrlpost/selective/compile/cudnn", "diffusers/cudnn")
 DEFAULT_CONTROL_VARIANTS = ("ctrlpost/selective/compile/cudnn",)
-
-
-# ----------------------------------------------------------------------------- FLOPs
-
-
-def block_flops(args: DiTArgs, tokens: int, frames: int) -> tuple[float, float]:
-    """(linear, attention) forward FLOPs of one DiT block (see the module docstring)."""
-    L, M, D = tokens, args.text_tokens, args.model_channels
-    C, r = args.text_dim, args.adaln_lora_dim
-    F = args.mlp_hidden
-    linear = 2 * L * (4 * D * D + 2 * D * D + 2 * D * F) + 2 * M * 2 * C * D
-    linear += 3 * 2 * frames * (D * r + r * 3 * D)
-    attention = 4 * L * L * D + 4 * L * M * D
-    return float(linear), float(attention)
-
-
-def model_flops(flavor: Flavor, tokens: int, frames: int, *, control: bool) -> dict[str, float]:
-    """Model FLOPs of the base part (fwd + input-grad bwd) and, if ``control``, of the trained
-    control branch (fwd + full bwd)."""
-    base = flavor.base
-    D = base.model_channels
-    linear, attention = block_flops(base, tokens, frames)
-    base_blocks = base.num_blocks * (2 * linear + 3 * attention)
-    base_io = 2 * (2 * tokens * base.patch_in_features * D
-                   + 2 * tokens * D * base.patch_volume * base.out_channels)
-    out = {"base": base_blocks + base_io}
-    if control:
-        c = flavor.control
-        c_linear, c_attention = block_flops(c.dit, tokens, frames)
-        blocks = c.num_blocks * (3 * c_linear + 3 * c_attention + 3 * 2 * tokens * D * D)
-        widths = (D, *c.hint_mlp_widths, D)
-        hint_mlp = sum(2 * tokens * a * b for a, b in itertools.pairwise(widths))
-        embeds = 3 * (2 * tokens * c.dit.patch_in_features * D + hint_mlp)
-        embeds += 2 * 2 * tokens * c.hint_in_features * D
-        out["control"] = blocks + embeds
-    out["total"] = sum(out.values())
-    return out
 
 
 # ----------------------------------------------------------------------------- models
@@ -396,7 +348,7 @@ class Bench:
             "torch": torch.__version__, "date": common.now(), "flavor": self.flavor.name,
             "dtype": args.dtype, "command": " ".join(sys.argv), "ceiling": [],
             "attention": [], "equivalence": [], "base": [], "control": [], "errors": [],
-            "skipped": [], "flops_formula": __doc__.split("Model FLOPs")[1].split("Usage")[0],
+            "skipped": [], "flops_formula": flops_module.__doc__,
         }
         try:
             import diffusers
@@ -544,7 +496,7 @@ class Bench:
         batch = make_inputs(self.flavor, thw, self.device, self.dtype)
         if variant.impl == "ctrlpost":
             self.configurator.apply(variant)
-        flops = model_flops(self.flavor, tokens, thw[0], control=part == "control")
+        flops = model_flops(self.flavor, tokens, thw[0], part=part)
         work = flops["total"]
         model, dm = self.model, self.diffusers_model
         if part == "base":
