@@ -18,7 +18,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["edge_hdvila", "blur_hdvila", "edge_tiny"])
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_validate(repo: Path, name: str) -> None:
     rec = recipes.load(repo / "recipes" / f"{name}.toml")
     assert rec.train.steps >= 1
@@ -270,3 +273,21 @@ def test_typed_values_are_validated_and_apply_after_the_overrides(tmp_path: Path
     problems = {p.path: p.message for p in info.value.problems}
     assert problems["data.embed.bach_tokens"] == "unknown key; did you mean 'batch_tokens'?"
     assert "greater than or equal to 1" in problems["data.embed.batch_size"]
+
+
+@pytest.mark.parametrize("value", ['"unterminated', "[oops", "data/clips", "a b", "x=1"])
+def test_set_refuses_text_that_is_neither_toml_nor_a_bare_word(repo: Path, value: str) -> None:
+    with pytest.raises(recipes.RecipeInvalid) as caught:
+        recipes.load(repo / "recipes" / "edge_tiny.toml", [f"job.name={value}"])
+    (problem,) = caught.value.problems
+    assert problem.path == "job.name" and "not a TOML value" in problem.message
+    assert "--set 'job.name=\"...\"'" in problem.message
+
+
+@pytest.mark.parametrize(("text", "value"), [("edge", "edge"), ("7b", "7b"), ("bf16", "bf16"),
+                                             ("a_b-c", "a_b-c"), ("12", 12), ("0.5", 0.5),
+                                             ('"data/clips"', "data/clips"), ("true", True)])
+def test_set_takes_toml_values_and_bare_words(text: str, value: object) -> None:
+    from ctrlpost.recipe_overrides import parse_value
+
+    assert parse_value("k", text) == value

@@ -41,6 +41,7 @@ from ctrlpost.recipe_bounds import (
     check_bounds,
 )
 from ctrlpost.recipe_names import DataSourceName, FlavorName
+from ctrlpost.recipe_overrides import OverrideError, apply_override, set_key
 from ctrlpost.tokenizer_geometry import TEMPORAL_COMPRESSION, is_causal_frame_count, latent_frames
 
 if sys.version_info >= (3, 11):
@@ -400,6 +401,8 @@ def load(path: str | Path, overrides: Sequence[str] = (), *,
                 apply_override(raw, change)
             else:
                 set_key(raw, key, change)
+        except OverrideError as exc:
+            problems.append(RecipeProblem(path=exc.key, message=exc.reason))
         except ValueError as exc:
             problems.append(RecipeProblem(path=key or "--set", message=str(exc)))
     if problems:
@@ -459,51 +462,6 @@ def _suggested_path(err: Mapping[str, Any]) -> str | None:
 def _closest(name: str, known: Sequence[str]) -> str | None:
     matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as TOML, else taken as a string) to ``raw`` in place.
-
-    Numeric path parts index arrays of tables: ``control.0.weight=0.5``.
-    """
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"{override!r} is not KEY=VALUE (e.g. train.steps=10)")
-    set_key(raw, key.strip(), _parse_value(text.strip()))
-
-
-def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set the dotted ``key`` of ``raw`` to ``value`` in place (``control.0.weight``: numeric
-    parts index arrays of tables)."""
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        node = _descend(node, part, ".".join(parts[: i + 1]))
-    if isinstance(node, list):
-        node[_index(node, parts[-1], key)] = value
-    else:
-        node[parts[-1]] = value
-
-
-def _descend(node: Any, part: str, where: str) -> Any:
-    if isinstance(node, list):
-        return node[_index(node, part, where)]
-    if not isinstance(node, dict):
-        raise ValueError(f"{where} is not a table")
-    return node.setdefault(part, {})
-
-
-def _index(node: list[Any], part: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ValueError(f"{where}: {part!r} is not an index below {len(node)}")
-    return int(part)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def _problem(err: Mapping[str, Any]) -> RecipeProblem:

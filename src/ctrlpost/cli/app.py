@@ -274,7 +274,7 @@ def modalities(
     epilog="Examples:\n\n  ctrlpost fetch-data recipes/edge_tiny.toml\n\n"
     "  ctrlpost fetch-data recipes/edge_hdvila.toml --num-videos 8 --workers 4\n\n"
     "  ctrlpost fetch-data recipes/edge_hdvila.toml --source local "
-    "--set data.local.videos=clips --set data.local.captions=clips/captions.csv",
+    "--set data.local.videos=clips --set data.local.captions='\"clips/captions.csv\"'",
     cls=RegistryHelp,
 )
 @user_errors

@@ -93,12 +93,22 @@ class Annotator:
             modality's validated recipe parameters).
         annotate: ``annotate(loaded, frames_T_H_W_C, fps, path, batch_size)``: write the hint
             file of one clip (all its decoded RGB uint8 frames) at ``path``, atomically (a temp
-            name renamed into place), in exactly the format ``HintFile.read`` reads.
+            name renamed into place), in exactly the format ``HintFile.read`` reads. A temp
+            name beside ``path`` that starts with ``.`` and ends with ``.tmp`` (what
+            ``ctrlpost.files.temp_path`` makes) is swept away by the next `annotate` when a
+            killed run leaves it behind.
+        make_tiny: ``make_tiny(repo, folder)``: save small random weights of ``repo``'s
+            architecture in ``folder`` in the released repo's format (``save_pretrained``), so
+            that ``load`` reads them exactly as it reads the released model: what
+            `fetch-weights` writes instead of downloading for a flavor that makes its weights
+            locally (the embedded default's ``tiny``). None: such recipes need the released
+            models in ``weights.dir/<repo>``.
     """
 
     models: tuple[str, ...]
     load: Callable[[Mapping[str, Path], str, Any], Any]
     annotate: Callable[[Any, np.ndarray, float, Path, int], None]
+    make_tiny: Callable[[str, Path], None] | None = None
 
 
 class FileHintGenerator(Protocol):

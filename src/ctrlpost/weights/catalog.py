@@ -29,6 +29,7 @@ TOKENIZER_720P = "nvidia/Cosmos-Tokenize1-CV8x8x8-720p"
 UPSAMPLER = "nvidia/Cosmos-UpsamplePrompt1-12B-Transfer"
 GUARDRAIL = "nvidia/Cosmos-Guardrail1"
 T5_11B = "google-t5/t5-11b"
+DEPTH_ANYTHING_V2_SMALL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 #: Where a gated repo's license is accepted (mirrors set with HF_ENDPOINT proxy huggingface.co).
 LICENSE_URL = "https://huggingface.co/{repo_id}"
@@ -101,6 +102,20 @@ T5_FILES: tuple[KnownFile, ...] = (
     KnownFile(T5_11B, "special_tokens_map.json", 3 * KB, optional=True),
 )
 
+#: Repos of the models `ctrlpost annotate` runs (a modality's ``Annotator.models``) whose files
+#: the catalog knows: the whole small repo, as the reference's downloader takes it (sizes from
+#: the hub's listing); the side files are optional. A repo not listed here is fetched whole,
+#: as the hub lists it.
+ANNOTATION_MODEL_FILES: dict[str, tuple[KnownFile, ...]] = {
+    DEPTH_ANYTHING_V2_SMALL: (
+        KnownFile(DEPTH_ANYTHING_V2_SMALL, "config.json", 1 * KB),
+        KnownFile(DEPTH_ANYTHING_V2_SMALL, "model.safetensors", 99_200 * KB),
+        KnownFile(DEPTH_ANYTHING_V2_SMALL, "preprocessor_config.json", 1 * KB),
+        KnownFile(DEPTH_ANYTHING_V2_SMALL, "README.md", 5 * KB, optional=True),
+        KnownFile(DEPTH_ANYTHING_V2_SMALL, ".gitattributes", 2 * KB, optional=True),
+    ),
+}
+
 #: For a text encoder repo not in this catalog: config, tokenizer files and safetensors weights.
 TEXT_ENCODER_PATTERNS: tuple[str, ...] = (
     "config.json",
@@ -133,14 +148,15 @@ MIRRORS: tuple[RepoPatterns, ...] = (
     RepoPatterns(UPSAMPLER, purpose="prompt upsampler (inference)"),
     RepoPatterns(GUARDRAIL, purpose="guardrail models (inference)"),
     RepoPatterns("facebook/sam2-hiera-large", purpose="segmentation (pre-processing)"),
-    RepoPatterns("depth-anything/Depth-Anything-V2-Small-hf", purpose="depth (pre-processing)"),
+    RepoPatterns(DEPTH_ANYTHING_V2_SMALL, purpose="depth (pre-processing)"),
     RepoPatterns("IDEA-Research/grounding-dino-tiny", purpose="detection (pre-processing)"),
     RepoPatterns(T5_11B, tuple(f.path for f in T5_FILES), purpose="text encoder"),
     RepoPatterns("meta-llama/Llama-Guard-3-8B", purpose="guardrail (inference)", gated=True),
 )
 
 _ALL_KNOWN: tuple[KnownFile, ...] = (
-    BASE, *CONTROL_FILES.values(), *_TOKENIZER_KNOWN, *T5_FILES, *_OTHER_KNOWN
+    BASE, *CONTROL_FILES.values(), *_TOKENIZER_KNOWN, *T5_FILES, *_OTHER_KNOWN,
+    *(f for files in ANNOTATION_MODEL_FILES.values() for f in files),
 )
 _BY_NAME: dict[tuple[str, str], KnownFile] = {(f.repo_id, f.path): f for f in _ALL_KNOWN}
 
@@ -196,6 +212,11 @@ def tokenizer_files(repo_id: str) -> tuple[KnownFile, ...]:
 def text_encoder_files(repo_id: str) -> tuple[KnownFile, ...] | None:
     """The files of a catalogued text encoder repo; None for others (use the patterns)."""
     return T5_FILES if repo_id == T5_11B else None
+
+
+def annotation_model_files(repo_id: str) -> tuple[KnownFile, ...] | None:
+    """The files of a catalogued annotation model repo; None for others (fetched whole)."""
+    return ANNOTATION_MODEL_FILES.get(repo_id)
 
 
 def mirror_repos() -> tuple[RepoPatterns, ...]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ctrlpost.errors import WeightsError
 from ctrlpost.modalities import HubRelease, registry
-from ctrlpost.weights import catalog
+from ctrlpost.weights import annotation, catalog
 from ctrlpost.weights.catalog import KnownFile, RepoPatterns
 from ctrlpost.weights.download import (
     DEFAULT_RETRY,
@@ -107,8 +107,9 @@ def plan_downloads(
     """The files a recipe's ``[weights]`` needs, from the catalog alone (sizes are estimates).
 
     The control file is ``[weights].control`` when set, else the released file of each modality
-    (``control_from_modalities`` forces the latter, for ``--modality``). ``include_all`` adds every
-    repo the reference mirrors, as patterns.
+    (``control_from_modalities`` forces the latter, for ``--modality``). The models each
+    modality's annotator runs (`ctrlpost annotate`) come too (:mod:`ctrlpost.weights.annotation`).
+    ``include_all`` adds every repo the reference mirrors, as patterns.
     """
     release = _release_of(flavor)
     root = Path(root if root is not None else weights.dir)
@@ -142,6 +143,12 @@ def plan_downloads(
             patterns.append(RepoPatterns(text[0], tuple(prefix + p for p in
                                                         catalog.TEXT_ENCODER_PATTERNS),
                                          purpose="text encoder"))
+    for repo_id in annotation.annotation_repos(modalities):
+        known = catalog.annotation_model_files(repo_id)
+        if known is not None:
+            wanted.extend((annotation.ROLE, f) for f in known)
+        else:
+            patterns.append(RepoPatterns(repo_id, purpose=annotation.ROLE))
     if include_all:
         for mirror in catalog.mirror_repos():
             patterns.append(mirror)
@@ -321,7 +328,7 @@ def _expand(pattern: RepoPatterns, listing: tuple[str, dict[str, Any]], root: Pa
     if not names:
         raise WeightsError(f"nothing in {pattern.repo_id} on {endpoint} matches "
                            f"{', '.join(pattern.patterns)}", hint="check [weights] in the recipe")
-    role = "text encoder" if pattern.purpose == "text encoder" else "mirror"
+    role = pattern.purpose if pattern.purpose in ("text encoder", annotation.ROLE) else "mirror"
     return [_with_hub_metadata(_planned(root, role, catalog.lookup(pattern.repo_id, name)),
                                siblings[name], commit)
             for name in names if _safe(name)]

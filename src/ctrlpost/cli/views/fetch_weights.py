@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctrlpost.modalities import registry
+from ctrlpost.weights import annotation
 from ctrlpost.weights import fetch as hub_weights
 from ctrlpost.weights.disk import MARGIN_BYTES, fmt_bytes
 from ctrlpost.weights.download import FileProgress, ProgressFactory, no_progress
@@ -41,7 +42,9 @@ def run(
     """The whole command: plan, then list (``dry_run``) or fetch, and render."""
     make_weights = registry.get_flavor(flavor).make_weights
     if make_weights is not None:
-        _print_made(flavor, weights, make_weights(weights), as_json)
+        made = make_weights(weights)
+        tiny = annotation.make_tiny_models(weights.dir, modalities)
+        _print_made(flavor, weights, made, tiny, as_json)
         return
     plan = hub_weights.plan_downloads(weights, flavor=flavor, modalities=modalities,
                                       include_all=include_all, root=root,
@@ -170,14 +173,21 @@ class _RichFile:
         self._progress.stop_task(self._task)
 
 
-def _print_made(flavor: str, weights: WeightsSection, made: object, as_json: bool) -> None:
+def _print_made(flavor: str, weights: WeightsSection, made: object,
+                tiny: annotation.TinyModels, as_json: bool) -> None:
     paths = [str(p) for p in made] if isinstance(made, list | tuple) else []
+    paths += [str(p) for p in tiny.made]
     if as_json:
-        print(json.dumps({"flavor": flavor, "root": weights.dir, "made": paths}, indent=2))
+        print(json.dumps({"flavor": flavor, "root": weights.dir, "made": paths,
+                          "notes": list(tiny.notes)}, indent=2))
         return
+    from rich.markup import escape
+
     console = _console()
     console.print(f"flavor {flavor!r}: nothing to download; its weights are made locally under "
-                  f"{weights.dir}")
+                  f"{escape(weights.dir)}")
     for path in paths:
-        console.print(f"  {path}")
+        console.print(f"  {escape(path)}")
+    for note in tiny.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
 

@@ -98,7 +98,7 @@ def _require(videos: str | None, captions: str | None) -> tuple[Path, Path]:
     if not videos or not captions:
         raise DataError("the local source needs [data.local].videos and [data.local].captions",
                         hint="e.g. --set data.local.videos=my_videos "
-                        "--set data.local.captions=my_videos/captions.csv")
+                        "--set 'data.local.captions=\"my_videos/captions.csv\"'")
     folder, file = Path(videos), Path(captions)
     if not folder.is_dir():
         raise DataError(f"videos folder not found: {folder}", hint="set [data.local].videos")
