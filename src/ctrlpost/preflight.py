@@ -287,6 +287,9 @@ def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     verdict = layout.check(dims, job, gpu_memory_gib=ctx.gpu_memory_gib)
     est = verdict.estimate
     summary: dict[str, Any] = {
+        "device": "CPU processes (gloo)" if par.backend == "gloo" else "GPUs",
+        "bucket_reason": f"the largest bucket of resolution {rec.data.resolution!r}: the "
+                         "memory of the worst clip",
         "gpus": gpus, "gpu_memory_gib": ctx.gpu_memory_gib, "bucket": f"{width}x{height}",
         "tokens": est.tokens, "peak_at": est.moment, "breakdown_gib": est.breakdown_gib(),
         "peak_allocated_gib": round(est.peak_allocated_gib, 1),

@@ -33,8 +33,8 @@ from ctrlpost.errors import CtrlpostError, Stopped
 
 app = typer.Typer(
     name="ctrlpost",
-    help="Post-train Cosmos-Transfer1 ControlNets: fetch-weights, fetch-data, embed, verify, "
-    "train, inspect.",
+    help="Post-train Cosmos-Transfer1 ControlNets: fetch-weights, fetch-data, annotate, embed, "
+    "verify, train, inspect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -84,7 +84,7 @@ def _root(
 ) -> None:
     """Post-train Cosmos-Transfer1 ControlNets on your own videos.
 
-    [b]Workflow[/b]: fetch-weights → fetch-data → embed → verify → train → inspect.
+    [b]Workflow[/b]: fetch-weights → fetch-data → (annotate) → embed → verify → train → inspect.
     Set CTRLPOST_DEBUG=1 to see full tracebacks.
     """
 
@@ -325,8 +325,36 @@ def fetch_data(
 
 
 # ---------------------------------------------------------------------------------------------
-# embed
+# annotate
 
+
+@app.command(epilog="Examples:\n\n  ctrlpost annotate recipes/depth_hdvila.toml\n\n"
+             "  ctrlpost annotate recipes/depth_tiny.toml --device cpu --batch-size 4")
+@user_errors
+def annotate(
+    recipe: RecipeArg,
+    modality: Annotated[str | None, typer.Option(
+        "--modality", show_default=False, autocompletion=complete_modality,
+        help="The modality to make files for; default: the recipe's.")] = None,
+    device: Annotated[str, typer.Option(
+        "--device", autocompletion=complete_embed_device, help="auto, cpu, cuda or cuda:N.")
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, max=4096, help="Frames per model call.")] = 8,
+    overrides: SetOpt = None,
+) -> None:
+    """Write the hint files the recipe's modality reads (e.g. depth/<clip>.mp4) for every clip.
+
+    Files that exist and match their clip are kept, so a rerun resumes. Exit 0: every clip has
+    its file; 1: some clips failed (named); 2: bad input (modality, models, device).
+    """
+    from ctrlpost.cli.views import annotate as console
+
+    console.run(recipe, overrides or [], modality=modality, device=device, batch_size=batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
 
 
 @app.command(

@@ -17,17 +17,69 @@ def print_report(report: Any) -> None:
     table.add_column("details", overflow="fold")
     colour = {"ok": "green", "failed": "red", "skipped": "yellow"}
     for stage in report.stages:
-        details = ", ".join(f"{k}={v}" for k, v in stage.summary.items())
+        details = describe(stage.name, stage.summary)
         if stage.problems:
             details = f"{len(stage.problems)} problem(s)"
         table.add_row(stage.name, f"[{colour[stage.status]}]{stage.status}[/]", escape(details))
     console.print(table)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in warnings(report):
+        err.print(f"[bold yellow]warning:[/] {escape(line)}")
     for problem in report.problems:
         where = f"{problem.path}: " if problem.path else ""
         err.print(f"[bold red]error:[/] {escape(report.recipe)}: {escape(where + problem.message)}")
     if report.ok:
         console.print("[green]ok[/]: no problems found")
+
+
+def warnings(report: Any) -> list[str]:
+    """What deserves a line of its own without failing verify: captions or embeddings whose
+    video is gone (their clips silently leave training), a machine with fewer devices."""
+    lines = []
+    for stage in report.stages:
+        if stage.summary.get("orphans"):
+            files = stage.summary.get("orphan_files", [])
+            lines.append(f"{stage.summary['orphans']} file(s) without their video, so their "
+                         f"clips are not trained on: {', '.join(files)}; restore the videos "
+                         "(`ctrlpost fetch-data RECIPE` fetches missing ones) or delete these")
+        if stage.summary.get("warning"):
+            lines.append(str(stage.summary["warning"]))
+    return lines
+
+
+def describe(stage: str, summary: dict[str, Any]) -> str:
+    """A stage's summary in words: lists joined, tables as "name value", no Python reprs; the
+    layout stage as a sentence saying what was sized for what."""
+    if stage == "layout" and "bucket" in summary:
+        return _layout(summary)
+    return "; ".join(f"{key.replace('_', ' ')}: {_words(value)}" for key, value in summary.items())
+
+
+def _layout(s: dict[str, Any]) -> str:
+    fits = "fits" if s.get("fits") else "does not fit"
+    sentence = (f"{s['gpus']} {s.get('device', 'GPUs')} of {s['gpu_memory_gib']:g} GiB, sized "
+                f"for {s['bucket']} ({s.get('bucket_reason', 'the largest bucket')}), "
+                f"{s['tokens']} tokens: peak {s['peak_allocated_gib']:g} GiB at "
+                f"{s['peak_at']}, {s['total_gib']:g} GiB with overhead, of a "
+                f"{s['budget_gib']:g} GiB budget: {fits}")
+    parts = {k: v for k, v in s.get("breakdown_gib", {}).items() if v}
+    if parts:
+        sentence += "; largest parts: " + ", ".join(
+            f"{k.replace('_', ' ')} {v:g} GiB"
+            for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:3])
+    return sentence
+
+
+def _words(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_words(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(_words(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def print_fidelity(report: Any) -> None:
