@@ -95,7 +95,8 @@ def recipe_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     from ctrlpost import recipe as recipes
 
     try:
-        ctx.recipe = recipes.load(ctx.recipe_path, ctx.overrides)
+        if ctx.recipe is None:  # a command that already loaded it passes it in
+            ctx.recipe = recipes.load(ctx.recipe_path, ctx.overrides)
     except RecipeInvalid as exc:
         return [Problem("recipe", p.path, p.message) for p in exc.problems], {}
     except RecipeError as exc:
@@ -325,12 +326,14 @@ def run(
     gpus: int | None = None,
     gpu_memory_gib: float = 80.0,
     deep: bool = False,
+    resolved: Recipe | None = None,
 ) -> Report:
     """Run the named stages in order and collect their problems. ``gpus`` and
     ``gpu_memory_gib`` are what the layout stage checks against (default: the recipe's GPUs);
-    ``deep`` makes the data stage decode every frame of every clip."""
+    ``deep`` makes the data stage decode every frame of every clip; ``resolved``: the recipe
+    already loaded from ``recipe_path`` and ``overrides`` (not loaded again)."""
     ctx = Context(recipe_path=str(recipe_path), overrides=overrides, plugins=plugins,
-                  gpus=gpus, gpu_memory_gib=gpu_memory_gib, deep=deep)
+                  gpus=gpus, gpu_memory_gib=gpu_memory_gib, deep=deep, recipe=resolved)
     results: list[StageResult] = []
     for name in stages:
         if name != "recipe" and ctx.recipe is None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RECIPE = "recipe.toml"
+RECIPE_HISTORY = "recipes"  # every start's recipe: start_001.toml, start_002.toml, ...
 VERSIONS = "versions.json"
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tb"
@@ -146,3 +147,26 @@ class RunDir:
 
     def scores(self, step: int) -> Path:
         return self.validation_step(step) / SCORES
+
+
+def finished_step(root: Path, steps: int) -> int | None:
+    """The step of the run's newest checkpoint when it reached ``steps`` and its files are all
+    there with the sizes ``meta.json`` recorded (and its exports); None when the run has more
+    to do, has not started, or that checkpoint needs the engine's closer look (resuming checks
+    it and falls back if it is damaged)."""
+    import json
+
+    folder = RunDir(root).checkpoints
+    done = [(step, path) for path in folder.iterdir() if (step := step_of(path.name)) is not None
+            and (path / META).is_file()] if folder.is_dir() else []
+    if not done or max(done)[0] < steps:
+        return None
+    step, path = max(done)
+    try:
+        record = json.loads((path / META).read_text(encoding="utf-8"))
+        sizes, exports = record["files"], record.get("exports", [])
+        intact = all((path / name).stat().st_size == size for name, size in sizes.items())
+        exported = all((folder / name).is_file() for name in exports)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return step if intact and exported else None

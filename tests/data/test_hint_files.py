@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,15 @@ def test_depth_defects(make_dataset: Callable[..., Path]) -> None:
     assert set(found) == {"depth/short.mp4", "depth/small.mp4", "depth/missing.mp4"}
     assert "20" in found["depth/short.mp4"] and str(FRAMES) in found["depth/short.mp4"]
     assert "64" in found["depth/small.mp4"] and str(WIDTH) in found["depth/small.mp4"]
-    assert found["depth/missing.mp4"] == ("missing depth file; make one per clip in the format "
-                                          "the depth plugin's README gives")
+    # verify names the command that makes the file (the plugin's made_by, recipe filled in)
+    assert found["depth/missing.mp4"] == "missing depth file; run `ctrlpost annotate R.toml`"
     assert all("\n" not in message for message in found.values())
+    hint_file = registry.get_modality("depth").hint_file
+    assert hint_file is not None
+    unmade, _ = check_dataset(root, num_frames=17, resolution="128", text_dim=16,
+                              recipe="R.toml", hint_files=[replace(hint_file, made_by="")])
+    assert {p.path: p.message for p in unmade}["depth/missing.mp4"] == (
+        "missing depth file; make one per clip in the format the depth plugin's README gives")
 
 
 def test_seg_defects(make_dataset: Callable[..., Path], tmp_path: Path) -> None:

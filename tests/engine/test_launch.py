@@ -231,3 +231,17 @@ def test_a_rank_recipe_file_round_trips_exact_values(tmp_path: Path) -> None:
     written = rank.write_recipe(tmp_path / "run", recipe.model_dump_json())
     assert rank.read_recipe(written) == recipe
     assert [p.name for p in (tmp_path / "run").iterdir()] == [rundir.RANK_RECIPE]
+
+
+def test_every_start_keeps_its_recipe(tmp_path: Path) -> None:
+    """A resume with other values (``--set train.steps=60``) does not erase the recipe the
+    run started with: each different start's recipe is kept under recipes/."""
+    from ctrlpost.engine.worker import write_run_files
+
+    write_run_files(tmp_path, "[train]\nsteps = 40\n")
+    write_run_files(tmp_path, "[train]\nsteps = 40\n")  # the same recipe again: nothing new
+    write_run_files(tmp_path, "[train]\nsteps = 60\n")
+    assert (tmp_path / "recipe.toml").read_text() == "[train]\nsteps = 60\n"
+    kept = sorted((tmp_path / "recipes").iterdir())
+    assert [p.name for p in kept] == ["start_001.toml", "start_002.toml"]
+    assert kept[0].read_text() == "[train]\nsteps = 40\n"

@@ -249,7 +249,8 @@ def test_modality_descriptor(tmp_path: Path) -> None:
     hint_file = DEPTH.hint_file
     assert hint_file is not None
     assert (hint_file.folder, hint_file.suffix) == ("depth", ".mp4")
-    assert hint_file.made_by == ""  # no command makes real depth files yet
+    assert hint_file.made_by == "ctrlpost annotate RECIPE"
+    assert hint_file.annotator is ctrlpost_depth.ANNOTATOR
     assert hint_file.path(tmp_path, "a") == tmp_path / "depth" / "a.mp4"
     assert isinstance(DEPTH.validate_params({}), DepthParams)
     with pytest.raises(ValidationError, match="extra"):

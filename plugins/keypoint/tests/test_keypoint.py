@@ -428,10 +428,11 @@ def test_modality_descriptor(tmp_path: Path) -> None:
     assert hint.shape == (5, H, W, 3) and hint.any()
 
 
-def test_import_loads_neither_torch_nor_cv2() -> None:
-    code = "import ctrlpost_keypoint, sys; print('torch' in sys.modules, 'cv2' in sys.modules)"
+def test_import_loads_neither_torch_nor_cv2_nor_onnxruntime() -> None:
+    code = ("import ctrlpost_keypoint, sys; "
+            "print(*(m in sys.modules for m in ('torch', 'cv2', 'onnxruntime')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]
 
 
 if __name__ == "__main__":  # prints a fresh pin after a deliberate change

@@ -423,7 +423,7 @@ def test_modality_descriptor(seg_file: tuple[Path, list[dict]]) -> None:
     assert SEG.released_control_file == "seg_control.pt"
     hint_file = SEG.hint_file
     assert hint_file is not None and (hint_file.folder, hint_file.suffix) == ("seg", ".pickle")
-    assert hint_file.made_by == ""  # no command makes real seg files yet
+    assert hint_file.made_by == "ctrlpost annotate RECIPE"
     assert hint_file.path(seg_file[0].parents[1], "clip") == seg_file[0]
     assert hint_file.check(seg_file[0], CLIP) is None
     masks = hint_file.read(seg_file[0], window(0, T))
@@ -432,11 +432,11 @@ def test_modality_descriptor(seg_file: tuple[Path, list[dict]]) -> None:
     assert hint.shape == (T, H, W, 3)
 
 
-def test_import_loads_neither_torch_nor_cv2_nor_pycocotools() -> None:
+def test_import_loads_neither_torch_transformers_cv2_nor_pycocotools() -> None:
     code = ("import ctrlpost_seg, sys; "
-            "print(*(m in sys.modules for m in ('torch', 'cv2', 'pycocotools')))")
+            "print(*(m in sys.modules for m in ('torch', 'cv2', 'pycocotools', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "False"]
+    assert out.stdout.split() == ["False"] * 4
 
 
 # --- synthesize: a pseudo seg file for a synthetic clip ----------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +27,7 @@ from ctrlpost.cli.completion import (
     complete_stages,
 )
 from ctrlpost.cli.error_mapping import user_errors
+from ctrlpost.cli.options import given_values, stage_names
 from ctrlpost.cli.registry_help import RegistryHelp
 from ctrlpost.errors import CtrlpostError, Stopped
 
@@ -164,7 +164,7 @@ def verify(
 
         typer.echo(recipes.dump_toml(recipes.load(recipe, overrides or [])), nl=False)
         return
-    report = preflight.run(recipe, overrides or [], stages=_stage_names(stages, preflight.STAGES),
+    report = preflight.run(recipe, overrides or [], stages=stage_names(stages, preflight.STAGES),
                            gpus=gpus, gpu_memory_gib=gpu_memory, deep=deep)
     loaded = report.resolved  # loaded once, by the recipe stage
     score = None
@@ -195,24 +195,6 @@ def verify(
         typer.echo(f"preview of {', '.join(shown)} written to {preview}", err=True)
     if not report.ok:
         raise typer.Exit(2)
-
-
-def _given(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The typed options given on the command line, by the recipe key each one sets: passed to
-    the recipe as values, never as TOML text."""
-    return {key: value for key, value in options.items() if value is not None}
-
-
-def _stage_names(text: str | None, known: Mapping[str, Any]) -> list[str]:
-    if text is None:
-        return list(known)
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise CtrlpostError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}",
-                            hint=f"choose from: {', '.join(known)}")
-    # Stages depend on the recipe; run it whether asked or not, in the canonical order.
-    return [name for name in known if name in names or name == "recipe"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +294,7 @@ def fetch_data(
     from ctrlpost.data.fetch import youtube
     from ctrlpost.modalities import registry
 
-    loaded = recipes.load(recipe, overrides or [], values=_given({
+    loaded = recipes.load(recipe, overrides or [], values=given_values({
         "data.source": source, "data.fetch.workers": workers}))
     hint_files = [registry.get_modality(c.modality).hint_file for c in loaded.control]
     with console.progress_bar() as progress:
@@ -401,7 +383,7 @@ def embed(
     from ctrlpost import recipe as recipes
     from ctrlpost.embed import run as embedding
 
-    loaded = recipes.load(recipe, overrides or [], values=_given({
+    loaded = recipes.load(recipe, overrides or [], values=given_values({
         "data.embed.device": device, "data.embed.batch_size": batch_size,
         "data.embed.batch_tokens": batch_tokens, "data.embed.precision": precision}))
     name = model or embedding.resolve_model(loaded.weights.text_encoder,
@@ -479,6 +461,7 @@ def train(
     (checkpoint.resume = "auto"). SIGTERM or Ctrl-C saves a checkpoint and exits with 143 / 130.
     """
     from ctrlpost import preflight
+    from ctrlpost.cli.views.train import said_already_done
     from ctrlpost.engine.runtime import under_launcher
 
     overrides = overrides or []
@@ -488,7 +471,13 @@ def train(
         stages = ["recipe", "plugins", "layout"]
     else:
         stages = list(preflight.STAGES)
-    report = preflight.run(recipe, overrides, stages=stages, gpus=nproc)
+    first_check = preflight.run(recipe, overrides, stages=["recipe"])
+    resolved = first_check.resolved
+    if resolved is not None and not under_launcher() and said_already_done(
+            resolved.run_dir(), resolved.train.steps):
+        return  # at once, without checks or ranks
+    report = preflight.run(recipe, overrides, stages=stages, gpus=nproc,
+                           resolved=first_check.resolved)
     if not report.ok:
         first = report.problems[0]
         raise CtrlpostError(

@@ -123,13 +123,15 @@ class DatasetLayout:
 
 
 def exclusive(root: Path) -> contextlib.AbstractContextManager[None]:
-    """Hold ``<root>/.fetch.lock`` so that a second fetch on the same folder fails at once.
+    """Hold ``<root>/.fetch.lock`` so that a second fetch (or `annotate`, which writes hint
+    files) on the same folder fails at once.
 
     The OS releases the lock when the process dies, so a killed run never blocks the next one.
     """
     return exclusive_lock(
         DatasetLayout(root).lock,
-        busy=lambda: DataError(f"another `ctrlpost fetch-data` is writing to {root}",
+        busy=lambda: DataError(f"another `ctrlpost fetch-data` or `annotate` is writing to "
+                               f"{root}",
                                hint="wait for it to finish, or use another [data].root"),
         unwritable=lambda exc: DataError(f"cannot write the dataset folder {root}: "
                                          f"{exc.strerror}",

@@ -139,7 +139,10 @@ def save(checkpoints: Path, *, control: nn.Module, optimizer: torch.optim.Optimi
     if rank == 0:
         record = {**meta, "step": trainer.step, "world_size": dist.get_world_size(),
                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "exports": [path.name for path in exports]}
+                  "exports": [path.name for path in exports],
+                  # Sizes of the files every rank wrote: a check that needs no torch
+                  # (rundir.finished_step) sees a truncated or missing one.
+                  "files": {path.name: path.stat().st_size for path in sorted(temp.iterdir())}}
         _write_json(temp / META, record)
         if final.exists():  # a re-run of the same step after a crash: replace it whole
             shutil.rmtree(final)

@@ -103,8 +103,9 @@ class Scorer:
 
     def hint_of(self, frames_T_H_W_C: np.ndarray, clip: ClipInputs) -> np.ndarray | None:
         """The clip's hint generator (same draw) applied to ``frames``; None for a modality
-        whose hints come from a per-clip file (made by a model, not from the frames)."""
-        if self.modality.hint_file is not None:
+        whose hints come from a per-clip file (made by a model, not from the frames) or that
+        trains on other frames than the clip's (its draw is about the clip, not these)."""
+        if self.modality.hint_file is not None or self.modality.replaces_video:
             return None
         generator = self.modality.build_generator(self.params)
         return generator.render(np.ascontiguousarray(frames_T_H_W_C), clip.hint_draw)

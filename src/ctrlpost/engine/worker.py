@@ -20,6 +20,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ctrlpost import rundir
 from ctrlpost.engine import checkpoint
 from ctrlpost.engine.checkpoint import TrainingState
 from ctrlpost.engine.job import TrainingJob, TrainingPlan
@@ -76,7 +77,7 @@ def train(plan: TrainingPlan, runtime: Runtime) -> TrainingState:
         checkpoints.mkdir(parents=True, exist_ok=True)
         for path in checkpoint.remove_leftovers(run_dir, checkpoints):
             log.info("removed %s, left by a run killed while writing it", path)
-        _write_run_files(run_dir, plan.record.recipe_toml)
+        write_run_files(run_dir, plan.record.recipe_toml)
     dist.barrier()
     job = plan.build(runtime)
     parts = job.parts
@@ -137,10 +138,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _write_run_files(run_dir: Path, recipe_toml: str) -> None:
+def write_run_files(run_dir: Path, recipe_toml: str) -> None:
+    """``recipe.toml`` (the recipe of the latest start) and ``versions.json``; a start whose
+    recipe differs from the one before it (a resume with other values) is also kept, so no
+    start's recipe is lost: ``recipes/start_NNN.toml``."""
     import json
 
     paths = RunDir(run_dir)
+    history = run_dir / rundir.RECIPE_HISTORY
+    kept = sorted(history.glob("start_*.toml")) if history.is_dir() else []
+    if not kept or kept[-1].read_text(encoding="utf-8") != recipe_toml:
+        history.mkdir(exist_ok=True)
+        write_text_atomic(history / f"start_{len(kept) + 1:03d}.toml", recipe_toml)
     write_text_atomic(paths.recipe, recipe_toml)
     write_text_atomic(paths.versions, json.dumps(package_versions(), indent=2) + "\n")
 

@@ -2,7 +2,9 @@
 
 The hint is ``depth/<clip>.mp4`` (grey in 3 channels, near = bright), decoded frame-aligned with
 the clip and passed through unchanged. :func:`write_depth_video` writes such a file losslessly;
-:func:`synthesize_depth` writes a pseudo one for a synthetic clip (``DEPTH_FILE.synthesize``).
+``ANNOTATOR`` makes one for a real clip with Depth Anything V2 Small (`ctrlpost annotate`,
+``DEPTH_FILE.annotator``); :func:`synthesize_depth` writes a pseudo one for a synthetic clip
+(``DEPTH_FILE.synthesize``).
 
 Registered through the ``ctrlpost`` entry-point group; this module is the plugin. Importing it
 loads neither torch nor cv2.
@@ -11,14 +13,15 @@ loads neither torch nor cv2.
 from __future__ import annotations
 
 from ctrlpost.modalities import ExactOn, Modality, hookimpl
+from ctrlpost_depth.annotator import ANNOTATOR
 from ctrlpost_depth.files import DEPTH_FILE, MADE_BY, check_depth, read_depth
 from ctrlpost_depth.hints import DepthHints, build_generator
 from ctrlpost_depth.params import DepthParams
 from ctrlpost_depth.synthesize import synthesize_depth
 from ctrlpost_depth.writer import depth_levels, write_depth_video
 
-__all__ = ["DEPTH", "DEPTH_FILE", "MADE_BY", "DepthHints", "DepthParams", "build_generator",
-           "check_depth", "depth_levels", "read_depth", "synthesize_depth",
+__all__ = ["ANNOTATOR", "DEPTH", "DEPTH_FILE", "MADE_BY", "DepthHints", "DepthParams",
+           "build_generator", "check_depth", "depth_levels", "read_depth", "synthesize_depth",
            "write_depth_video"]
 
 DEPTH = Modality(

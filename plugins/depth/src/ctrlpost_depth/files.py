@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from ctrlpost.modalities import ClipInfo, ClipWindow, HintFile, HintFileError
+from ctrlpost_depth.annotator import ANNOTATOR
 from ctrlpost_depth.synthesize import synthesize_depth
 
-MADE_BY = ""  # no ctrlpost command makes real depth files yet (see the README)
+MADE_BY = "ctrlpost annotate RECIPE"
+"""The command that makes a clip's depth file (``verify`` names it when one is missing)."""
 
 
 def _cv2() -> ModuleType:
@@ -102,4 +104,4 @@ def check_depth(path: Path, clip: ClipInfo) -> str | None:
 
 
 DEPTH_FILE = HintFile(folder="depth", suffix=".mp4", read=read_depth, check=check_depth,
-                      made_by=MADE_BY, synthesize=synthesize_depth)
+                      made_by=MADE_BY, synthesize=synthesize_depth, annotator=ANNOTATOR)

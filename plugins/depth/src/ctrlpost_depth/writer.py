@@ -17,6 +17,7 @@ instead; this plugin's README says what that loses.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def write_depth_video(path: str | Path, depth_T_H_W: np.ndarray, *, fps: float =
         raise ValueError(f"fps must be positive, got {fps}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    # A temp name of the `.*.tmp` form: `ctrlpost annotate` sweeps those a killed run leaves.
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error",
         "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{width}x{height}", "-r", repr(float(fps)),
@@ -81,6 +83,8 @@ def write_depth_video(path: str | Path, depth_T_H_W: np.ndarray, *, fps: float =
         if result.returncode != 0:
             lines = result.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
             raise HintFileError(f"{path}: ffmpeg could not write the depth video: {lines[-1]}")
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())  # on disk before the rename makes it the file
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

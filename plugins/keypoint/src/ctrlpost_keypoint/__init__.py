@@ -2,14 +2,22 @@
 
 Each clip has ``keypoint/<clip>.pickle`` (COCO-WholeBody keypoints of every person in every
 frame, see :mod:`ctrlpost_keypoint.keypoint_file`). The hint draws them as OpenPose-134 skeletons
-on black (:mod:`ctrlpost_keypoint.hints`). :func:`synthesize_keypoints` writes a pseudo file for
-a synthetic clip (``KEYPOINT_FILE.synthesize``). Registered through the ``ctrlpost`` entry-point
-group; this module is the plugin. Importing it loads neither torch nor cv2.
+on black (:mod:`ctrlpost_keypoint.hints`). `ctrlpost annotate` writes the files of real clips
+with DWPose on onnxruntime (``KEYPOINT_FILE.annotator``, :mod:`ctrlpost_keypoint.annotator`);
+:func:`synthesize_keypoints` writes a pseudo file for a synthetic clip
+(``KEYPOINT_FILE.synthesize``). Registered through the ``ctrlpost`` entry-point group; this
+module is the plugin. Importing it loads neither torch, cv2 nor onnxruntime.
 """
 
 from __future__ import annotations
 
-from ctrlpost.modalities import ExactOn, HintFile, Modality, hookimpl
+from ctrlpost.modalities import Annotator, ExactOn, HintFile, Modality, hookimpl
+from ctrlpost_keypoint.annotator import (
+    DWPOSE_REPO,
+    WholebodyModels,
+    annotate_clip,
+    load_wholebody,
+)
 from ctrlpost_keypoint.hints import KeypointHints, build_generator
 from ctrlpost_keypoint.keypoint_file import (
     KeypointFrames,
@@ -21,9 +29,12 @@ from ctrlpost_keypoint.params import KeypointParams
 from ctrlpost_keypoint.safe_pickle import load_pickle
 from ctrlpost_keypoint.skeleton import COCO_OF_OPENPOSE, JOINT_COLORS, LINKS, to_openpose
 from ctrlpost_keypoint.synthesize import synthesize_keypoints
+from ctrlpost_keypoint.tiny_models import make_tiny
 
 __all__ = [
+    "ANNOTATOR",
     "COCO_OF_OPENPOSE",
+    "DWPOSE_REPO",
     "JOINT_COLORS",
     "KEYPOINT",
     "KEYPOINT_FILE",
@@ -31,6 +42,7 @@ __all__ = [
     "KeypointFrames",
     "KeypointHints",
     "KeypointParams",
+    "WholebodyModels",
     "build_generator",
     "check_keypoints",
     "load_pickle",
@@ -40,12 +52,18 @@ __all__ = [
     "write_keypoint_pickle",
 ]
 
+ANNOTATOR = Annotator(models=(DWPOSE_REPO,), load=load_wholebody, annotate=annotate_clip,
+                      make_tiny=make_tiny)
+"""What `ctrlpost annotate` runs for keypoint recipes: DWPose on onnxruntime."""
+
 KEYPOINT_FILE = HintFile(
     folder="keypoint",
     suffix=".pickle",
     read=read_keypoints,
     check=check_keypoints,
+    made_by="ctrlpost annotate RECIPE",
     synthesize=synthesize_keypoints,
+    annotator=ANNOTATOR,
 )
 
 KEYPOINT = Modality(

@@ -3,13 +3,16 @@
 Each clip has ``seg/<clip>.pickle`` (one run-length-encoded whole-clip mask per object, see
 :mod:`ctrlpost_seg.seg_file`). A sample paints a random subset of the objects in random colours
 on black (:mod:`ctrlpost_seg.hints`). :func:`synthesize_seg` writes a pseudo file for a synthetic
-clip (``SEG_FILE.synthesize``). Registered through the ``ctrlpost`` entry-point group; this
-module is the plugin. Importing it loads neither torch nor cv2 nor pycocotools.
+clip (``SEG_FILE.synthesize``); `ctrlpost annotate` writes real files with GroundingDINO and
+SAM2 (``SEG_FILE.annotator``, :mod:`ctrlpost_seg.annotate`). Registered through the ``ctrlpost``
+entry-point group; this module is the plugin. Importing it loads neither torch, transformers,
+cv2 nor pycocotools.
 """
 
 from __future__ import annotations
 
 from ctrlpost.modalities import ExactOn, HintFile, Modality, hookimpl
+from ctrlpost_seg.annotate import ANNOTATOR
 from ctrlpost_seg.hints import SegHints, build_generator, hsv_to_rgb_uint8
 from ctrlpost_seg.params import SegParams
 from ctrlpost_seg.safe_pickle import load_pickle
@@ -37,7 +40,9 @@ SEG_FILE = HintFile(
     suffix=".pickle",
     read=read_seg,
     check=check_seg,
+    made_by="ctrlpost annotate RECIPE",
     synthesize=synthesize_seg,
+    annotator=ANNOTATOR,
 )
 
 SEG = Modality(

@@ -92,7 +92,8 @@ def print_summary(result: AnnotateResult) -> None:
     busy = sum(o.seconds for o in result.outcomes if o.status == "written")
     if result.frames_written and busy > 0:
         console.print(f"{result.frames_written} frames in {busy:.1f} s "
-                      f"({result.frames_written / busy:.1f} frames/s); total {result.seconds:.1f} s")
+                      f"({result.frames_written / busy:.1f} frames/s); "
+                      f"total {result.seconds:.1f} s")
     failed = result.failed
     if failed:
         listing = Table("failed clip", "why")

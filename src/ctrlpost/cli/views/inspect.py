@@ -226,11 +226,13 @@ def show(report: CheckpointReport | RunReport | DiffReport, *, as_json: bool = F
 
 def _strip_columns(report: RunReport) -> str:
     """The columns of the run's strips: a hint read from a per-clip file (depth, seg,
-    keypoint) cannot be made again from the generated frames, so that column is left out."""
+    keypoint) cannot be made again from the generated frames, nor one whose draw is about
+    another target (upscale), so that column is left out."""
     from ctrlpost.modalities import registry
 
     modality = report.checkpoint.modality if report.checkpoint is not None else None
     installed = registry.installed_modalities()
-    from_file = modality in installed and installed[modality].hint_file is not None
-    return ("hint | generated | real" if from_file
+    known = installed.get(modality) if modality is not None else None
+    no_redraw = known is not None and (known.hint_file is not None or known.replaces_video)
+    return ("hint | generated | real" if no_redraw
             else "hint | generated | hint of generated | real")

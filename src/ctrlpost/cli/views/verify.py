@@ -34,7 +34,7 @@ def print_report(report: Any) -> None:
 
 def warnings(report: Any) -> list[str]:
     """What deserves a line of its own without failing verify: captions or embeddings whose
-    video is gone (their clips silently leave training), a machine with fewer devices."""
+    video is gone (their clips would silently leave training)."""
     lines = []
     for stage in report.stages:
         if stage.summary.get("orphans"):
@@ -42,8 +42,6 @@ def warnings(report: Any) -> list[str]:
             lines.append(f"{stage.summary['orphans']} file(s) without their video, so their "
                          f"clips are not trained on: {', '.join(files)}; restore the videos "
                          "(`ctrlpost fetch-data RECIPE` fetches missing ones) or delete these")
-        if stage.summary.get("warning"):
-            lines.append(str(stage.summary["warning"]))
     return lines
 
 
