@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,11 @@ def _worker_init(worker_id: int, *, owner: ProcessIdentity) -> None:
     import cv2
 
     cv2.setNumThreads(0)
+    # Ctrl-C is the training process's to handle: it finishes the step and saves. The launcher
+    # passes it to the rank's whole process group, workers included; a worker that quit on it
+    # would fail the rank's batch in flight before it saves. (SIGTERM keeps its default: the
+    # loader stops its own workers with it.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker's parent is the fork server, which outlives a training process killed with
     # SIGKILL; torch's own watchdog looks at the parent, so watch the training process.
     watch_owner(owner)
