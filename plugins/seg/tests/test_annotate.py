@@ -295,10 +295,10 @@ def test_box_prompts_are_the_processors(loaded: SegAnnotation) -> None:
         assert inputs["point_labels"].tolist() == [[[2, 3]]]
 
 
+@pytest.mark.gpu  # torchvision: no CPU build exists for the pinned torch; the GPU image has it
 def test_track_equals_transformers_processor_path(loaded: SegAnnotation) -> None:
-    """Where torchvision works, Sam2VideoProcessor's own path gives the same frames (to the
+    """Sam2VideoProcessor's own path (it needs torchvision) gives the same frames (to the
     rounding of its uint8 resize) and, from the same frames, exactly the same masks."""
-    pytest.importorskip("torchvision.transforms.v2.functional")
     from transformers import Sam2VideoProcessor
     from transformers.models.sam2.image_processing_sam2 import Sam2ImageProcessor
     from transformers.models.sam2_video.video_processing_sam2_video import (
