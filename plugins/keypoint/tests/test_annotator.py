@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from ctrlpost.modalities import ClipInfo, ClipWindow
+from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_keypoint import KEYPOINT, KEYPOINT_FILE, KeypointParams, check_keypoints
 from ctrlpost_keypoint import onnx_graph as onnx
 from ctrlpost_keypoint.annotator import (
@@ -34,7 +35,6 @@ from ctrlpost_keypoint.annotator import (
     load_wholebody,
     persons_from_boxes,
 )
-from ctrlpost_keypoint.safe_pickle import load_pickle
 from ctrlpost_keypoint.tiny_models import make_tiny
 
 

@@ -387,7 +387,7 @@ def test_a_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
 
 
 def test_builtin_types_load_but_not_from_a_size(tmp_path: Path) -> None:
-    from ctrlpost_keypoint.safe_pickle import load_pickle
+    from ctrlpost.modalities.safe_pickle import load_pickle
 
     values = [b"", b"ab", bytearray(b"xy"), bytearray(), {1, 2}, frozenset({3})]
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from ctrlpost.modalities import ClipInfo, ClipWindow  # noqa: E402
+from ctrlpost.modalities.safe_pickle import load_pickle  # noqa: E402
 from ctrlpost_seg import SEG_FILE, SegParams, check_seg, read_seg  # noqa: E402
 from ctrlpost_seg.annotate import (  # noqa: E402
     ANNOTATOR,
@@ -29,7 +30,6 @@ from ctrlpost_seg.annotate import (  # noqa: E402
     load,
 )
 from ctrlpost_seg.detect import Detection, caption, detect  # noqa: E402
-from ctrlpost_seg.safe_pickle import load_pickle  # noqa: E402
 from ctrlpost_seg.track import pixel_values, track  # noqa: E402
 
 T, H, W = 8, 48, 64

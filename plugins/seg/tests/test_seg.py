@@ -391,7 +391,7 @@ def test_other_globals_are_refused_too(tmp_path: Path) -> None:
 
 
 def test_builtin_types_load_but_not_from_a_size(tmp_path: Path) -> None:
-    from ctrlpost_seg.safe_pickle import load_pickle
+    from ctrlpost.modalities.safe_pickle import load_pickle
 
     values = [b"", b"ab", bytearray(b"xy"), bytearray(), {1, 2}, frozenset({3})]
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):

@@ -12,6 +12,7 @@ module is the plugin. Importing it loads neither torch, cv2 nor onnxruntime.
 from __future__ import annotations
 
 from ctrlpost.modalities import Annotator, ExactOn, HintFile, Modality, hookimpl
+from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_keypoint.annotator import (
     DWPOSE_REPO,
     WholebodyModels,
@@ -26,7 +27,6 @@ from ctrlpost_keypoint.keypoint_file import (
     write_keypoint_pickle,
 )
 from ctrlpost_keypoint.params import KeypointParams
-from ctrlpost_keypoint.safe_pickle import load_pickle
 from ctrlpost_keypoint.skeleton import COCO_OF_OPENPOSE, JOINT_COLORS, LINKS, to_openpose
 from ctrlpost_keypoint.synthesize import synthesize_keypoints
 from ctrlpost_keypoint.tiny_models import make_tiny

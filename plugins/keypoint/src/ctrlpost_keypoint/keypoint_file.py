@@ -9,7 +9,7 @@ The file is a pickled dict from frame index (int) to the list of persons seen in
 ``body-keypoints`` are COCO-WholeBody joints as (x, y, confidence) with x and y normalised to
 0-1 by the frame's width and height; ``hand-keypoints`` repeat its rows 91:133 (both hands).
 Every frame of the clip needs an entry. Persons may carry other keys (boxes, face scores): they
-are ignored. Pickles are loaded with :func:`ctrlpost_keypoint.safe_pickle.load_pickle`, which
+are ignored. Pickles are loaded with :func:`ctrlpost.modalities.safe_pickle.load_pickle`, which
 runs no code from the file.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError
-from ctrlpost_keypoint.safe_pickle import load_pickle
+from ctrlpost.modalities.safe_pickle import load_pickle
 
 BODY, HAND = "body-keypoints", "hand-keypoints"
 BODY_SHAPE, HAND_SHAPE = (133, 3), (42, 3)

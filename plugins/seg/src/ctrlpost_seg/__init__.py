@@ -12,10 +12,10 @@ cv2 nor pycocotools.
 from __future__ import annotations
 
 from ctrlpost.modalities import ExactOn, HintFile, Modality, hookimpl
+from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_seg.annotate import ANNOTATOR
 from ctrlpost_seg.hints import SegHints, build_generator, hsv_to_rgb_uint8
 from ctrlpost_seg.params import SegParams
-from ctrlpost_seg.safe_pickle import load_pickle
 from ctrlpost_seg.seg_file import SegMasks, SegObject, check_seg, read_seg, write_seg_pickle
 from ctrlpost_seg.synthesize import synthesize_seg
 

@@ -10,7 +10,7 @@ returns)::
 
 ``data`` encodes the object's boolean mask over **every** frame of the clip, flattened
 frame-major into one column (see :mod:`ctrlpost_seg.rle`). ``counts`` may be ``bytes`` (what
-pycocotools returns) or ``str``. Pickles are loaded with :func:`ctrlpost_seg.safe_pickle.
+pycocotools returns) or ``str``. Pickles are loaded with :func:`ctrlpost.modalities.safe_pickle.
 load_pickle`, which runs no code from the file.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError
+from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_seg.rle import RleError, check_runs, mask_from_runs, runs_from_counts, window_runs
-from ctrlpost_seg.safe_pickle import load_pickle
 
 
 @dataclass(frozen=True, eq=False)

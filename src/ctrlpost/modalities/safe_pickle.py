@@ -1,12 +1,11 @@
-"""Loading a seg pickle without running code from it.
+"""Loading a hint pickle (seg, keypoint) without running code from it (part of the plugin API).
 
 Unpickling can call any importable function the file names (``os.system`` among them), and a
 dataset's files come from elsewhere. This unpickler resolves only the globals the format can
 need: numpy arrays, dtypes and scalars (under their numpy 1.x and 2.x module names), and the
 builtin types that pickle protocols 0-2 spell as globals. Any other global stops the load with a
 :class:`~ctrlpost.modalities.HintFileError` that names it; the named module is never imported and
-nothing is called. Each hint-file plugin keeps its own copy (plugins do not import
-each other).
+nothing is called.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ctrlpost.modalities import HintFileError
+from ctrlpost.modalities.hint_files import HintFileError
 
 _LATIN1 = frozenset({"latin1", "latin-1", "iso-8859-1"})
 
