@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctrlpost.cli.views.clip_progress import ClipBar, rich_progress
+
 if TYPE_CHECKING:
     from ctrlpost.annotate import AnnotateResult, ClipOutcome
 
@@ -32,45 +34,23 @@ def run(recipe: Path, overrides: Sequence[str], *, modality: str | None, device:
     result.raise_for_failures(f"ctrlpost annotate {recipe}")
 
 
-class RichProgress:
+class RichProgress(ClipBar):
     """An :class:`~ctrlpost.annotate.AnnotateProgress` drawing a rich bar; failures print a
     line."""
 
     def __init__(self, progress: Any) -> None:
-        self._progress = progress
-        self._task: Any = None
-
-    def start(self, total: int) -> None:
-        self._task = self._progress.add_task("annotating", total=total)
+        super().__init__(progress, verb="annotating", colours=_COLOUR)
 
     def clip_done(self, outcome: ClipOutcome) -> None:
         from rich.markup import escape
 
-        colour = _COLOUR[outcome.status]
-        self._progress.update(self._task, advance=1,
-                              description=f"[{colour}]{escape(outcome.name)}[/]")
-        if outcome.status == "failed":
-            self._progress.console.print(f"[red]failed[/] {escape(outcome.name)}: "
-                                         f"{escape(outcome.detail)}", highlight=False,
-                                         soft_wrap=True)
+        self.advance(outcome.name, outcome.status, escape(outcome.detail))
 
 
 @contextmanager
 def progress_bar() -> Iterator[RichProgress]:
     """A progress bar on stderr for the duration of the run."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with rich_progress(remaining=True) as progress:
         yield RichProgress(progress)
 
 

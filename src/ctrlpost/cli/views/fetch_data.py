@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ctrlpost.cli.views.clip_progress import ClipBar, rich_progress
 from ctrlpost.data.fetch.manifest import ClipRecord
 from ctrlpost.data.fetch.runner import FetchResult
 
@@ -13,43 +14,23 @@ SHOWN_FAILURES = 10
 _COLOUR = {"ok": "green", "skipped": "yellow", "failed": "red"}
 
 
-class RichProgress:
+class RichProgress(ClipBar):
     """A :class:`~.fetch.FetchProgress` drawing a rich progress bar; failures print a line."""
 
     def __init__(self, progress: Any) -> None:
-        self._progress = progress
-        self._task: Any = None
-
-    def start(self, total: int) -> None:
-        self._task = self._progress.add_task("fetching", total=total)
+        super().__init__(progress, verb="fetching", colours=_COLOUR)
 
     def clip_done(self, record: ClipRecord) -> None:
         from rich.markup import escape
 
-        colour = _COLOUR[record.status]
-        self._progress.update(self._task, advance=1,
-                              description=f"[{colour}]{escape(record.id)}[/]")
-        if record.status == "failed":
-            self._progress.console.print(
-                f"[red]failed[/] {escape(record.id)}: {record.error_class}: "
-                f"{escape(record.error_message or '')}", highlight=False, soft_wrap=True)
+        self.advance(record.id, record.status,
+                     f"{record.error_class}: {escape(record.error_message or '')}")
 
 
 @contextmanager
 def progress_bar() -> Iterator[RichProgress]:
     """A progress bar on stderr for the duration of a fetch."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
+    with rich_progress(remaining=False) as progress:
         yield RichProgress(progress)
 
 
