@@ -7,6 +7,7 @@ data sources and flavors come through the same hooks (:mod:`ctrlpost.builtin`).
 
 from __future__ import annotations
 
+from ctrlpost.files import write_bytes_atomic
 from ctrlpost.modalities.base import ExactOn, FidelityMetric, HintGenerator, Modality, sample_rng
 from ctrlpost.modalities.flavors import HubRelease, ModelFlavor
 from ctrlpost.modalities.hint_files import (
@@ -24,4 +25,4 @@ from ctrlpost.modalities.sources import DataSource, FetchRequest
 __all__ = ["PROJECT", "Annotator", "ClipInfo", "ClipWindow", "DataSource", "ExactOn",
            "FetchRequest", "FidelityMetric", "FileHintGenerator", "HintFile", "HintFileError",
            "HintGenerator", "HubRelease", "Modality", "ModelFlavor", "TargetReplacingGenerator",
-           "hookimpl", "hookspec", "sample_rng"]
+           "hookimpl", "hookspec", "sample_rng", "write_bytes_atomic"]

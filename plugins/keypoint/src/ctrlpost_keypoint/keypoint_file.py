@@ -15,9 +15,7 @@ runs no code from the file.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError
+from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError, write_bytes_atomic
 from ctrlpost.modalities.safe_pickle import load_pickle
 
 BODY, HAND = "body-keypoints", "hand-keypoints"
@@ -130,7 +128,8 @@ def write_keypoint_pickle(path: Path, frames: Mapping[int, Sequence[Any]]) -> No
             raise ValueError(f"frame keys must be ints, got {key!r}")
         content[int(key)] = [_person_record(person, int(key), p)
                              for p, person in enumerate(persons)]
-    _write_atomically(Path(path), pickle.dumps(content, protocol=4))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(Path(path), pickle.dumps(content, protocol=4))
 
 
 def _person_record(person: Any, t: int, p: int) -> dict[str, np.ndarray]:
@@ -147,17 +146,3 @@ def _person_record(person: Any, t: int, p: int) -> dict[str, np.ndarray]:
 def _float_array(value: Any) -> np.ndarray:
     array = np.asarray(value)
     return array if array.dtype.kind == "f" else array.astype(np.float32)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

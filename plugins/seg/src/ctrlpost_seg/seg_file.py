@@ -16,9 +16,7 @@ load_pickle`, which runs no code from the file.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError
+from ctrlpost.modalities import ClipInfo, ClipWindow, HintFileError, write_bytes_atomic
 from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_seg.rle import RleError, check_runs, mask_from_runs, runs_from_counts, window_runs
 
@@ -181,18 +179,5 @@ def write_seg_pickle(path: Path, objects: Iterable[tuple[str, np.ndarray]]) -> N
                 "mask_shape": tuple(int(s) for s in mask_T_H_W.shape),
             },
         })
-    _write_atomically(Path(path), pickle.dumps(records, protocol=4))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(Path(path), pickle.dumps(records, protocol=4))
