@@ -149,6 +149,15 @@ class RunDir:
         return self.validation_step(step) / SCORES
 
 
+def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
+    """Committed checkpoints, oldest first (folders with ``meta.json``; temp folders ignored)."""
+    if not checkpoints.is_dir():
+        return []
+    found = [(step, path) for path in checkpoints.iterdir()
+             if (step := step_of(path.name)) is not None and (path / META).is_file()]
+    return sorted(found)
+
+
 def finished_step(root: Path, steps: int) -> int | None:
     """The step of the run's newest checkpoint when it reached ``steps`` and its files are all
     there with the sizes ``meta.json`` recorded (and its exports); None when the run has more
@@ -157,11 +166,10 @@ def finished_step(root: Path, steps: int) -> int | None:
     import json
 
     folder = RunDir(root).checkpoints
-    done = [(step, path) for path in folder.iterdir() if (step := step_of(path.name)) is not None
-            and (path / META).is_file()] if folder.is_dir() else []
-    if not done or max(done)[0] < steps:
+    done = complete_checkpoints(folder)
+    if not done or done[-1][0] < steps:
         return None
-    step, path = max(done)
+    step, path = done[-1]
     try:
         record = json.loads((path / META).read_text(encoding="utf-8"))
         sizes, exports = record["files"], record.get("exports", [])

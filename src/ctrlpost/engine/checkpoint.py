@@ -52,7 +52,7 @@ from ctrlpost import files, rundir
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.errors import CtrlpostError, LaunchError
 from ctrlpost.models.state_dict import save_checkpoint, to_control_layout
-from ctrlpost.rundir import DAMAGED, META
+from ctrlpost.rundir import DAMAGED, META, complete_checkpoints
 
 _T = TypeVar("_T")
 
@@ -65,18 +65,6 @@ def step_dir(checkpoints: Path, step: int) -> Path:
 def export_paths(checkpoints: Path, step: int) -> list[Path]:
     """The released-layout exports of ``step``: regular and EMA weights, and their sidecar."""
     return [checkpoints / name for name in rundir.export_names(step)]
-
-
-def complete_checkpoints(checkpoints: Path) -> list[tuple[int, Path]]:
-    """Committed checkpoints, oldest first (folders with ``meta.json``; temp folders ignored)."""
-    if not checkpoints.is_dir():
-        return []
-    found = []
-    for path in checkpoints.iterdir():
-        step = rundir.step_of(path.name)
-        if step is not None and (path / META).is_file():
-            found.append((step, path))
-    return sorted(found)
 
 
 def resolve_resume(checkpoints: Path, resume: str) -> Path | None:
