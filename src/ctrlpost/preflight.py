@@ -202,7 +202,7 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
                                     state_dict.released_layout(flavor, "control"))
     for name in ("encoder.jit", "decoder.jit", "mean_std.pt"):
         files[f"weights.tokenizer/{name}"] = (root / weights.tokenizer / name, None)
-    problems: list[Problem] = []
+    problems = _online_model_problems(ctx)
     checked: dict[str, str] = {}
     for key, (path, layout) in files.items():
         if not path.is_file():
@@ -223,6 +223,24 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     return problems, {"flavor": flavor.name, "checked": list(checked)}
 
 
+def _online_model_problems(ctx: Context) -> list[Problem]:
+    """A control whose hint is computed while training needs its models in ``weights.dir``."""
+    from ctrlpost.modalities import registry
+    from ctrlpost.weights import annotation
+
+    assert ctx.recipe is not None
+    problems: list[Problem] = []
+    for index, control in enumerate(ctx.recipe.control):
+        hint = registry.control_online_hint(control.modality, control.params)
+        for repo in annotation.missing_models(ctx.recipe.weights.dir, hint.models if hint else ()):
+            problems.append(Problem(
+                "weights", f"control.{index}.params.source",
+                f"the online {control.modality} hint runs {repo}, not found in "
+                f"{annotation.model_folder(ctx.recipe.weights.dir, repo)}; run "
+                f"`ctrlpost fetch-weights {ctx.recipe_path}`"))
+    return problems
+
+
 def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     """Every clip decodes and is long enough, has a caption, a well-formed embedding and the
     hint file its modality reads (if any), and still has the sha256 the dataset's manifest
@@ -238,7 +256,8 @@ def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     assert ctx.recipe is not None
     data = ctx.recipe.data
     records = manifest.load(DatasetLayout(Path(data.root)).manifest)
-    hint_files = tuple(registry.get_modality(c.modality).hint_file for c in ctx.recipe.control)
+    hint_files = tuple(registry.control_hint_file(c.modality, c.params)
+                       for c in ctx.recipe.control)
     problems, summary = check_dataset(
         data.root, num_frames=data.num_frames, resolution=data.resolution,
         text_dim=_architecture(ctx).base.text_dim, recipe=ctx.recipe_path,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from ctrlpost.data.layout import DatasetLayout
 from ctrlpost.files import TEMP_GLOB
@@ -184,3 +185,71 @@ def test_missing_models_name_fetch_weights(workspace: Workspace, tmp_path: Path)
                         str(tmp_path / "empty" / MODEL), f"run `ctrlpost fetch-weights {DEPTH}`")
     assert "Traceback" not in message and not (data / "depth").exists()
 
+
+
+# -- the online depth hint (control.params.source = "online") --------------------------------
+
+ONLINE = ["--set", 'control.0.params.source="online"', "--set", "control.0.params.batch_size=16"]
+
+
+def test_the_online_hint_equals_the_annotated_files(workspace: Workspace, tmp_path: Path) -> None:
+    """Same frames (the whole clip, which needs no resize into its bucket), same model, same
+    batches: the hint the training process computes is the annotated file's, level for level."""
+    from ctrlpost import recipe as recipes
+    from ctrlpost.data.dataset import build_dataset
+    from ctrlpost.engine.build import online_hints
+    from ctrlpost.engine.runtime import Runtime
+
+    cpu = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+    data = workspace.fresh_data(tmp_path)
+    ok(workspace.run("annotate", "--device", "cpu", "--batch-size", "16", data=data))
+    sets = [*workspace.sets(data)[1::2], "data.num_frames=24"]  # the window is the whole clip
+    from_files = recipes.load(DEPTH, sets)
+    online = recipes.load(DEPTH, [*sets, *ONLINE[1::2]])
+    files_set = build_dataset(from_files.data, from_files.control[0], seed=0)
+    online_set = build_dataset(online.data, online.control[0], seed=0)
+    hints = online_hints(online, cpu)
+    assert hints is not None and online_hints(from_files, cpu) is None
+    for index in range(2):
+        expected = files_set.load(index, epoch=0)
+        sample = online_set.load(index, epoch=0)
+        assert sample["hint"].shape == (3, 0, 0, 0)  # the loader leaves it to the rank
+        assert torch_equal(sample["video"], expected["video"])
+        made = hints.fill(sample)["hint"]
+        assert made.shape == expected["hint"].shape and made.dtype == expected["hint"].dtype
+        assert torch_equal(made, expected["hint"])
+
+
+def torch_equal(a: object, b: object) -> bool:
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return bool(torch.equal(a, b))
+
+
+def test_an_online_depth_job_verifies_and_trains_without_depth_files(workspace: Workspace,
+                                                                    tmp_path: Path) -> None:
+    data = workspace.fresh_data(tmp_path)  # no depth/ folder at all
+    runs = tmp_path / "runs"
+    train = [*ONLINE, "--set", f"job.output_root='{runs}'", "--set", "train.steps=2",
+             "--set", "checkpoint.every_steps=2", "--set", "validation.every_steps=2",
+             "--set", "validation.num_clips=1", "--set", "parallel.nproc_per_node=1",
+             "--set", "logging.every_steps=1"]
+    ok(workspace.run("verify", *train, data=data))
+    result = ok(workspace.run("train", *train, data=data))
+    run = next(runs.rglob("metrics.jsonl")).parent
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2], result.stdout
+    strips = sorted(p.relative_to(run).parts[1] for p in (run / "validation").rglob("*.png"))
+    assert strips == ["step_000000000", "step_000000002"], strips
+    assert not (data / "depth").exists()
+
+
+def test_online_verify_names_the_missing_model(workspace: Workspace, tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.root / "weights", weights)
+    shutil.rmtree(weights / MODEL)
+    result = workspace.run("verify", *ONLINE, "--stages", "weights", weights=weights)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "control.0.params.source" in result.stdout + result.stderr
+    assert str(weights / MODEL) in (result.stdout + result.stderr).replace("\n", "")
+    assert f"ctrlpost fetch-weights {DEPTH}" in result.stdout + result.stderr

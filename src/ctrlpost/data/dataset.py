@@ -62,7 +62,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
 
     * ``video`` uint8 ``[3, T, H, W]`` and ``hint`` uint8 ``[C_hint, T, H, W]``, both fitted to
       the clip's aspect bucket (resized, reflection-padded); ``hint_key`` names the hint as the
-      reference does (e.g. ``control_input_edge``);
+      reference does (e.g. ``control_input_edge``). With ``online_hint`` the hint is computed
+      on the rank's device later (:mod:`ctrlpost.engine.online_hints`) and is ``[C_hint, 0, 0,
+      0]`` here;
     * ``t5`` float32 ``[512, D]`` zero-padded, ``t5_length`` the real tokens;
     * ``padding_mask`` float32 ``[1, H, W]`` (1 = padded), ``image_size`` float32 ``[4]``;
     * ``fps``, ``frame_start``, ``num_frames``, ``name``, ``index``, ``epoch``, ``bucket``,
@@ -82,6 +84,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         text_tokens: int = text.TEXT_TOKENS,
         hint_file: HintFile | None = None,
         replaces_video: bool = False,
+        hint_channels: int = 3,
+        online_hint: bool = False,
     ) -> None:
         self.root = Path(root)
         self.layout = DatasetLayout(self.root)
@@ -99,6 +103,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self.text_tokens = text_tokens
         self.hint_file = hint_file
         self.replaces_video = replaces_video
+        self.hint_channels = hint_channels
+        self.online_hint = online_hint
 
     def __len__(self) -> int:
         return len(self.names)
@@ -123,7 +129,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         fit = buckets.fit(self.resolution, W, H)
         return {
             "video": video.fit_frames(target_T_H_W_C, fit),
-            "hint": video.fit_frames(hint_T_h_w_C, self._hint_fit(hint_T_h_w_C, fit)),
+            "hint": self._fit_hint(hint_T_h_w_C, fit),
             "hint_key": self.hint_key,
             "t5": torch.from_numpy(t5_N_D),
             "t5_length": t5_length,
@@ -140,10 +146,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
         }
 
     def _hint(self, frames_T_H_W_C: np.ndarray, start: int, clip: ClipInfo,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]:
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, Mapping[str, Any]]:
         """(frames to train on, hint, draw) of a sample, in the way the modality makes hints:
         from a per-clip file, from the frames with a new target, or from the frames (brought
-        inside the bucket box first, as the reference does for edge and blur)."""
+        inside the bucket box first, as the reference does for edge and blur). An online hint
+        is made later, on the rank's device: here it is None."""
+        if self.online_hint:
+            return frames_T_H_W_C, None, {}
         if self.hint_file is not None:
             source = self._hint_source(frames_T_H_W_C, start, clip)
             drawn = self.generator.draw(rng, source)
@@ -166,6 +175,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
             return self.hint_file.read(path, ClipWindow(clip, start, len(frames_T_H_W_C)))
         except HintFileError as exc:
             raise BadSampleError(path, exc.message.removeprefix(f"{path}: ")) from None
+
+    def _fit_hint(self, hint_T_h_w_C: np.ndarray | None, fit: buckets.Fit) -> torch.Tensor:
+        """The hint in the bucket; an online hint's place holds no frames (``[C, 0, 0, 0]``)
+        until :mod:`ctrlpost.engine.online_hints` fills it."""
+        if hint_T_h_w_C is None:
+            return torch.empty((self.hint_channels, 0, 0, 0), dtype=torch.uint8)
+        return video.fit_frames(hint_T_h_w_C, self._hint_fit(hint_T_h_w_C, fit))
 
     def _hint_fit(self, hint_T_H_W_C: np.ndarray, fit: buckets.Fit) -> buckets.Fit:
         """The fit of the hint: the video's, unless the hint has a size of its own (an upscale
@@ -243,6 +259,8 @@ def build_dataset(
         hint_key=modality.hint_key or f"control_input_{modality.name}",
         seed=seed,
         text_dim=text_dim,
-        hint_file=modality.hint_file,
+        hint_file=modality.hint_file_for(params),
         replaces_video=modality.replaces_video,
+        hint_channels=modality.hint_channels,
+        online_hint=modality.online_hint_for(params) is not None,
     )

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -201,14 +202,41 @@ def _resize(x_N_P_H_W: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _pad(x_N_P_H_W: torch.Tensor, fit: Fit) -> torch.Tensor:
+    return pad_planes(x_N_P_H_W, Padding(fit.pad_left, fit.pad_right, fit.pad_top, fit.pad_bottom))
+
+
+class Padding(NamedTuple):
+    """Pixels added on each side of a clip's frames to fill its bucket."""
+
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+
+def pad_planes(x_N_P_H_W: torch.Tensor, padding: Padding) -> torch.Tensor:
+    """Every ``H × W`` plane padded as :func:`fit_frames` pads: ``reflect`` on each axis,
+    ``replicate`` on an axis whose pad is as large as the image side."""
     h, w = x_N_P_H_W.shape[-2:]
-    if fit.pad_left or fit.pad_right:
-        mode = "reflect" if max(fit.pad_left, fit.pad_right) < w else "replicate"
-        x_N_P_H_W = F.pad(x_N_P_H_W, (fit.pad_left, fit.pad_right, 0, 0), mode=mode)
-    if fit.pad_top or fit.pad_bottom:
-        mode = "reflect" if max(fit.pad_top, fit.pad_bottom) < h else "replicate"
-        x_N_P_H_W = F.pad(x_N_P_H_W, (0, 0, fit.pad_top, fit.pad_bottom), mode=mode)
+    if padding.left or padding.right:
+        mode = "reflect" if max(padding.left, padding.right) < w else "replicate"
+        x_N_P_H_W = F.pad(x_N_P_H_W, (padding.left, padding.right, 0, 0), mode=mode)
+    if padding.top or padding.bottom:
+        mode = "reflect" if max(padding.top, padding.bottom) < h else "replicate"
+        x_N_P_H_W = F.pad(x_N_P_H_W, (0, 0, padding.top, padding.bottom), mode=mode)
     return x_N_P_H_W
+
+
+def padding_of(padding_mask_1_H_W: torch.Tensor) -> Padding:
+    """The padding a sample's ``padding_mask`` (1 on padded pixels) records."""
+    own_H_W = padding_mask_1_H_W[0] == 0
+    rows = torch.nonzero(own_H_W.any(1)).flatten()
+    cols = torch.nonzero(own_H_W.any(0)).flatten()
+    if len(rows) == 0:
+        raise ValueError("the padding mask has no pixel of the clip's own")
+    height, width = own_H_W.shape
+    return Padding(left=int(cols[0]), right=width - 1 - int(cols[-1]), top=int(rows[0]),
+                   bottom=height - 1 - int(rows[-1]))
 
 
 def padding_mask(fit: Fit) -> torch.Tensor:

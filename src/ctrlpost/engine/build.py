@@ -14,6 +14,7 @@ or, when the recipe names none, initialised from the base as the reference does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
 if TYPE_CHECKING:
     from ctrlpost.engine.checkpoint import TrainingState
     from ctrlpost.engine.generate import ClipInputs, GenerationConfig
+    from ctrlpost.engine.online_hints import OnlineHints
     from ctrlpost.engine.scoring import Scorer
     from ctrlpost.engine.validation import Validator
 
@@ -240,11 +242,11 @@ def validation_tokenizer(tokenizer: VideoTokenizer, num_frames: int) -> VideoTok
         max_encode_batch=tokenizer.max_encode_batch, max_decode_batch=tokenizer.max_decode_batch)
 
 
-def validation_clips(recipe: Recipe, flavor: Flavor, *,
-                     root: str | None = None) -> list[ClipInputs]:
+def validation_clips(recipe: Recipe, flavor: Flavor, *, root: str | None = None,
+                     hints: OnlineHints | None = None) -> list[ClipInputs]:
     """The fixed validation clips: the first ``validation.num_clips`` of ``root`` (default:
     ``validation.root``, else ``data.root``) at the validation frames and resolution, drawn with
-    ``validation.seed``."""
+    ``validation.seed``; ``hints`` makes their online hints."""
     from ctrlpost.data.dataset import build_dataset
     from ctrlpost.engine.validation import load_clips
 
@@ -254,7 +256,27 @@ def validation_clips(recipe: Recipe, flavor: Flavor, *,
         "resolution": val.resolution or recipe.data.resolution})
     dataset = build_dataset(data, recipe.control[0], seed=val.seed,
                             text_dim=flavor.base.text_dim)
-    return load_clips(dataset, val.num_clips)
+    clips = load_clips(dataset, val.num_clips)
+    if hints is None:
+        return clips
+    return [dataclasses.replace(clip, hint_C_T_H_W=hints.render(clip.video_3_T_H_W,
+                                                                 clip.padding_mask_1_H_W))
+            for clip in clips]
+
+
+def online_hints(recipe: Recipe, runtime: Runtime) -> OnlineHints | None:
+    """The models of the control's online hint loaded on the rank's device, or None when its
+    hints come from files or frames in the loader."""
+    from ctrlpost.engine.online_hints import OnlineHints
+    from ctrlpost.modalities import registry
+
+    control = recipe.control[0]
+    modality = registry.get_modality(control.modality)
+    params = registry.validate_params(modality, control.params)
+    hint = modality.online_hint_for(params)
+    if hint is None:
+        return None
+    return OnlineHints(hint, params, weights_dir=recipe.weights.dir, device=runtime.device)
 
 
 def scorer(recipe: Recipe) -> Scorer:
@@ -268,7 +290,8 @@ def scorer(recipe: Recipe) -> Scorer:
 
 
 def build_validator(recipe: Recipe, runtime: Runtime, parts: ModelParts, ema: PowerEMA,
-                    tokenizer: VideoTokenizer) -> Validator | None:
+                    tokenizer: VideoTokenizer,
+                    hints: OnlineHints | None = None) -> Validator | None:
     """The run's validator, or None when ``validation.every_steps`` is 0."""
     from ctrlpost.engine.validation import ValidationConfig, Validator
 
@@ -280,7 +303,8 @@ def build_validator(recipe: Recipe, runtime: Runtime, parts: ModelParts, ema: Po
                            out_dir=rundir.RunDir(recipe.run_dir()).validation)
     return Validator(cfg=cfg, generation=generation_config(recipe), model=parts.model, ema=ema,
                      tokenizer=validation_tokenizer(tokenizer, validation_frames(recipe)),
-                     clips=validation_clips(recipe, parts.flavor), scorer=scorer(recipe),
+                     clips=validation_clips(recipe, parts.flavor, hints=hints),
+                     scorer=scorer(recipe),
                      device=runtime.device, dtype=parts.compute_dtype)
 
 
@@ -326,8 +350,9 @@ def build_job(recipe: Recipe, runtime: Runtime, *, synthetic: bool = False) -> T
         batches = functools.partial(_synthetic_batches, recipe, runtime, parts)
     else:
         tokenizer = build_tokenizer(recipe, runtime, parts.compute_dtype)
-        validator = build_validator(recipe, runtime, parts, ema, tokenizer)
-        batches = functools.partial(_loader_batches, recipe, runtime, parts.flavor)
+        hints = online_hints(recipe, runtime)
+        validator = build_validator(recipe, runtime, parts, ema, tokenizer, hints)
+        batches = functools.partial(_loader_batches, recipe, runtime, parts.flavor, hints)
     return TrainingJob(parts=parts, optimizer=optimizer, ema=ema, tokenizer=tokenizer,
                        validator=validator, batches=batches, loop=loop_config(recipe),
                        edm=edm_config(recipe), checkpoint=recipe.checkpoint,
@@ -336,8 +361,13 @@ def build_job(recipe: Recipe, runtime: Runtime, *, synthetic: bool = False) -> T
 
 
 def _loader_batches(recipe: Recipe, runtime: Runtime, flavor: Flavor,
-                    state: TrainingState) -> Iterator[dict[str, Any]]:
-    return build_batches(recipe, runtime, flavor, state.data)
+                    hints: OnlineHints | None, state: TrainingState) -> Any:
+    batches = build_batches(recipe, runtime, flavor, state.data)
+    if hints is None:
+        return batches
+    from ctrlpost.engine.online_hints import FilledBatches
+
+    return FilledBatches(batches, hints)
 
 
 def _synthetic_batches(recipe: Recipe, runtime: Runtime, parts: ModelParts,
@@ -385,7 +415,8 @@ def build_fidelity_job(recipe: Recipe, runtime: Runtime, *,
     parts = build_model(without_control, runtime)
     tokenizer = validation_tokenizer(build_tokenizer(recipe, runtime, parts.compute_dtype),
                                      validation_frames(recipe))
-    clips = validation_clips(recipe, parts.flavor, root=clips_root)
+    clips = validation_clips(recipe, parts.flavor, root=clips_root,
+                             hints=online_hints(recipe, runtime))
     return FidelityJob(parts=parts, tokenizer=tokenizer, clips=clips, scorer=scorer(recipe),
                        generation=generation_config(recipe),
                        strip_frames=recipe.validation.strip_frames, seed=recipe.validation.seed)

@@ -20,9 +20,11 @@ from ctrlpost.modalities.hint_files import (
     TargetReplacingGenerator,
 )
 from ctrlpost.modalities.hookspecs import PROJECT, hookimpl, hookspec
+from ctrlpost.modalities.online import OnlineHint
 from ctrlpost.modalities.sources import DataSource, FetchRequest
 
 __all__ = ["PROJECT", "Annotator", "ClipInfo", "ClipWindow", "DataSource", "ExactOn",
            "FetchRequest", "FidelityMetric", "FileHintGenerator", "HintFile", "HintFileError",
-           "HintGenerator", "HubRelease", "Modality", "ModelFlavor", "TargetReplacingGenerator",
+           "HintGenerator", "HubRelease", "Modality", "ModelFlavor", "OnlineHint",
+           "TargetReplacingGenerator",
            "hookimpl", "hookspec", "sample_rng", "write_bytes_atomic"]

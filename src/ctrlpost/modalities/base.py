@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ctrlpost.modalities.hint_files import HintFile
+from ctrlpost.modalities.online import OnlineHint
 
 
 class HintGenerator(Protocol):
@@ -90,9 +91,10 @@ class Modality:
     ``build_generator`` receives a validated instance of ``params_model``. ``exact_on`` lists
     the library versions on which the hints are byte-identical to the reference's (empty: no
     such claim). ``hint_file`` and ``replaces_video`` widen what a modality may do (see
-    :mod:`ctrlpost.modalities.hint_files`). ``released_control_file`` names the control branch
-    a flavor's hub release has for this modality (``"edge_control.pt"``), the file
-    `fetch-weights` downloads for it; None: none is released.
+    :mod:`ctrlpost.modalities.hint_files`); ``online_hint`` lets the params choose to compute
+    the file's hint in the training process instead. ``released_control_file`` names the
+    control branch a flavor's hub release has for this modality (``"edge_control.pt"``), the
+    file `fetch-weights` downloads for it; None: none is released.
     """
 
     name: str
@@ -109,6 +111,20 @@ class Modality:
     # The sample trains on generator.target(frames, drawn) instead of the clip's frames.
     replaces_video: bool = False
     released_control_file: str | None = None
+    # The same hint computed in the training process by a model (see ctrlpost.modalities.online),
+    # when the control's params select it; the hint file is then not read.
+    online_hint: OnlineHint | None = None
+
+    def online_hint_for(self, params: BaseModel) -> OnlineHint | None:
+        """The online hint the validated ``params`` select, or None (hints from files or frames)."""
+        if self.online_hint is not None and self.online_hint.selected(params):
+            return self.online_hint
+        return None
+
+    def hint_file_for(self, params: BaseModel) -> HintFile | None:
+        """The per-clip file a control with validated ``params`` reads, or None: none, or its
+        hint is computed online."""
+        return None if self.online_hint_for(params) is not None else self.hint_file
 
     def validate_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate raw recipe parameters with the plugin's own model (raises pydantic errors)."""

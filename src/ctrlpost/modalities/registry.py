@@ -22,6 +22,8 @@ from ctrlpost.errors import PluginError
 from ctrlpost.modalities import hookspecs
 from ctrlpost.modalities.base import FidelityMetric, Modality
 from ctrlpost.modalities.flavors import ModelFlavor
+from ctrlpost.modalities.hint_files import HintFile
+from ctrlpost.modalities.online import OnlineHint
 from ctrlpost.modalities.sources import DataSource
 
 #: ctrlpost's own plugin modules, registered by name (so the registry imports none of them).
@@ -225,6 +227,19 @@ def validate_params(modality: Modality, raw: Mapping[str, Any]) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "params"
         raise PluginError(f"{modality.name}.{where}: {first['msg']}") from None
+
+
+def control_hint_file(name: str, raw_params: Mapping[str, Any]) -> HintFile | None:
+    """The per-clip file a control of modality ``name`` with ``raw_params`` reads, or None (its
+    hints come from the frames, or are computed online)."""
+    modality = get_modality(name)
+    return modality.hint_file_for(validate_params(modality, raw_params))
+
+
+def control_online_hint(name: str, raw_params: Mapping[str, Any]) -> OnlineHint | None:
+    """The online hint a control of modality ``name`` with ``raw_params`` selects, or None."""
+    modality = get_modality(name)
+    return modality.online_hint_for(validate_params(modality, raw_params))
 
 
 def exactness(modality: Modality) -> list[dict[str, Any]]:
