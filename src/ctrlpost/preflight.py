@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from ctrlpost.errors import CtrlpostError, RecipeError
+from ctrlpost.errors import CtrlpostError
 from ctrlpost.recipe import Recipe, RecipeInvalid
 
 if TYPE_CHECKING:
@@ -91,7 +91,9 @@ StageFn = Callable[[Context], tuple[list[Problem], dict[str, Any]]]
 
 
 def recipe_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
-    """The recipe parses and validates."""
+    """The recipe validates. A file that is missing or not TOML raises its one-line
+    :class:`~ctrlpost.errors.RecipeError` (path and fix) instead: with nothing to check, a
+    report would add nothing, and `train` would bury the line in its summary."""
     from ctrlpost import recipe as recipes
 
     try:
@@ -99,8 +101,6 @@ def recipe_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
             ctx.recipe = recipes.load(ctx.recipe_path, ctx.overrides)
     except RecipeInvalid as exc:
         return [Problem("recipe", p.path, p.message) for p in exc.problems], {}
-    except RecipeError as exc:
-        return [Problem("recipe", "", exc.message)], {}
     rec = ctx.recipe
     summary: dict[str, Any] = {"run_dir": str(rec.run_dir()), "flavor": rec.model.flavor,
                                "steps": rec.train.steps}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -411,18 +412,40 @@ def load(path: str | Path, overrides: Sequence[str] = (), *,
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; a missing or malformed file is a one-line RecipeError."""
+    """Parse a TOML file; a missing or malformed file is a one-line RecipeError that names the
+    file once (``<path>:<line>:<col>: ...`` for a syntax error) and the fix."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(
-            f"recipe not found: {p}", hint="pass a TOML file, e.g. recipes/edge_tiny.toml"
-        )
+        what = "recipe not found (this is a folder)" if p.is_dir() else "recipe not found"
+        raise RecipeError(f"{p}: {what}; pass the path of a TOML recipe, e.g. "
+                          "recipes/edge_tiny.toml")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{p}: invalid TOML: {exc}") from None
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise RecipeError(f"{p}: not a UTF-8 text file") from None
+        raise RecipeError(f"{p}: not a UTF-8 text file; save the recipe as UTF-8 TOML") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(_toml_error_line(p, text, str(exc))) from None
+
+
+# tomllib/tomli end their message with where the parser stopped; the position moves to the front.
+_TOML_AT_LINE = re.compile(r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<col>\d+)\)$", re.S)
+_TOML_AT_END = re.compile(r"^(?P<what>.*) \(at end of document\)$", re.S)
+
+
+def _toml_error_line(path: Path, text: str, message: str) -> str:
+    """``<path>:<line>:<col>: invalid TOML: <what>`` (the form editors and terminals jump to)
+    from a TOML parser's ``"<what> (at line L, column C)"`` or ``"<what> (at end of
+    document)"``."""
+    if found := _TOML_AT_LINE.match(message):
+        where, what = f"{path}:{found['line']}:{found['col']}", found["what"]
+    elif found := _TOML_AT_END.match(message):
+        lines = text.split("\n")
+        where, what = f"{path}:{len(lines)}:{len(lines[-1]) + 1}", found["what"]
+    else:
+        where, what = str(path), message
+    return f"{where}: invalid TOML: {what}"
 
 
 def validate(raw: Mapping[str, Any], *, file: str = "<recipe>") -> Recipe:

@@ -72,7 +72,7 @@ def test_strip_shows_hint_generated_hint_of_generated_and_real() -> None:
                       text_L_D=torch.zeros(4, 8), padding_mask_1_H_W=torch.zeros(1, 16, 24),
                       fps=24.0, hint_draw={"preset": "medium", "lower": 100, "upper": 200})
     image = scorer.strip(frames, clip, frames=3, label="c")
-    assert image.dtype == np.uint8 and image.shape == (18 + 3 * 16 + 2 * 2, 4 * 24 + 3 * 2, 3)
+    assert image.dtype == np.uint8 and image.shape == (18 + 16 + 3 * 16 + 2 * 2, 4 * 24 + 3 * 2, 3)
     assert scorer.score(frames, clip)["f1"] < 1.0  # the "hint" here is no edge map
 
 

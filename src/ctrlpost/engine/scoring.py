@@ -26,6 +26,8 @@ from ctrlpost.engine.generate import ClipInputs
 from ctrlpost.modalities import Modality
 
 LABEL_HEIGHT = 18
+HEADER_HEIGHT = 16  # the row of column names under the label line
+HEADER_SCALES = (0.4, 0.35, 0.3)  # font scales tried largest first; 0.3 is ~7 px tall
 GAP = 2
 COLUMNS = ("hint", "generated", "hint of generated", "real")
 
@@ -113,18 +115,22 @@ class Scorer:
     def strip(self, generated_T_H_W_C: np.ndarray, clip: ClipInputs, *, frames: int,
               label: str) -> np.ndarray:
         """uint8 RGB image: one row per shown frame, columns hint | generated | hint of
-        generated (when the hint can be made from frames) | real, under a label line."""
+        generated (when the hint can be made from frames) | real, under a label line and a
+        header row naming each column above it."""
         crop = Crop.of(clip.padding_mask_1_H_W)
         generated = crop.apply(generated_T_H_W_C)
         hint_of_generated = self.hint_of(generated, clip)
-        panels = [crop.apply(channels_last(clip.hint_C_T_H_W)), generated,
-                  *([] if hint_of_generated is None else [hint_of_generated]),
-                  crop.apply(channels_last(clip.video_3_T_H_W))]
+        by_name = dict(zip(COLUMNS, [crop.apply(channels_last(clip.hint_C_T_H_W)), generated,
+                                     hint_of_generated,
+                                     crop.apply(channels_last(clip.video_3_T_H_W))], strict=True))
+        names = [name for name, panel in by_name.items() if panel is not None]
+        panels = [panel for panel in by_name.values() if panel is not None]
         T = generated.shape[0]
         picks = np.linspace(0, T - 1, num=min(frames, T)).round().astype(int)
         rows = [_join([_rgb(panel[t]) for panel in panels], axis=1) for t in picks]
         body = _join(rows, axis=0)
-        return np.concatenate([_label(label, body.shape[1]), body], axis=0)
+        header = _header(names, column_width=generated.shape[2])
+        return np.concatenate([_label(label, body.shape[1]), header, body], axis=0)
 
 
 def _rgb(frame_H_W_C: np.ndarray) -> np.ndarray:
@@ -152,10 +158,48 @@ def _label(text: str, width: int) -> np.ndarray:
     return band
 
 
+def _header(names: Sequence[str], *, column_width: int) -> np.ndarray:
+    """The row of column names, each centred over its column (columns ``column_width`` wide,
+    :data:`GAP` apart, as :func:`_join` lays them out). A name too wide for its column is drawn
+    smaller, down to the smallest legible size, then shortened."""
+    import cv2
+
+    width = len(names) * column_width + (len(names) - 1) * GAP
+    band = np.zeros((HEADER_HEIGHT, width, 3), dtype=np.uint8)
+    # Anti-aliased ink spills about a pixel past the width getTextSize gives: two pixels of
+    # margin each side keep a name inside its column, clear of its neighbours.
+    room = max(column_width - 4, 1)
+    for index, name in enumerate(names):
+        text, scale = _fitted(name, room)
+        (text_width, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        left = index * (column_width + GAP) + max((column_width - text_width) // 2, 2)
+        cv2.putText(band, text, (left, HEADER_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return band
+
+
+def _fitted(name: str, room: int) -> tuple[str, float]:
+    """``name`` at the largest of :data:`HEADER_SCALES` that fits ``room`` pixels, else at the
+    smallest, cut to fit and ended with ``..``."""
+    import cv2
+
+    def width(text: str, scale: float) -> int:
+        return int(cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0])
+
+    for scale in HEADER_SCALES:
+        if width(name, scale) <= room:
+            return name, scale
+    smallest = HEADER_SCALES[-1]
+    for cut in range(len(name) - 1, 0, -1):
+        if width(name[:cut] + "..", smallest) <= room:
+            return name[:cut] + "..", smallest
+    return "", smallest  # not even one letter fits: an empty band is better than a smudge
+
+
 def strip_label(name: str, scores: Mapping[str, float]) -> str:
-    """``"<clip>  f1 0.712  precision 0.6  …  (hint | generated | hint of generated | real)"``."""
+    """``"<clip>  f1 0.712  precision 0.6  …"``: the columns are named in the header row."""
     values = "  ".join(f"{key} {value:.3g}" for key, value in scores.items())
-    return f"{name}  {values}  ({' | '.join(COLUMNS)})"
+    return f"{name}  {values}"
 
 
 def write_strip(path: Path, image_H_W_C: np.ndarray) -> Path:
