@@ -28,13 +28,14 @@ from ctrlpost.modalities import Annotator
 from ctrlpost_seg.detect import Detection, Detector, detect, load_detector
 from ctrlpost_seg.params import SegParams
 from ctrlpost_seg.seg_file import write_seg_pickle
+from ctrlpost_seg.tiny_models import DETECTOR_REPO, TRACKER_REPO, make_tiny
 from ctrlpost_seg.track import PackedMasks, Tracker, load_tracker, track
 
 if TYPE_CHECKING:
     import torch
 
-DETECTOR_REPO = "IDEA-Research/grounding-dino-tiny"
-TRACKER_REPO = "facebook/sam2-hiera-large"
+__all__ = ["ANNOTATOR", "DETECTOR_REPO", "TRACKER_REPO", "SegAnnotation", "annotate",
+           "annotate_boxes", "load", "model_dtype"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,4 +92,5 @@ ANNOTATOR = Annotator(
     models=(DETECTOR_REPO, TRACKER_REPO),
     load=load,
     annotate=annotate,
+    make_tiny=make_tiny,
 )
