@@ -172,3 +172,31 @@ def test_a_plugin_without_tiny_models_gets_a_note(tmp_path: Path,
     result = annotation.make_tiny_models(tmp_path, ["fake"])
     assert result.made == () and len(result.notes) == 2
     assert "makes no tiny stand-in" in result.notes[0] and "acme/a" in result.notes[0]
+
+
+@pytest.mark.parametrize(("modality", "repo", "fetched", "left"), [
+    ("seg", "facebook/sam2-hiera-large", ["config.json", "model.safetensors",
+                                          "video_preprocessor_config.json"],
+     ["sam2_hiera_large.pt", "README.md"]),
+    ("seg", "IDEA-Research/grounding-dino-tiny",
+     ["config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+      "vocab.txt"], ["pytorch_model.bin"]),
+    ("keypoint", "yzd-v/DWPose", ["dw-ll_ucoco_384.onnx", "yolox_l.onnx"],
+     ["dw-ll_ucoco_384.pth", "dw-mm_ucoco.pth", "yolox_l.pth"]),
+])
+def test_only_the_files_a_plugin_loads_are_fetched(hub: Any, tmp_path: Path, modality: str,
+                                                   repo: str, fetched: list[str],
+                                                   left: list[str]) -> None:
+    """A repo that also ships the same weights in other formats: the plugin's ``model_files``
+    patterns select what its loader reads, against the hub's real listing."""
+    for name in [*fetched, *left]:
+        hub.write(repo, name, name.encode() * 10)
+    plan = weights.plan_downloads(recipes.load(EDGE).weights, flavor="7b",
+                                  modalities=[modality], root=tmp_path)
+    patterns = {p.repo_id: p for p in plan.patterns}
+    assert patterns[repo].purpose == annotation.ROLE and patterns[repo].patterns != ("*",)
+    plan = replace(plan, files=(), patterns=(patterns[repo],))
+    report = weights.fetch(plan, endpoint=hub.url, token=False,
+                           retry=Retry(attempts=2, wait_s=0.0))
+    assert sorted(o.file.path for o in report.outcomes) == sorted(fetched)
+    assert sorted(p.name for p in (tmp_path / repo).iterdir()) == sorted(fetched)

@@ -15,7 +15,7 @@ being that crop degraded): :class:`TargetReplacingGenerator`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,12 +103,18 @@ class Annotator:
             `fetch-weights` writes instead of downloading for a flavor that makes its weights
             locally (the embedded default's ``tiny``). None: such recipes need the released
             models in ``weights.dir/<repo>``.
+        model_files: Per repo of ``models``, the files ``load`` reads, as fnmatch patterns
+            over the repo's listing (``("*.json", "*.safetensors")``): `fetch-weights` fetches
+            only those, so a repo that also ships other formats of the same weights is not
+            fetched twice. A repo absent here is fetched whole (unless the weights catalog
+            lists its files).
     """
 
     models: tuple[str, ...]
     load: Callable[[Mapping[str, Path], str, Any], Any]
     annotate: Callable[[Any, np.ndarray, float, Path, int], None]
     make_tiny: Callable[[str, Path], None] | None = None
+    model_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class FileHintGenerator(Protocol):

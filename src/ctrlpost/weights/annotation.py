@@ -3,8 +3,9 @@
 A modality whose hint file has an annotator (``HintFile.annotator``) names the hub repos of its
 models (``Annotator.models``). For a recipe of that modality `fetch-weights` has each repo in
 ``<weights.dir>/<org>/<repo>/``: the files the catalog lists for it
-(:data:`~ctrlpost.weights.catalog.ANNOTATION_MODEL_FILES`), else the whole repo as the hub lists
-it, hash-checked like every other file. A flavor that makes its weights locally (``tiny``) gets
+(:data:`~ctrlpost.weights.catalog.ANNOTATION_MODEL_FILES`), else the files its plugin says its
+loader reads (``Annotator.model_files``), else the whole repo as the hub lists it, hash-checked
+like every other file. A flavor that makes its weights locally (``tiny``) gets
 small random stand-ins from the plugin instead (``Annotator.make_tiny``), in the same folders and
 format, so `annotate` loads them exactly as it loads the released models.
 
@@ -40,6 +41,15 @@ def annotation_repos(modalities: Sequence[str]) -> list[str]:
     """The hub repos the annotators of ``modalities`` run, each once, in order."""
     return list(dict.fromkeys(repo for annotator in annotators(modalities).values()
                               for repo in annotator.models))
+
+
+def repo_patterns(modalities: Sequence[str], repo_id: str) -> tuple[str, ...]:
+    """The files of ``repo_id`` the annotators of ``modalities`` read (fnmatch patterns);
+    ``("*",)``: the whole repo."""
+    for annotator in annotators(modalities).values():
+        if repo_id in annotator.model_files:
+            return tuple(annotator.model_files[repo_id])
+    return ("*",)
 
 
 def model_folder(root: str | Path, repo_id: str) -> Path:

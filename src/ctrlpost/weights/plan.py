@@ -148,7 +148,8 @@ def plan_downloads(
         if known is not None:
             wanted.extend((annotation.ROLE, f) for f in known)
         else:
-            patterns.append(RepoPatterns(repo_id, purpose=annotation.ROLE))
+            patterns.append(RepoPatterns(repo_id, annotation.repo_patterns(modalities, repo_id),
+                                         purpose=annotation.ROLE))
     if include_all:
         for mirror in catalog.mirror_repos():
             patterns.append(mirror)

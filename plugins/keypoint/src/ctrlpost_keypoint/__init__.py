@@ -14,7 +14,9 @@ from __future__ import annotations
 from ctrlpost.modalities import Annotator, ExactOn, HintFile, Modality, hookimpl
 from ctrlpost.modalities.safe_pickle import load_pickle
 from ctrlpost_keypoint.annotator import (
+    DETECTOR_FILE,
     DWPOSE_REPO,
+    POSE_FILE,
     WholebodyModels,
     annotate_clip,
     load_wholebody,
@@ -53,7 +55,10 @@ __all__ = [
 ]
 
 ANNOTATOR = Annotator(models=(DWPOSE_REPO,), load=load_wholebody, annotate=annotate_clip,
-                      make_tiny=make_tiny)
+                      make_tiny=make_tiny,
+                      # the two ONNX graphs it runs; the repo's .pth checkpoints (~1.1 GB) are
+                      # the same networks for other runtimes
+                      model_files={DWPOSE_REPO: (DETECTOR_FILE, POSE_FILE)})
 """What `ctrlpost annotate` runs for keypoint recipes: DWPose on onnxruntime."""
 
 KEYPOINT_FILE = HintFile(

@@ -68,7 +68,8 @@ def annotate(loaded: SegAnnotation, frames_T_H_W_C: np.ndarray, fps: float, path
              batch_size: int) -> None:
     """Write ``path`` (``seg/<clip>.pickle``) for a clip's RGB uint8 frames ``[T, H, W, 3]``.
 
-    ``fps`` is not needed; ``batch_size`` is the number of frames prepared for SAM2 at once.
+    ``fps`` is not needed; ``batch_size`` is the number of frames SAM2 prepares and encodes
+    at once.
     """
     detections = detect(loaded.detector, frames_T_H_W_C[0], loaded.prompt)
     annotate_boxes(loaded.tracker, frames_T_H_W_C, detections, path, batch_size)
@@ -93,4 +94,8 @@ ANNOTATOR = Annotator(
     load=load,
     annotate=annotate,
     make_tiny=make_tiny,
+    # transformers' files only: the SAM2 repo also holds the same weights as the original
+    # project's sam2_hiera_large.pt (~900 MB), GroundingDINO's as pytorch_model.bin.
+    model_files={DETECTOR_REPO: ("*.json", "*.txt", "*.safetensors"),
+                 TRACKER_REPO: ("*.json", "*.safetensors")},
 )

@@ -76,7 +76,7 @@ def save_tiny_grounding_dino(folder: Path, *, seed: int = 0) -> None:
 
     backbone = SwinConfig(image_size=SIZE, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
                           num_heads=[1, 1, 1, 1], window_size=2,
-                          out_features=["stage2", "stage3", "stage4"])
+                          out_features=["stage2", "stage3", "stage4"])  # type: ignore[call-arg]
     text = BertConfig(vocab_size=len(bert_vocab()), hidden_size=32, num_hidden_layers=1,
                       num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
     config = GroundingDinoConfig(
