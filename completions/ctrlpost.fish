@@ -1,1 +1,8 @@
-complete --command ctrlpost --no-files --arguments "(env _CTRLPOST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ctrlpost)" --condition "env _CTRLPOST_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ctrlpost"
+# fish completion for ctrlpost; to install it:
+#   ctrlpost completion fish > ~/.config/fish/completions/ctrlpost.fish
+function __ctrlpost_complete
+    set -l line (commandline -cp)
+    env COMP_WORDS="$line''" COMP_CWORD=-1 _CTRLPOST_COMPLETE=complete_bash (commandline -opc)[1] 2>/dev/null
+end
+
+complete --command ctrlpost --no-files --arguments '(__ctrlpost_complete)'

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,7 +48,8 @@ def in_order(expected: list[str], offered: list[str]) -> bool:
 def test_offers_subcommands_and_options() -> None:
     # Commands are added by several people: check ours are offered, in order, among others.
     offered = complete("ctrlpost ")
-    assert in_order(["verify", "modalities", "fetch-data", "embed", "completion"], offered), offered
+    assert in_order(["fetch-weights", "fetch-data", "annotate", "embed", "verify", "train",
+                     "inspect", "modalities", "completion"], offered), offered
     assert complete("ctrlpost ve") == ["verify"]
     assert complete("ctrlpost fetch-data --") == [
         "--source", "--num-videos", "--workers", "--accept-partial", "--set", "--help"]
@@ -80,13 +78,22 @@ def test_offers_recipe_paths_and_modalities(repo: Path, tmp_path: Path) -> None:
     assert complete("ctrlpost modalities e") == ["edge"]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_bash_round_trip(repo: Path) -> None:
-    exe_dir = Path(sys.executable).parent
-    script = repo / "completions" / "ctrlpost.bash"
-    cmd = (f"source {script}; COMP_WORDS=(ctrlpost verify recipes/e); COMP_CWORD=2; "
-           "_ctrlpost_completion ctrlpost; printf '%s\\n' \"${COMPREPLY[@]}\"")
-    env = {**os.environ, "PATH": f"{exe_dir}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", "--norc", "-c", cmd], capture_output=True, text=True,
-                            cwd=repo, env=env, timeout=60)
-    assert result.stdout.split() == ["recipes/edge_hdvila.toml", "recipes/edge_tiny.toml"]
+def test_offers_folders_and_the_files_an_option_takes(tmp_path: Path) -> None:
+    for name in ("run.toml", "notes.txt", "edge.pt", "sheet.png", ".hidden.toml"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "runs" / "a").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "iter_1.pt").write_text("")
+    assert complete("ctrlpost train ", cwd=tmp_path) == ["run.toml", "runs/"]
+    assert complete("ctrlpost train .", cwd=tmp_path) == [".hidden.toml"]
+    assert complete("ctrlpost inspect ", cwd=tmp_path) == ["edge.pt", "runs/"]
+    assert complete("ctrlpost inspect runs/", cwd=tmp_path) == ["runs/a/"]
+    assert complete("ctrlpost inspect runs/a/", cwd=tmp_path) == ["runs/a/iter_1.pt"]
+    assert complete("ctrlpost inspect x.pt --diff ./e", cwd=tmp_path) == ["./edge.pt"]
+    assert complete("ctrlpost inspect runs --plot ", cwd=tmp_path) == ["runs/", "sheet.png"]
+    assert complete("ctrlpost verify run.toml --control ", cwd=tmp_path) == [
+        "none", "edge.pt", "runs/"]
+    assert complete("ctrlpost verify run.toml --clips ", cwd=tmp_path) == ["runs/"]
+    assert complete("ctrlpost fetch-weights run.toml --dir r", cwd=tmp_path) == ["runs/"]
+    assert complete(f"ctrlpost verify {tmp_path}/r") == [f"{tmp_path}/run.toml",
+                                                          f"{tmp_path}/runs/"]
+    assert complete("ctrlpost verify nowhere/") == []

@@ -143,7 +143,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> Seen:
 
     monkeypatch.setattr(recipes, "read_toml", reading)
     monkeypatch.setattr(build, "training_plan", planning)
-    monkeypatch.setattr(worker, "main", record.ran.append)
+    monkeypatch.setattr(worker, "main", lambda plan, **_: record.ran.append(plan))
     # The launcher names itself in the environment and sets a thread count for its ranks.
     monkeypatch.setenv(LAUNCHER_ENV, "")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))

@@ -41,7 +41,8 @@ def stage(tmp_path: Path) -> OnlineHints:
 def test_the_models_load_once_from_weights_dir(tmp_path: Path) -> None:
     LOADED.clear()
     stage(tmp_path)
-    assert LOADED == [({"org/net": tmp_path / "org/net"}, "cpu", {"p": 1})]
+    expected = [({"org/net": tmp_path / "org/net"}, "cpu", {"p": 1})]
+    assert expected == LOADED
 
 
 def test_a_padded_sample_gets_the_hint_of_its_own_pixels_padded_like_the_loader(

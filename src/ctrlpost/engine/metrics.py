@@ -1,20 +1,30 @@
-"""What rank 0 reports: a rich progress bar (or one line per logged step when the output is
-not a terminal, e.g. under the elastic launcher), ``metrics.jsonl`` and TensorBoard."""
+"""What rank 0 reports: console events, ``metrics.jsonl`` and TensorBoard.
+
+The console gets events (:data:`ConsoleEvent`), not text: a :data:`Console` decides how they
+look. `ctrlpost train` passes its view (a live bar on a terminal, else plain lines); without one,
+:func:`plain_console` prints a line per logged step and every note. A rank in a process of its
+own, started by the elastic launcher, cannot call the command's view: it writes each event as
+one line of a small protocol on its stdout (:class:`EventWriter`), which the launcher follows
+and decodes (:func:`decode_event`) for the view.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
 from ctrlpost.engine.trainer import StepMetrics
 from ctrlpost.files import write_text_atomic
-from ctrlpost.rundir import RunDir
+from ctrlpost.rundir import RunDir, step_name
 
 
 def truncate_metrics(run_dir: Path, *, after_step: int) -> None:
@@ -28,12 +38,117 @@ def truncate_metrics(run_dir: Path, *, after_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+@dataclass(frozen=True)
+class Started:
+    """Training starts (or resumes) at ``step`` of ``total``."""
+
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """An optimizer step finished (every step); ``record`` is the step's ``metrics.jsonl``
+    record when it is a logging step, else None."""
+
+    step: int
+    total: int
+    loss: float
+    samples_per_s: float
+    record: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Note:
+    """A one-off line: start, resume, a warning, validation, a checkpoint saved, done."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """A line rank 0 wrote itself (a library's message, a Python warning), passed on as is."""
+
+    text: str
+    err: bool = False
+
+
+ConsoleEvent = Started | StepDone | Note | Output
+Console = Callable[[ConsoleEvent], None]
+
+#: Set by the launcher in its ranks' environment: write console events as protocol lines.
+EVENTS_ENV = "CTRLPOST_CONSOLE_EVENTS"
+#: Starts a protocol line; anything else on the rank's stdout is its own output.
+EVENT_MARK = "@ctrlpost-event "
+_EVENT_TYPES: dict[str, type[ConsoleEvent]] = {
+    cls.__name__: cls for cls in (Started, StepDone, Note, Output)}
+
+
+def record_line(record: Mapping[str, Any], total_steps: int) -> str:
+    """The text of a logged step: ``step  5/40  loss 0.1234  lr ...``."""
+    width = len(str(total_steps))
+    line = (f"step {record['step']:>{width}}/{total_steps}  loss {record['loss']:.4f}  "
+            f"lr {record['lr']:.3g}  grad {record['grad_norm']:.3g}  "
+            f"{record['samples_per_s']:.2f} samples/s  {record['tokens_per_s']:.0f} tok/s  "
+            f"data-wait {record['data_wait_pct']:.1f}%")
+    if "gpu_mem_gib" in record:
+        line += f"  mem {record['gpu_mem_gib']:.1f} GiB"
+    if record["skipped_steps"]:
+        line += f"  skipped {record['skipped_steps']}"
+    return line
+
+
+def plain_console(event: ConsoleEvent) -> None:
+    """Lines for a pipe or a log file: one per logged step, every note and output line."""
+    if isinstance(event, StepDone) and event.record is not None:
+        print(record_line(event.record, event.total), flush=True)
+    elif isinstance(event, Note):
+        print(event.message, flush=True)
+    elif isinstance(event, Output):
+        print(event.text, file=sys.stderr if event.err else sys.stdout, flush=True)
+
+
+def encode_event(event: ConsoleEvent) -> str:
+    """One protocol line (no newline): the mark, then the event as JSON."""
+    return EVENT_MARK + json.dumps({"event": type(event).__name__,
+                                    **dataclasses.asdict(event)})
+
+
+def decode_event(line: str, *, err: bool = False) -> ConsoleEvent:
+    """The event of a protocol line; any other line (or a damaged one) is :class:`Output`."""
+    if not err and line.startswith(EVENT_MARK):
+        try:
+            fields = json.loads(line[len(EVENT_MARK):])
+            return _EVENT_TYPES[fields.pop("event")](**fields)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not an event after all: shown as the rank wrote it
+    return Output(line, err=err)
+
+
+class EventWriter:
+    """The console of a rank the elastic launcher started: protocol lines on its stdout."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, event: ConsoleEvent) -> None:
+        self._stream.write(encode_event(event) + "\n")
+        self._stream.flush()  # the launcher follows the file as it grows
+
+
+def console_from_environment() -> Console:
+    """Protocol lines in a rank our launcher started (:data:`EVENTS_ENV`), else plain lines."""
+    return EventWriter(sys.stdout) if os.environ.get(EVENTS_ENV) == "1" else plain_console
+
+
 class RunLogger:
     """Rank 0's metrics sink; other ranks get a logger that records nothing."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, total_steps: int, every_steps: int,
-                 jsonl: bool, tensorboard: bool, device: torch.device) -> None:
+                 jsonl: bool, tensorboard: bool, device: torch.device,
+                 console: Console = plain_console) -> None:
         self.enabled = enabled
+        self.console = console
         self.run_dir = run_dir
         paths = RunDir(run_dir)
         self.total_steps = total_steps
@@ -47,22 +162,25 @@ class RunLogger:
 
             self._tb = SummaryWriter(log_dir=str(paths.tensorboard))
         self._window: list[StepMetrics] = []
-        self._progress: Any = None
-        if enabled and sys.stdout.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._progress = Progress(TextColumn("step {task.completed}/{task.total}"),
-                                      BarColumn(), TimeRemainingColumn(),
-                                      TextColumn("{task.description}"))
-            self._task = self._progress.add_task("", total=total_steps)
-            self._progress.start()
+    def begin(self, step: int) -> None:
+        """Training starts at ``step`` (past 0 on a resume)."""
+        if self.enabled:
+            self.console(Started(step, self.total_steps))
 
     def __call__(self, metrics: StepMetrics) -> None:
         if not self.enabled:
             return
         self._window.append(metrics)
-        if metrics.step % self.every_steps and metrics.step != self.total_steps:
-            return
+        logged = self._log(metrics.step)
+        self.console(StepDone(metrics.step, self.total_steps, metrics.loss,
+                              metrics.samples / metrics.seconds if metrics.seconds else 0.0,
+                              record=logged))
+
+    def _log(self, step: int) -> dict[str, Any] | None:
+        """At a logging step, the record of the steps since the last one, written; else None."""
+        if step % self.every_steps and step != self.total_steps:
+            return None
         record = self._record(self._window)
         self._window = []
         if self._jsonl is not None:
@@ -73,11 +191,7 @@ class RunLogger:
                 if key != "step" and isinstance(value, int | float):
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
             self._tb.flush()
-        if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"],
-                                  description=self._line(record).split("  ", 1)[1])
-        else:
-            print(self._line(record), flush=True)
+        return record
 
     def _record(self, window: list[StepMetrics]) -> dict[str, Any]:
         last = window[-1]
@@ -99,17 +213,6 @@ class RunLogger:
         for metrics in window:
             record.update(metrics.extra)
         return record
-
-    def _line(self, r: dict[str, Any]) -> str:
-        width = len(str(self.total_steps))
-        line = (f"step {r['step']:>{width}}/{self.total_steps}  loss {r['loss']:.4f}  "
-                f"lr {r['lr']:.3g}  grad {r['grad_norm']:.3g}  {r['samples_per_s']:.2f} samples/s  "
-                f"{r['tokens_per_s']:.0f} tok/s  data-wait {r['data_wait_pct']:.1f}%")
-        if "gpu_mem_gib" in r:
-            line += f"  mem {r['gpu_mem_gib']:.1f} GiB"
-        if r["skipped_steps"]:
-            line += f"  skipped {r['skipped_steps']}"
-        return line
 
     def validation(self, step: int, record: Mapping[str, Any]) -> None:
         """Log a validation: its own ``metrics.jsonl`` record (``step``, ``fidelity``,
@@ -143,16 +246,17 @@ class RunLogger:
                 self._tb.add_image(f"val_strips/{path.stem}", image_H_W_C[..., ::-1].copy(),
                                    step, dataformats="HWC")
 
+    def saved(self, step: int) -> None:
+        """A checkpoint of ``step`` was committed."""
+        self.note(f"checkpoint saved at step {step}: "
+                  f"{RunDir(self.run_dir).checkpoints / step_name(step)}")
+
     def note(self, message: str) -> None:
-        """A one-off line from rank 0 (start, resume, save)."""
-        if self._progress is not None:
-            self._progress.console.print(message)
-        elif self.enabled:
-            print(message, flush=True)
+        """A one-off line from rank 0 (start, resume, a warning, save, done)."""
+        if self.enabled:
+            self.console(Note(message))
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:

@@ -129,15 +129,17 @@ class Trainer:
                  state: TrainingState, device: torch.device, compute_dtype: torch.dtype,
                  checkpoints: Any, sidecar: Callable[[], dict[str, Any]],
                  on_metrics: Callable[[StepMetrics], None], validator: Any = None,
-                 on_validation: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_validation: Callable[[int, dict[str, Any]], None] | None = None,
+                 on_saved: Callable[[int], None] | None = None) -> None:
         """``validator`` (an :class:`ctrlpost.engine.validation.Validator`, optional) samples
-        and scores clips at its steps; ``on_validation(step, record)`` receives its results."""
+        and scores clips at its steps; ``on_validation(step, record)`` receives its results;
+        ``on_saved(step)`` hears of each committed checkpoint."""
         self.cfg, self.edm = cfg, edm
         self.model, self.logvar, self.tokenizer = model, logvar, tokenizer
         self.optimizer, self.ema, self.batches = optimizer, ema, batches
         self.state, self.device, self.dtype = state, device, compute_dtype
         self.checkpoints, self.sidecar, self.on_metrics = checkpoints, sidecar, on_metrics
-        self.validator, self.on_validation = validator, on_validation
+        self.validator, self.on_validation, self.on_saved = validator, on_validation, on_saved
         self.params = [p for p in model.control.parameters() if p.requires_grad]
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.stop = StopFlag()
@@ -299,3 +301,5 @@ class Trainer:
             checkpoint.prune(self.checkpoints, keep_last=self.cfg.keep_last)
         dist.barrier()
         self._saved_step = self.state.step
+        if self.on_saved is not None:
+            self.on_saved(self.state.step)

@@ -24,7 +24,13 @@ from ctrlpost import rundir
 from ctrlpost.engine import checkpoint
 from ctrlpost.engine.checkpoint import TrainingState
 from ctrlpost.engine.job import TrainingJob, TrainingPlan
-from ctrlpost.engine.metrics import RunLogger, truncate_metrics
+from ctrlpost.engine.metrics import (
+    Console,
+    RunLogger,
+    console_from_environment,
+    plain_console,
+    truncate_metrics,
+)
 from ctrlpost.engine.runtime import Runtime, init_distributed, under_launcher
 from ctrlpost.engine.trainer import Trainer
 from ctrlpost.errors import Stopped
@@ -37,8 +43,12 @@ log = logging.getLogger("ctrlpost.engine")
 PACKAGES = ("torch", "transformers", "numpy", "opencv-python-headless", "pydantic")
 
 
-def main(plan: TrainingPlan) -> None:
-    """Entry point of one rank: join the process group, build ``plan``, resume, train."""
+def main(plan: TrainingPlan, *, console: Console | None = None) -> None:
+    """Entry point of one rank: join the process group, build ``plan``, resume, train.
+
+    ``console`` shows rank 0's progress (the command's view when this rank runs inside
+    `ctrlpost train`); by default, protocol lines for our launcher or plain lines.
+    """
     if "TORCHELASTIC_RUN_ID" in os.environ and launcher_from_environment() is None:
         # Started by torchrun: go down with it, even when it is SIGKILLed. (Ranks of our own
         # launcher armed a stronger guard before importing anything; the in-process single
@@ -49,7 +59,7 @@ def main(plan: TrainingPlan) -> None:
     log_path = _setup_logging(plan.run_dir, runtime.rank)
     with crash_traces(log_path, until_exit=under_launcher()):
         try:
-            train(plan, runtime)
+            train(plan, runtime, console=console or console_from_environment())
         except Stopped as stopped:
             log.info("rank %d: %s", runtime.rank, stopped.message)
             if not under_launcher():
@@ -69,7 +79,8 @@ def main(plan: TrainingPlan) -> None:
         finished()
 
 
-def train(plan: TrainingPlan, runtime: Runtime) -> TrainingState:
+def train(plan: TrainingPlan, runtime: Runtime, *,
+          console: Console = plain_console) -> TrainingState:
     """Build the job of ``plan`` on this rank, resume if asked, and run the loop."""
     run_dir = plan.run_dir
     checkpoints = RunDir(run_dir).checkpoints
@@ -95,17 +106,20 @@ def train(plan: TrainingPlan, runtime: Runtime) -> TrainingState:
         truncate_metrics(run_dir, after_step=state.step if resume_from is not None else -1)
     logger = RunLogger(run_dir, enabled=runtime.is_main, total_steps=job.loop.steps,
                        every_steps=job.logging.every_steps, jsonl=job.logging.jsonl,
-                       tensorboard=job.logging.tensorboard, device=runtime.device)
+                       tensorboard=job.logging.tensorboard, device=runtime.device,
+                       console=console)
     for note in restored.notes:
         log.warning(note)
         logger.note(note)
     logger.note(_start_line(plan, job, runtime, state, resume_from))
+    logger.begin(state.step)
     trainer = Trainer(
         cfg=job.loop, edm=job.edm, model=parts.model, logvar=parts.logvar,
         tokenizer=job.tokenizer, optimizer=job.optimizer, ema=job.ema,
         batches=job.batches(state), state=state, device=runtime.device,
         compute_dtype=parts.compute_dtype, checkpoints=checkpoints, sidecar=sidecar,
         on_metrics=logger, validator=job.validator, on_validation=logger.validation,
+        on_saved=logger.saved,
     )
     try:
         final = trainer.run()
