@@ -253,3 +253,12 @@ def test_online_verify_names_the_missing_model(workspace: Workspace, tmp_path: P
     assert "control.0.params.source" in result.stdout + result.stderr
     assert str(weights / MODEL) in (result.stdout + result.stderr).replace("\n", "")
     assert f"ctrlpost fetch-weights {DEPTH}" in result.stdout + result.stderr
+
+
+def test_fetch_data_writes_no_depth_files_for_an_online_job(workspace: Workspace,
+                                                            tmp_path: Path) -> None:
+    data = tmp_path / "online_data"
+    ok(workspace.run("fetch-data", *ONLINE, data=data))
+    assert len(DatasetLayout(data).clips()) == CLIPS and not (data / "depth").exists()
+    ok(workspace.run("fetch-data", data=tmp_path / "file_data"))
+    assert len(list((tmp_path / "file_data" / "depth").glob("*.mp4"))) == CLIPS

@@ -184,7 +184,7 @@ def fetch_data(
 
     loaded = recipes.load(recipe, overrides or [], values=given_values({
         "data.source": source, "data.fetch.workers": workers}))
-    hint_files = [registry.get_modality(c.modality).hint_file for c in loaded.control]
+    hint_files = [registry.control_hint_file(c.modality, c.params) for c in loaded.control]
     with console.progress_bar() as progress:
         result = fetch.fetch_data(loaded.data, seed=loaded.job.seed, num_videos=num_videos,
                                   youtube_factory=youtube.factory_from_env(), progress=progress,
