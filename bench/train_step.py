@@ -50,7 +50,14 @@ from flops import model_flops
 common.ensure_ctrlpost_importable()
 
 from ctrlpost.engine import parallel  # noqa: E402
-from ctrlpost.models import ControlledDiT, DiT, Flavor, build_controlled_dit, get_flavor  # noqa: E402
+from ctrlpost.models import (  # noqa: E402
+    ControlledDiT,
+    DiT,
+    Flavor,
+    build_controlled_dit,
+    fp8,
+    get_flavor,
+)
 
 # Latent (T, H, W): 121 frames of 704x1280 (56,320 tokens) and 25 frames (14,080 tokens).
 LATENTS_7B = {56320: (16, 88, 160), 14080: (4, 88, 160)}
@@ -171,12 +178,20 @@ class _NearestResize:
 
 @dataclass(frozen=True)
 class Variant:
-    """``impl[/ac][/compile][/backend]``, e.g. ``ctrlpost/selective/compile/cudnn``."""
+    """``impl[/ac][/compile][/backend][/fp8]``, e.g. ``ctrlpost/selective/compile/cudnn/fp8``.
+
+    ``diffusers`` runs with its own (full, per block) checkpointing; ``diffusers/compile`` is
+    diffusers tuned as far as its public API allows: each transformer block compiled
+    (``nn.Module.compile``, what ``ModelMixin.compile_repeated_blocks`` does where a model
+    declares its repeated blocks). ``fp8``: ctrlpost's base with ``model.base_precision =
+    "fp8"`` (token-wise linears as FP8 products, :mod:`ctrlpost.models.fp8`).
+    """
 
     impl: str
     ac: str
     compile: bool
     attention: str
+    fp8: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -185,24 +200,27 @@ class Variant:
         if impl not in ("ctrlpost", "diffusers"):
             raise ValueError(f"unknown implementation in {text!r}")
         ac = "diffusers" if impl == "diffusers" else "selective"
-        compiled, attention = False, "default"
+        compiled, attention, fp8 = False, "default", False
         for token in tokens[1:]:
             if token in ("full", "selective", "selective-all", "none"):
                 ac = token
             elif token == "compile":
                 compiled = True
+            elif token == "fp8":
+                fp8 = True
             elif token in ("default", "cudnn", "flash", "efficient", "best"):
                 attention = token
             else:
                 raise ValueError(f"unknown option {token!r} in {text!r}")
-        if impl == "diffusers" and (compiled or ac != "diffusers"):
-            raise ValueError("diffusers runs as shipped: its own checkpointing, eager")
-        return cls(impl, ac, compiled, attention)
+        if impl == "diffusers" and (ac != "diffusers" or fp8):
+            raise ValueError("diffusers runs with its own checkpointing and bf16 weights")
+        return cls(impl, ac, compiled, attention, fp8)
 
     def __str__(self) -> str:
         parts = [self.impl] + ([] if self.impl == "diffusers" else [self.ac])
         parts += ["compile"] if self.compile else []
         parts += [] if self.attention == "default" else [self.attention]
+        parts += ["fp8"] if self.fp8 else []
         return "/".join(parts)
 
 
@@ -228,14 +246,16 @@ def attention_backend(name: str) -> Iterator[None]:
 
 
 class Configurator:
-    """Switches ctrlpost's checkpointing mode and compilation in place between variants."""
+    """Switches ctrlpost's checkpointing mode, compilation and FP8 base in place between
+    variants, and diffusers' compilation."""
 
     def __init__(self, model: ControlledDiT) -> None:
         self.model = model
-        self.state: tuple[str, bool, str] | None = None
+        self.state: tuple[str, bool, str, bool] | None = None
+        self.diffusers_compiled: bool | None = None
 
     def apply(self, variant: Variant) -> None:
-        state = (variant.ac, variant.compile, variant.attention)
+        state = (variant.ac, variant.compile, variant.attention, variant.fp8)
         if state == self.state:
             return
         blocks = [m for m in self.model.modules() if isinstance(m, parallel.DiTBlock)]
@@ -244,11 +264,9 @@ class Configurator:
             block.__dict__.pop(parallel._MARK, None)
             block._compiled_call_impl = None  # type: ignore[attr-defined]
         if variant.compile or (self.state is not None and self.state[1]):
-            torch._dynamo.reset()
-            # One static graph per token count (no dynamic-shape kernels); a few graphs per
-            # shape: base blocks with/without an input gradient, trained control blocks.
-            torch._dynamo.config.automatic_dynamic_shapes = False
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
+            _fresh_dynamo()
+        for layer in fp8.token_linears(self.model.base):
+            layer.__class__ = fp8.Fp8FrozenLinear if variant.fp8 else torch.nn.Linear
         mode = "selective" if variant.ac == "selective-all" else variant.ac
         parallel.apply_activation_checkpointing(self.model, mode)  # type: ignore[arg-type]
         # "selective-all": the first selective policy, which kept cross-attention outputs too.
@@ -257,6 +275,26 @@ class Configurator:
         if variant.compile:
             parallel.apply_compile(self.model)
         self.state = state
+        self.diffusers_compiled = None  # a reset graph cache drops diffusers' graphs too
+
+    def apply_diffusers(self, model: Any, variant: Variant) -> None:
+        if variant.compile == self.diffusers_compiled:
+            return
+        _fresh_dynamo()
+        self.state = None  # ctrlpost's compiled blocks must be compiled again after a reset
+        for block in model.transformer_blocks:
+            block._compiled_call_impl = None
+            if variant.compile:
+                block.compile()
+        self.diffusers_compiled = variant.compile
+
+
+def _fresh_dynamo() -> None:
+    torch._dynamo.reset()
+    # One static graph per token count (no dynamic-shape kernels); a few graphs per shape: base
+    # blocks with/without an input gradient, trained control blocks.
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
 
 
 _IS_SELF_ATTENTION = parallel._is_self_attention  # type: ignore[attr-defined]
@@ -483,11 +521,11 @@ class Bench:
             return variant
         rows = [r for r in self.record["attention"] if "fwd_bwd_s" in r]
         if not rows:
-            return Variant(variant.impl, variant.ac, variant.compile, "default")
+            return Variant(variant.impl, variant.ac, variant.compile, "default", variant.fp8)
         largest = max(r["tokens"] for r in rows)
         best = min((r for r in rows if r["tokens"] == largest), key=lambda r: r["fwd_bwd_s"])
         return Variant(variant.impl, variant.ac, variant.compile,
-                       best["backend"].removesuffix("-model-layout"))
+                       best["backend"].removesuffix("-model-layout"), variant.fp8)
 
     def measure(self, part: str, variant: Variant, tokens: int) -> None:
         assert self.model is not None
@@ -496,6 +534,8 @@ class Bench:
         batch = make_inputs(self.flavor, thw, self.device, self.dtype)
         if variant.impl == "ctrlpost":
             self.configurator.apply(variant)
+        else:
+            self.configurator.apply_diffusers(self.diffusers_model, variant)
         flops = model_flops(self.flavor, tokens, thw[0], part=part)
         work = flops["total"]
         model, dm = self.model, self.diffusers_model

@@ -194,6 +194,16 @@ class ModelSection(_Section):
     flavor: FlavorName = Field("7b", description="Architecture flavor: a registered one's name.")
     num_control_blocks: int = Field(3, ge=1, description="Control-branch blocks ('block3').")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype.")
+    base_precision: Literal["bf16", "fp8"] = Field(
+        "bf16", description="The frozen base's token-wise linear layers: bf16 (as released), or "
+        "fp8 (e4m3 products with row-wise scales for the forward and the input gradient; "
+        "faster, not bit-equal; needs precision = \"bf16\").")
+
+    @model_validator(mode="after")
+    def _fp8_base_needs_bf16(self) -> ModelSection:
+        if self.base_precision == "fp8" and self.precision != "bf16":
+            raise ValueError('base_precision = "fp8" needs precision = "bf16"')
+        return self
 
 
 class DiffusionSection(_Section):

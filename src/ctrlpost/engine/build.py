@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from ctrlpost.models import (
     load_control_checkpoint,
     with_control_blocks,
 )
+from ctrlpost.models.fp8 import to_fp8
 from ctrlpost.models.tokenizer import VideoTokenizer
 from ctrlpost.recipe import Recipe, dump_toml
 from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
@@ -74,6 +75,13 @@ def edm_config(recipe: Recipe) -> EDMConfig:
     return EDMConfig(**recipe.diffusion.model_dump())
 
 
+BASE_PRECISIONS: dict[str, Callable[[torch.nn.Module], int]] = {
+    "bf16": lambda base: 0,  # the released layers as they are
+    "fp8": to_fp8,  # token-wise linears as FP8 products (ctrlpost.models.fp8)
+}
+"""``model.base_precision`` → what it does to the frozen base before sharding."""
+
+
 def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = False) -> ModelParts:
     """Build, shard and load the base + control model of ``recipe`` on ``runtime.device``."""
     flavor = flavor_of(recipe)
@@ -84,6 +92,7 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     # The frozen base needs no fp32 master copy: store it in the compute dtype.
     model.base.to(compute_dtype)
     model.base.requires_grad_(False)
+    BASE_PRECISIONS[recipe.model.base_precision](model.base)
     # The branch's final layer exists only because the released files hold it: the forward never
     # uses it, so it gets no gradient (AdamW would skip it anyway); keep it out of the optimizer.
     model.control.final_layer.requires_grad_(False)

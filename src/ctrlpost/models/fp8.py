@@ -1,0 +1,97 @@
+"""A frozen linear layer computed in FP8: the opt-in ``model.base_precision = "fp8"``.
+
+The base is frozen, so its linear layers need the forward product and the input gradient only
+(no weight gradient). Both run as FP8 (e4m3) products with row-wise scales on ``torch._scaled_mm``,
+accumulating in float32 and writing bf16:
+
+* forward ``y = x Wᵀ``: ``x`` quantized per token (row), ``W`` per output feature;
+* input gradient ``dx = dy W``: ``dy`` per token, ``W`` per input feature (a transposed copy).
+
+Scales are computed from each tensor's current values at every call ("dynamic" scaling): the
+weights are the FSDP-gathered bf16 parameters themselves, so the layer keeps the released
+``weight`` key and dtype (strict loading, sharding and checkpoints are unchanged) and quantizing
+them costs a read of each weight per product, small next to the product itself.
+
+A row is scaled so its largest magnitude maps to e4m3's largest finite value (448); an all-zero
+row gets scale 1. The float32 scales multiply the float32 accumulator in the product's epilogue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+
+
+def quantize_rows(x_M_K: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x_fp8 [M, K], scale [M, 1] float32)`` with ``x ≈ x_fp8 · scale`` row by row."""
+    amax_M_1 = x_M_K.abs().amax(dim=1, keepdim=True).float()
+    scale_M_1 = torch.where(amax_M_1 > 0, amax_M_1 / FP8_MAX, torch.ones_like(amax_M_1))
+    x_fp8 = (x_M_K.float() / scale_M_1).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return x_fp8, scale_M_1
+
+
+def fp8_matmul(a_M_K: Tensor, b_N_K: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``a @ bᵀ`` through FP8 with row-wise scales of ``a`` (per M) and of ``b`` (per N)."""
+    a_fp8, a_scale_M_1 = quantize_rows(a_M_K)
+    b_fp8, b_scale_N_1 = quantize_rows(b_N_K)
+    # _scaled_mm wants its second operand column-major: b_fp8 [N, K] row-major, transposed.
+    return torch._scaled_mm(a_fp8, b_fp8.t(), scale_a=a_scale_M_1, scale_b=b_scale_N_1.t(),
+                            out_dtype=out_dtype)
+
+
+class _Fp8FrozenLinear(torch.autograd.Function):
+    """``x Wᵀ`` in FP8 with an FP8 input gradient and no weight gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight_N_K: Tensor) -> Tensor:
+        ctx.save_for_backward(weight_N_K)
+        x_M_K = x.reshape(-1, x.shape[-1])
+        y_M_N = fp8_matmul(x_M_K, weight_N_K, x.dtype)
+        return y_M_N.reshape(*x.shape[:-1], weight_N_K.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor, None]:
+        (weight_N_K,) = ctx.saved_tensors
+        grad_M_N = grad_y.reshape(-1, grad_y.shape[-1])
+        # dx = dy W: W's rows become columns, so it is quantized per input feature (per K).
+        grad_x_M_K = fp8_matmul(grad_M_N, weight_N_K.t().contiguous(), grad_y.dtype)
+        return grad_x_M_K.reshape(*grad_y.shape[:-1], weight_N_K.shape[1]), None
+
+
+class Fp8FrozenLinear(nn.Linear):
+    """An ``nn.Linear`` without bias whose (frozen) product runs in FP8; same parameters."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bias is not None or self.weight.requires_grad:
+            raise RuntimeError("Fp8FrozenLinear is for frozen layers without bias")
+        return _Fp8FrozenLinear.apply(x, self.weight)
+
+
+def token_linears(module: nn.Module) -> list[nn.Linear]:
+    """The linear layers of ``module``'s DiT blocks that act on every token: attention's q, k, v
+    and output projections and the MLP's two layers (not the AdaLN-LoRA modulation, which acts
+    on one vector per sample and frame, nor the embedders and the final layer)."""
+    from ctrlpost.models.blocks import Attention, FeedForward
+
+    found: list[nn.Module] = []
+    for child in module.modules():
+        if isinstance(child, Attention):
+            found += [child.to_q[0], child.to_k[0], child.to_v[0], child.to_out[0]]
+        elif isinstance(child, FeedForward):
+            found += [child.layer1, child.layer2]
+    assert all(isinstance(layer, nn.Linear) for layer in found)
+    return found  # type: ignore[return-value]
+
+
+def to_fp8(module: nn.Module) -> int:
+    """Make the token-wise linear layers of a frozen ``module`` compute in FP8, in place (their
+    parameters stay as they are); returns how many were converted."""
+    layers = token_linears(module)
+    for layer in layers:
+        layer.__class__ = Fp8FrozenLinear
+    return len(layers)
