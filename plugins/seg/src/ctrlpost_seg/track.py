@@ -5,6 +5,12 @@ Each box prompts one object on frame 0 (SAM2's box prompt: its two corners as po
 reference's helper does with ``SAM2VideoPredictor``, and keeps each object's mask logits above 0
 after resizing them bilinearly to the clip's size.
 
+SAM2's image encoder reads ``batch_size`` frames per call, just before propagation reaches them:
+a frame's image features depend on that frame alone (not on the objects nor on the memory of
+earlier frames), so they are computed ahead and left in the inference session's feature cache,
+where the model looks before it encodes a frame itself. The rest of each step (memory attention,
+mask decoder, memory encoder) depends on the previous frame and runs one frame at a time.
+
 transformers' ``Sam2VideoProcessor`` prepares frames and prompts this way too, but cannot be
 built without torchvision (its image processor requires it), which ctrlpost does not install;
 so the frames are resized and normalised here with the settings of the model folder's video
@@ -18,6 +24,7 @@ loaded, never at module import.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,30 +90,60 @@ def track(tracker: Tracker, frames_T_H_W_C: np.ndarray,
     """Masks of the objects the boxes (pixels of frame 0) outline, over every frame.
 
     Frames are prepared ``batch_size`` at a time and kept on the CPU until the model reads them,
-    so the GPU holds no copy of the whole clip.
+    so the GPU holds no copy of the whole clip; the image encoder reads them ``batch_size`` at a
+    time too. On the CPU that gives exactly the masks of one frame per call (the tests compare);
+    on CUDA a batch may get other float16 kernels, whose rounding can move boundary pixels
+    (``plugins/seg/bench/annotate_speed.py`` counts them).
     """
     import torch
     from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
     num_frames, height, width = frames_T_H_W_C.shape[:3]
+    step = max(1, batch_size)
     packed = np.zeros((len(boxes_xyxy), num_frames, height, (width + 7) // 8), dtype=np.uint8)
     if not len(boxes_xyxy):
         return PackedMasks(packed, width)
     session = Sam2VideoInferenceSession(
         video_height=height, video_width=width, inference_device=tracker.device,
-        inference_state_device=tracker.device, video_storage_device="cpu", dtype=tracker.dtype)
+        inference_state_device=tracker.device, video_storage_device="cpu", dtype=tracker.dtype,
+        max_vision_features_cache_size=step)
     with torch.inference_mode():
-        for start in range(0, num_frames, max(1, batch_size)):
-            chunk = pixel_values(tracker, frames_T_H_W_C[start:start + max(1, batch_size)])
+        for start in range(0, num_frames, step):
+            chunk = pixel_values(tracker, frames_T_H_W_C[start:start + step])
             for offset, frame in enumerate(chunk.cpu()):
                 session.add_new_frame(frame, start + offset)
         _prompt_boxes(session, tracker, boxes_xyxy, height, width)
-        for output in tracker.model.propagate_in_video_iterator(session, start_frame_idx=0):
-            logits_N_1_h_w = output.pred_masks.float()
-            masks_N_H_W = torch.nn.functional.interpolate(
-                logits_N_1_h_w, (height, width), mode="bilinear", align_corners=False)[:, 0] > 0
-            packed[:, output.frame_idx] = np.packbits(masks_N_H_W.cpu().numpy(), axis=-1)
+        propagation = tracker.model.propagate_in_video_iterator(session, start_frame_idx=0)
+        for start in range(0, num_frames, step):
+            frames = range(start, min(start + step, num_frames))
+            _encode_frames(session, tracker, frames)
+            for output in itertools.islice(propagation, len(frames)):  # frame by frame, in order
+                logits_N_1_h_w = output.pred_masks.float()
+                masks_N_H_W = torch.nn.functional.interpolate(
+                    logits_N_1_h_w, (height, width), mode="bilinear", align_corners=False,
+                )[:, 0] > 0
+                packed[:, output.frame_idx] = np.packbits(masks_N_H_W.cpu().numpy(), axis=-1)
     return PackedMasks(packed, width)
+
+
+def _encode_frames(session: Any, tracker: Tracker, frames: range) -> None:
+    """SAM2's image features of ``frames`` in one call, cached in ``session`` for propagation.
+
+    The cache then holds exactly these frames: propagation has passed the earlier ones and never
+    reads their image features again.
+    """
+    import torch
+
+    pixels_B_C_h_w = torch.stack([session.get_frame(index) for index in frames])
+    features = tracker.model.get_image_features(pixels_B_C_h_w, return_dict=True)
+    session.cache.clear_all()
+    for offset, index in enumerate(frames):
+        # Levels are [h*w, B, C]; slicing B keeps the strides of the model's own one-frame call.
+        session.cache.cache_vision_features(index, {
+            "vision_feats": [level[:, offset:offset + 1] for level in features.fpn_hidden_states],
+            "vision_pos_embeds": [level[:, offset:offset + 1]
+                                  for level in features.fpn_position_encoding],
+        })
 
 
 def pixel_values(tracker: Tracker, frames_T_H_W_C: np.ndarray) -> torch.Tensor:
