@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: depth-online, train-7b, embed, seg, depth.
+# Stages: depth-online, train-7b, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -31,6 +31,12 @@ for stage in "$@"; do
     seg)
       python3 plugins/seg/bench/annotate_speed.py --device cuda \
         --out "$OUT/annotate_seg-$gpu.json" 2>&1 | tail -40 ;;
+    fp8-14k|fp8-56k)
+      tokens=$([ "$stage" = fp8-14k ] && echo 14080 || echo 56320)
+      python3 bench/train_step.py --sizes "$tokens" --parts ceiling,base --repeats 3 \
+        --deadline "${DEADLINE:-400}" --base-variants \
+        "${VARIANTS:-ctrlpost/selective/compile/cudnn,ctrlpost/selective/compile/cudnn/fp8,diffusers/compile,diffusers}" \
+        --out "$OUT/train_step-fp8-$tokens-$gpu.json" 2>&1 | tail -30 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
