@@ -277,10 +277,10 @@ def data_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
 def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     """The per-GPU memory estimate of a step fits ``ctx.gpus`` GPUs of ``ctx.gpu_memory_gib``.
 
-    The estimate (``engine.layout``) takes the family's largest aspect bucket and the recipe's
-    frames, batch, checkpointing and precision; a job that does not fit gets the cheapest fix.
+    The estimate (``engine.memory``) takes the family's largest aspect bucket and the recipe's
+    frames, batch, checkpointing and precision; ``"auto"`` checkpointing is planned for that
+    GPU, block by block, as `train` plans it. A job that does not fit gets the cheapest fix.
     """
-    from ctrlpost.data.buckets import FAMILIES
     from ctrlpost.engine import memory as layout
     from ctrlpost.models import args as flavors
 
@@ -290,37 +290,29 @@ def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
         flavor = flavors.with_control_blocks(_architecture(ctx), rec.model.num_control_blocks)
     except ValueError as exc:
         return [Problem("layout", "model.num_control_blocks", str(exc))], {}
-    base, control = flavor.base, flavor.control
-    dims = layout.ModelDims(
-        model_channels=base.model_channels, num_heads=base.num_heads, mlp_hidden=base.mlp_hidden,
-        text_dim=base.text_dim, text_tokens=base.text_tokens, adaln_lora_dim=base.adaln_lora_dim,
-        base_blocks=base.num_blocks, control_blocks=control.num_blocks,
-        patch_in_features=base.patch_in_features, hint_in_features=control.hint_in_features,
-        out_features=base.patch_volume * base.out_channels,
-        pos_table_rows=sum(base.max_tokens_thw), hint_mlp_widths=control.hint_mlp_widths,
-        patch_spatial=base.patch_spatial, patch_temporal=base.patch_temporal)
-    width, height = max(FAMILIES[rec.data.resolution].values(), key=lambda wh: wh[0] * wh[1])
     gpus = ctx.gpus or par.nnodes * par.nproc_per_node
-    job = layout.Job(num_frames=rec.data.num_frames, height=height, width=width,
-                     batch_size=rec.train.batch_size, world_size=gpus,
-                     ac_mode=par.activation_checkpointing, precision=rec.model.precision)
-    verdict = layout.check(dims, job, gpu_memory_gib=ctx.gpu_memory_gib)
+    job = layout.training_job(rec.data, rec.train, rec.model, par, world_size=gpus)
+    verdict = layout.check(layout.model_dims(flavor), job, gpu_memory_gib=ctx.gpu_memory_gib)
     est = verdict.estimate
+    shape = f"{job.width}x{job.height}"
     summary: dict[str, Any] = {
         "device": "CPU processes (gloo)" if par.backend == "gloo" else "GPUs",
         "bucket_reason": f"the largest bucket of resolution {rec.data.resolution!r}: the "
                          "memory of the worst clip",
-        "gpus": gpus, "gpu_memory_gib": ctx.gpu_memory_gib, "bucket": f"{width}x{height}",
-        "tokens": est.tokens, "peak_at": est.moment, "breakdown_gib": est.breakdown_gib(),
+        "gpus": gpus, "gpu_memory_gib": ctx.gpu_memory_gib, "bucket": shape,
+        "tokens": est.tokens, "checkpointing": par.activation_checkpointing,
+        "checkpointing_plan": est.plan.describe(),
+        "selective_blocks": est.plan.count("selective"),
+        "peak_at": est.moment, "breakdown_gib": est.breakdown_gib(),
         "peak_allocated_gib": round(est.peak_allocated_gib, 1),
         "total_gib": round(est.total_gib, 1), "budget_gib": round(verdict.budget_gib, 1),
         "fits": verdict.fits}
     if verdict.fits:
         return [], summary
     need = (f"needs ~{est.total_gib:.1f} GiB per GPU ({par.activation_checkpointing} "
-            f"checkpointing, {gpus} GPU(s), {width}x{height}x{rec.data.num_frames} frames, "
-            f"batch {rec.train.batch_size}), over {verdict.budget_gib:.1f} GiB "
-            f"({ctx.gpu_memory_gib:g} GiB less 5 %)")
+            f"checkpointing: {est.plan.describe()}; {gpus} GPU(s), {shape}x"
+            f"{rec.data.num_frames} frames, batch {rec.train.batch_size}), over "
+            f"{verdict.budget_gib:.1f} GiB ({ctx.gpu_memory_gib:g} GiB less 5 %)")
     if verdict.fixed is None:
         return [Problem("layout", "data.resolution", need + "; no checkpointing mode, GPU count "
                         "or frame count makes it fit: use a smaller data.resolution")], summary
@@ -328,7 +320,8 @@ def layout_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     key = verdict.changes[-1][0]
     path = "parallel.nproc_per_node" if key == "gpus" else key
     return [Problem("layout", path, f"{need}; set {verdict.fix()} "
-                    f"(~{verdict.fixed.total_gib:.1f} GiB)")], summary
+                    f"(~{verdict.fixed.total_gib:.1f} GiB: "
+                    f"{verdict.fixed.plan.describe()})")], summary
 
 
 STAGES: dict[str, StageFn] = {"recipe": recipe_stage, "plugins": plugins_stage,

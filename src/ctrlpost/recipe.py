@@ -269,8 +269,10 @@ class ParallelSection(_Section):
     nnodes: Nodes = Field(1, ge=1, description="Nodes of the job.")
     nproc_per_node: LocalCount = Field(8, ge=1, description="Processes (GPUs) per node.")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Process group.")
-    activation_checkpointing: Literal["none", "selective", "full"] = Field(
-        "selective", description="Activation recomputation mode."
+    activation_checkpointing: Literal["none", "selective", "full", "auto"] = Field(
+        "selective", description="Activation recomputation: 'none', 'selective' (keep each "
+        "block's self-attention outputs), 'full' (keep only block inputs), or 'auto' (selective "
+        "on as many blocks as the GPU's memory holds, full on the rest; same numbers)."
     )
     compile: bool = Field(False, description="torch.compile each transformer block.")
 

@@ -73,7 +73,7 @@ def test_array_of_tables_keys_take_any_index() -> None:
 def test_choices_are_offered_after_the_equals_sign() -> None:
     key = "parallel.activation_checkpointing"
     assert complete(f"ctrlpost verify r.toml --set {key}=") == [
-        f"{key}=none", f"{key}=selective", f"{key}=full"]
+        f"{key}=none", f"{key}=selective", f"{key}=full", f"{key}=auto"]
     assert complete(f"ctrlpost verify r.toml --set {key}=s") == [f"{key}=selective"]
     assert complete("ctrlpost verify r.toml --set parallel.compile=") == [
         "parallel.compile=true", "parallel.compile=false"]
@@ -87,12 +87,15 @@ def test_choices_are_offered_after_the_equals_sign() -> None:
 
 def test_every_offered_value_is_read_back_as_that_value(repo: Path) -> None:
     recipe = repo / "recipes/edge_tiny.toml"
+    # Values valid only together with another key: what the recipe also needs set.
+    companions = {"model.base_precision=fp8": ['model.precision="bf16"']}
     checked = 0
     for key in complete("ctrlpost verify r.toml --set "):
         for choice in complete(f"ctrlpost verify r.toml --set {key}"):
             text = choice.partition("=")[2]  # TOML (true, "720") or a bare word (selective)
             as_json = text if text.startswith('"') or text in ("true", "false") else f'"{text}"'
-            loaded = at(recipes.load(recipe, [choice]).model_dump(mode="json"), key[:-1])
+            sets = [choice, *companions.get(choice, [])]
+            loaded = at(recipes.load(recipe, sets).model_dump(mode="json"), key[:-1])
             assert json.dumps(loaded) == as_json, (choice, loaded)
             checked += 1
     assert checked > 40, checked

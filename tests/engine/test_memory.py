@@ -11,7 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from ctrlpost.cli import app
-from ctrlpost.engine.memory import GIB, Job, ModelDims, check, estimate
+from ctrlpost.engine.memory import (
+    GIB,
+    POLICIES,
+    CheckpointPlan,
+    Job,
+    ModelDims,
+    block_plan,
+    check,
+    estimate,
+    planned,
+    selective_order,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HDVILA = REPO / "recipes" / "edge_hdvila.toml"
@@ -126,25 +137,35 @@ def test_more_recomputation_fewer_activations_and_fewer_frames_less_memory() -> 
     assert by_frames == sorted(by_frames) and by_frames[0] < by_frames[-1] / 5
 
 
-def test_hdvila_job_fits_8_gpus_and_needs_full_checkpointing_on_one() -> None:
+def test_hdvila_job_fits_8_gpus_and_needs_auto_checkpointing_on_one() -> None:
     job = Job(num_frames=121, height=960, width=960, world_size=8)  # the largest 720 bucket
     verdict = check(DIMS_7B, job)
     assert verdict.fits and verdict.changes == ()
     assert 55 < verdict.estimate.total_gib < 70  # 63.8 GiB (59.6 allocated)
     alone = check(DIMS_7B, replace(job, world_size=1))
     assert not alone.fits and alone.fixed is not None
-    assert alone.fix() == 'parallel.activation_checkpointing = "full"'
+    assert alone.fix() == 'parallel.activation_checkpointing = "auto"'
     assert alone.fixed.total_gib <= alone.budget_gib < alone.estimate.total_gib
+    # 91.0 GiB selective, 63.8 full: 14 of the 31 blocks stay selective in the 76 GiB budget.
+    assert alone.fixed.plan.count("selective") == 14
+    full = estimate(DIMS_7B, replace(job, world_size=1, ac_mode="full"))
+    assert full.total_gib < alone.fixed.total_gib
+    # On 8 GPUs "auto" is selective everywhere: the same estimate as "selective".
+    auto = check(DIMS_7B, replace(job, ac_mode="auto"))
+    assert auto.estimate.plan == verdict.estimate.plan and auto.estimate == verdict.estimate
 
 
 def test_fix_searches_gpus_then_frames() -> None:
     job = Job(num_frames=121, height=704, width=1280, world_size=1)
     gpus = check(DIMS_7B, job, gpu_memory_gib=60)
-    assert gpus.changes[0] == ("parallel.activation_checkpointing", "full")
+    assert gpus.changes[0] == ("parallel.activation_checkpointing", "auto")
     key, fewest = gpus.changes[1]
     assert key == "gpus" and isinstance(fewest, int) and fewest > 1 and gpus.fixed is not None
     below = check(DIMS_7B, replace(job, ac_mode="full", world_size=fewest - 1), gpu_memory_gib=60)
     assert not below.fits
+    # "auto" fits wherever "full" does, so a "full" job is told the same GPU count.
+    assert check(DIMS_7B, replace(job, ac_mode="full"), gpu_memory_gib=60).changes == (
+        ("gpus", fewest),)
     assert "parallel.nproc_per_node" in gpus.fix()
     frames = check(DIMS_7B, replace(job, world_size=8), gpu_memory_gib=24)
     key, most = frames.changes[-1]
@@ -161,8 +182,13 @@ def test_tokenizer_encode_is_the_peak_of_a_small_model_on_big_clips() -> None:
 
 
 def test_unknown_checkpointing_mode() -> None:
-    with pytest.raises(ValueError, match="selective"):
+    with pytest.raises(ValueError, match="selective, full, auto"):
         estimate(DIMS_7B, Job(num_frames=121, height=704, width=1280, ac_mode="some"))
+    with pytest.raises(ValueError, match="needs a memory budget"):
+        estimate(DIMS_7B, Job(num_frames=121, height=704, width=1280, ac_mode="auto"))
+    with pytest.raises(ValueError, match=r"in \[0, 31\]"):
+        block_plan(DIMS_7B, Job(num_frames=9, height=64, width=64, ac_mode="auto",
+                                selective_blocks=32))
 
 
 def verify(*args: str) -> tuple[int, dict]:
@@ -185,16 +211,108 @@ def test_verify_layout_stage_reports_breakdown_and_total() -> None:
 
 
 def test_verify_layout_names_the_change() -> None:
-    code, report = verify("--gpu-memory", "40")
+    selective = 'parallel.activation_checkpointing="selective"'
+    code, report = verify("--gpu-memory", "40", "--set", selective)
     assert code == 2
     (problem,) = report["problems"]
     assert problem["stage"] == "layout" and problem["path"] == "parallel.activation_checkpointing"
-    assert 'parallel.activation_checkpointing = "full"' in problem["message"]
+    assert 'set parallel.activation_checkpointing = "auto" (~' in problem["message"]
+    assert "(selective checkpointing: selective on all 31 blocks; 8 GPU(s)" in problem["message"]
+    assert problem["message"].endswith("selective on 2 of 31 blocks (base 26-27), full on 29 "
+                                       "(base 0-25, control 0-2))")
     code, report = verify("--gpu-memory", "48", "--gpus", "1")
     (problem,) = report["problems"]
     assert problem["path"] == "parallel.nproc_per_node"
-    assert "and 3 GPUs (parallel.nnodes × parallel.nproc_per_node = 3)" in problem["message"]
+    assert "set 3 GPUs (parallel.nnodes × parallel.nproc_per_node = 3)" in problem["message"]
     code, report = verify("--gpu-memory", "10")
     assert code == 2
     (problem,) = report["problems"]
     assert problem["path"] == "data.resolution" and "smaller data.resolution" in problem["message"]
+
+
+# --- "auto": selective on as many blocks as the budget holds ------------------------------------
+
+AUTO_1GPU = Job(num_frames=121, height=960, width=960, ac_mode="auto")
+
+
+def total_with(selective: int, job: Job = AUTO_1GPU) -> float:
+    return estimate(DIMS_7B, replace(job, selective_blocks=selective)).total_gib
+
+
+def test_auto_keeps_the_most_selective_blocks_the_budget_holds() -> None:
+    totals = [total_with(n) for n in range(32)]
+    assert totals == sorted(totals)  # never cheaper with one more selective block
+    counts = []
+    for budget in [t / 0.95 for t in totals] + [60.0, 70.0, 79.65, 80.0, 85.0, 200.0]:
+        count = planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=budget).selective_blocks
+        assert count is not None
+        # The most blocks whose total fits, by brute force; 0 when none does.
+        fitting = [n for n, total in enumerate(totals) if total <= budget * 0.95]
+        assert count == max(fitting, default=0)
+        counts.append((budget, count))
+    by_budget = [count for _, count in sorted(counts)]
+    assert by_budget == sorted(by_budget)  # monotone in the budget
+    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=200).selective_blocks == 31
+    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=60).selective_blocks == 0  # nothing fits
+    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=80).selective_blocks == 14
+
+
+def test_auto_at_its_ends_is_selective_or_full() -> None:
+    every, none = (block_plan(DIMS_7B, replace(AUTO_1GPU, selective_blocks=n)) for n in (31, 0))
+    assert every == block_plan(DIMS_7B, replace(AUTO_1GPU, ac_mode="selective"))
+    assert none == block_plan(DIMS_7B, replace(AUTO_1GPU, ac_mode="full"))
+    assert total_with(31) == estimate(DIMS_7B, replace(AUTO_1GPU, ac_mode="selective")).total_gib
+    assert total_with(0) == estimate(DIMS_7B, replace(AUTO_1GPU, ac_mode="full")).total_gib
+    assert check(DIMS_7B, AUTO_1GPU, gpu_memory_gib=60).estimate.plan == none
+
+
+def test_the_last_base_block_turns_selective_first_and_base_block_0_last() -> None:
+    order = selective_order(DIMS_7B)
+    assert order[0] == ("base", 27) and order[-1] == ("base", 0) and len(set(order)) == 31
+    one = block_plan(DIMS_7B, replace(AUTO_1GPU, selective_blocks=1))
+    assert one.base[-1] == "selective" and one.count("selective") == 1
+    # Its attention outputs are held at the peak either way: saved, or in the working set.
+    assert total_with(1) == pytest.approx(total_with(0), rel=1e-12)
+    assert total_with(2) > total_with(1) + 0.9  # 0.94 GiB a block with overhead, 57,600 tokens
+    assert total_with(31) == pytest.approx(total_with(30), rel=1e-12)  # base block 0: no grad
+    thirty = block_plan(DIMS_7B, replace(AUTO_1GPU, selective_blocks=30))
+    assert thirty.base[0] == "full" and thirty.count("full") == 1
+
+
+def test_the_plan_in_words() -> None:
+    plan = block_plan(DIMS_7B, replace(AUTO_1GPU, selective_blocks=14))
+    assert plan.describe() == ("selective on 14 of 31 blocks (base 14-27), full on 17 "
+                               "(base 0-13, control 0-2)")
+    plan = CheckpointPlan(("full", "selective", "full", "selective"), ("selective",))
+    assert plan.describe() == ("selective on 3 of 5 blocks (base 1, 3, control 0), full on 2 "
+                               "(base 0, 2)")
+    none = block_plan(DIMS_7B, replace(AUTO_1GPU, ac_mode="none"))
+    assert none.describe() == "every activation kept (31 blocks)"
+    full = block_plan(DIMS_7B, replace(AUTO_1GPU, ac_mode="full"))
+    assert full.describe() == "full on all 31 blocks"
+    with pytest.raises(ValueError, match="every block or none"):
+        CheckpointPlan(("none", "full"), ("none",))
+
+
+def test_every_recipe_value_is_a_policy() -> None:
+    from typing import get_args
+
+    from ctrlpost.recipe import ParallelSection
+
+    values = get_args(ParallelSection.model_fields["activation_checkpointing"].annotation)
+    assert values == tuple(POLICIES)
+
+
+def test_verify_layout_reports_the_auto_plan() -> None:
+    code, report = verify("--gpus", "1")
+    assert code == 0, report["problems"]
+    summary = report["stages"][-1]["summary"]
+    expected = check(DIMS_7B, AUTO_1GPU).estimate
+    assert summary["checkpointing"] == "auto" and summary["selective_blocks"] == 14
+    assert summary["checkpointing_plan"] == expected.plan.describe()
+    assert summary["total_gib"] == round(expected.total_gib, 1) <= summary["budget_gib"]
+    result = runner.invoke(app, ["verify", str(HDVILA), "--stages", "recipe,layout", "--gpus",
+                                 "1"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    assert ("of a 76 GiB budget: fits; checkpointing auto: selective on 14 of 31 blocks "
+            "(base 14-27), full on 17 (base 0-13, control 0-2); largest parts:") in result.output

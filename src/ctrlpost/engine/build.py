@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from ctrlpost import rundir
 from ctrlpost.diffusion import EDMConfig, SamplerConfig, UncertaintyHead
+from ctrlpost.engine import memory
 from ctrlpost.engine.ema import PowerEMA
 from ctrlpost.engine.job import (
     FidelityJob,
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
     from ctrlpost.engine.online_hints import OnlineHints
     from ctrlpost.engine.scoring import Scorer
     from ctrlpost.engine.validation import Validator
+
+log = logging.getLogger("ctrlpost.engine")
 
 
 def flavor_of(recipe: Recipe) -> Flavor:
@@ -96,7 +100,7 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     # The branch's final layer exists only because the released files hold it: the forward never
     # uses it, so it gets no gradient (AdamW would skip it anyway); keep it out of the optimizer.
     model.control.final_layer.requires_grad_(False)
-    apply_activation_checkpointing(model, recipe.parallel.activation_checkpointing)
+    apply_activation_checkpointing(model, checkpointing_plan(recipe, flavor, runtime))
     if recipe.parallel.compile:
         apply_compile(model)
     apply_fsdp(model.base, param_dtype=None)
@@ -108,6 +112,22 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     else:
         _load_weights(recipe, flavor, model, logvar)
     return ModelParts(flavor=flavor, model=model, logvar=logvar, compute_dtype=compute_dtype)
+
+
+def checkpointing_plan(recipe: Recipe, flavor: Flavor, runtime: Runtime) -> memory.CheckpointPlan:
+    """Each block's activation checkpointing under ``parallel.activation_checkpointing``;
+    ``"auto"`` is planned for this rank's GPU (its total memory; off CUDA, the planner's default
+    GPU), for the recipe's largest bucket, as `verify` plans it."""
+    gpu_memory_gib = memory.DEFAULT_GPU_MEMORY_GIB
+    if runtime.device.type == "cuda":
+        gpu_memory_gib = torch.cuda.get_device_properties(runtime.device).total_memory / memory.GIB
+    dims = memory.model_dims(flavor)
+    job = memory.training_job(recipe.data, recipe.train, recipe.model, recipe.parallel,
+                              world_size=runtime.world_size)
+    plan = memory.block_plan(dims, memory.planned(dims, job, gpu_memory_gib=gpu_memory_gib))
+    log.info("activation checkpointing %s for %.1f GiB GPUs: %s",
+             recipe.parallel.activation_checkpointing, gpu_memory_gib, plan.describe())
+    return plan
 
 
 def _random_weights(recipe: Recipe, flavor: Flavor, model: ControlledDiT,

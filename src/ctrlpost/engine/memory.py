@@ -10,10 +10,13 @@ unit). The estimate is a sum of terms, in bytes:
 * ``gathered_units``: the all-gathered block in use and the prefetched next one, plus both root
   units whole (an upper bound);
 * ``tokenizer_weights``: assumed (the encoder's file is smaller); the decoder is not loaded;
-* activations: what autograd saves per token in each block for the checkpointing mode, counted
+* activations: what autograd saves per token in each block for its checkpointing mode, counted
   from ``models/blocks.py`` (frozen weights save no input for a weight gradient), plus the
   stem, plus the backward's working set at its peak (the last base block), or the control
-  backward's when that is larger (small bases only);
+  backward's when that is larger (small bases only). Each block has its own mode
+  (:class:`CheckpointPlan`): the recipe's ``parallel.activation_checkpointing`` picks them
+  through :data:`POLICIES`, ``"auto"`` by fitting as many ``selective`` blocks as the budget
+  holds (:func:`planned`);
 * ``tokenizer_encode``: the encoder's own peak before the step, assumed per pixel-frame; it
   counts only when larger than the training activations;
 * ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
@@ -26,14 +29,22 @@ the check against a measured 7b step on an H100 are in bench/NOTES.md (engine/me
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from ctrlpost.data.buckets import FAMILIES
 from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames
 
+if TYPE_CHECKING:
+    from ctrlpost.models.args import Flavor
+    from ctrlpost.recipe import DataSection, ModelSection, ParallelSection, TrainSection
+
 GIB = 1024**3
-AC_MODES: tuple[str, ...] = ("none", "selective", "full")  # least to most recomputation
+# A block's checkpointing modes, least recomputation first.
+AC_MODES: tuple[str, ...] = ("none", "selective", "full")
+DEFAULT_GPU_MEMORY_GIB = 80.0  # what `verify` assumes, and `train` off CUDA
 TOKENIZER_WEIGHT_BYTES = 200e6  # assumed: the catalog's bound for encoder.jit
 TOKENIZER_BYTES_PER_PIXEL = 40.0  # assumed: bf16 input, 3-D convs, cuDNN workspace
 FRAGMENTATION = 0.05  # reserved over allocated, calibrated on an H100 (bench/NOTES.md)
@@ -112,11 +123,26 @@ class ModelDims:
         return self.control_params - self.final_layer_params
 
 
+def model_dims(flavor: Flavor) -> ModelDims:
+    """The planner's numbers of a ``models.args`` flavor (with its control-block count)."""
+    base, control = flavor.base, flavor.control
+    return ModelDims(
+        model_channels=base.model_channels, num_heads=base.num_heads, mlp_hidden=base.mlp_hidden,
+        text_dim=base.text_dim, text_tokens=base.text_tokens, adaln_lora_dim=base.adaln_lora_dim,
+        base_blocks=base.num_blocks, control_blocks=control.num_blocks,
+        patch_in_features=base.patch_in_features, hint_in_features=control.hint_in_features,
+        out_features=base.patch_volume * base.out_channels,
+        pos_table_rows=sum(base.max_tokens_thw), hint_mlp_widths=control.hint_mlp_widths,
+        patch_spatial=base.patch_spatial, patch_temporal=base.patch_temporal)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Job:
     """One training step's shape and setup. The defaults are the engine's; the bench's
     configuration is ``fsdp=False, fp32_master=False, optimizer=False, ema=False,
-    tokenizer=False``."""
+    tokenizer=False``. ``ac_mode`` is a :data:`POLICIES` name; with ``"auto"``,
+    ``selective_blocks`` is how many blocks (in :func:`selective_order`) keep their
+    self-attention outputs, the rest being fully recomputed: None until :func:`planned`."""
 
     num_frames: int
     height: int
@@ -124,6 +150,7 @@ class Job:
     batch_size: int = 1
     world_size: int = 1
     ac_mode: str = "selective"
+    selective_blocks: int | None = None
     precision: Literal["bf16", "fp32"] = "bf16"
     fsdp: bool = True
     fp32_master: bool = True
@@ -139,13 +166,184 @@ class Job:
             self.width // per_side)
 
 
+def largest_bucket(resolution: str) -> tuple[int, int]:
+    """(width, height) of the family's largest bucket: the memory of its worst clip."""
+    return max(FAMILIES[resolution].values(), key=lambda wh: wh[0] * wh[1])
+
+
+def training_job(data: DataSection, train: TrainSection, model: ModelSection,
+                 parallel: ParallelSection, *, world_size: int) -> Job:
+    """The step a recipe's sections describe, sized for its largest bucket, on ``world_size``
+    GPUs (what `verify`'s layout row checks and what `train` plans ``"auto"`` for)."""
+    width, height = largest_bucket(data.resolution)
+    return Job(num_frames=data.num_frames, height=height, width=width,
+               batch_size=train.batch_size, world_size=world_size,
+               ac_mode=parallel.activation_checkpointing, precision=model.precision)
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Each DiT block's activation checkpointing, per stack in forward order: ``"none"``
+    (everything autograd saves is kept), ``"selective"`` (the block input and its self-attention
+    outputs) or ``"full"`` (the block input only). ``"none"`` is all or nothing."""
+
+    base: tuple[str, ...]
+    control: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        modes = set(self.base) | set(self.control)
+        if not modes <= set(AC_MODES):
+            raise ValueError(f"unknown block modes {sorted(modes - set(AC_MODES))}; "
+                             f"valid: {', '.join(AC_MODES)}")
+        if "none" in modes and len(modes) > 1:
+            raise ValueError("a plan checkpoints every block or none")
+
+    @property
+    def stacks(self) -> dict[str, tuple[str, ...]]:
+        """Modes by the ``ControlledDiT`` child that holds the blocks."""
+        return {"base": self.base, "control": self.control}
+
+    @property
+    def checkpointed(self) -> bool:
+        """Whether the blocks' activations are recomputed at all."""
+        return "none" not in self.base
+
+    def count(self, mode: str) -> int:
+        """Blocks with ``mode``, both stacks."""
+        return (*self.base, *self.control).count(mode)
+
+    def describe(self) -> str:
+        """E.g. ``selective on 13 of 31 blocks (base 15-27), full on 18 (base 0-14, control
+        0-2)``, or ``full on all 31 blocks``."""
+        total = len(self.base) + len(self.control)
+        if not self.checkpointed:
+            return f"every activation kept ({total} blocks)"
+        modes = [mode for mode in AC_MODES if self.count(mode)]
+        if len(modes) == 1:
+            return f"{modes[0]} on all {total} blocks"
+        parts = []
+        for index, mode in enumerate(modes):
+            where = ", ".join(
+                f"{stack} {_ranges([i for i, m in enumerate(stack_modes) if m == mode])}"
+                for stack, stack_modes in self.stacks.items() if mode in stack_modes)
+            of = f" of {total} blocks" if index == 0 else ""
+            parts.append(f"{mode} on {self.count(mode)}{of} ({where})")
+        return ", ".join(parts)
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def selective_order(dims: ModelDims) -> list[tuple[str, int]]:
+    """The blocks in the order ``"auto"`` makes them selective. The last base block comes
+    first: the peak is its backward, where its self-attention outputs are held either way
+    (saved, or recomputed into the working set), so keeping them costs nothing. Then the other
+    base blocks, the control blocks, and base block 0 last: no gradient flows through it, it
+    runs without checkpointing whatever its mode (``engine.parallel``)."""
+    base = [("base", i) for i in range(dims.base_blocks - 1, 0, -1)]
+    control = [("control", i) for i in range(dims.control_blocks - 1, -1, -1)]
+    return [*base, *control, ("base", 0)]
+
+
+def _uniform(mode: str) -> Callable[[ModelDims, Job], CheckpointPlan]:
+    def every_block(dims: ModelDims, job: Job) -> CheckpointPlan:
+        return CheckpointPlan((mode,) * dims.base_blocks, (mode,) * dims.control_blocks)
+
+    return every_block
+
+
+def _first_selective(dims: ModelDims, job: Job) -> CheckpointPlan:
+    total = dims.base_blocks + dims.control_blocks
+    if job.selective_blocks is None:
+        raise ValueError('"auto" checkpointing needs a memory budget: plan the job with '
+                         "planned() or check() first")
+    if not 0 <= job.selective_blocks <= total:
+        raise ValueError(f"selective_blocks must be in [0, {total}], got {job.selective_blocks}")
+    chosen = set(selective_order(dims)[:job.selective_blocks])
+
+    def modes(stack: str, count: int) -> tuple[str, ...]:
+        return tuple("selective" if (stack, i) in chosen else "full" for i in range(count))
+
+    return CheckpointPlan(modes("base", dims.base_blocks), modes("control", dims.control_blocks))
+
+
+def _as_is(dims: ModelDims, job: Job, budget_gib: float) -> Job:
+    return job
+
+
+def _most_selective_that_fit(dims: ModelDims, job: Job, budget_gib: float) -> Job:
+    """The most blocks selective (a prefix of :func:`selective_order`) whose total fits
+    ``budget_gib``; all full when even that does not fit. The total never falls as a block
+    turns selective, so the first that does not fit ends the search, and a larger budget never
+    gets fewer selective blocks."""
+    best = replace(job, selective_blocks=0)
+    for count in range(1, dims.base_blocks + dims.control_blocks + 1):
+        candidate = replace(job, selective_blocks=count)
+        if estimate(dims, candidate).total_gib > budget_gib:
+            break
+        best = candidate
+    return best
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A ``parallel.activation_checkpointing`` value: each block's mode for a planned job, how
+    a job is planned for a budget (GiB), and the values `verify` may suggest instead when the
+    job does not fit, least recomputation first."""
+
+    blocks: Callable[[ModelDims, Job], CheckpointPlan]
+    plan: Callable[[ModelDims, Job, float], Job]
+    stronger: tuple[str, ...]
+
+
+# "auto" replaces "full" among the suggestions: it is full checkpointing where nothing else fits
+# and keeps every self-attention output the budget allows, at no change of the numbers.
+POLICIES: dict[str, Policy] = {
+    "none": Policy(_uniform("none"), _as_is, ("selective", "auto")),
+    "selective": Policy(_uniform("selective"), _as_is, ("auto",)),
+    "full": Policy(_uniform("full"), _as_is, ()),
+    "auto": Policy(_first_selective, _most_selective_that_fit, ()),
+}
+
+
+def policy(name: str) -> Policy:
+    """The :data:`POLICIES` entry ``name``, or a ValueError naming the valid ones."""
+    found = POLICIES.get(name)
+    if found is None:
+        raise ValueError(f"unknown activation checkpointing {name!r}; valid: "
+                         f"{', '.join(POLICIES)}")
+    return found
+
+
+def block_plan(dims: ModelDims, job: Job) -> CheckpointPlan:
+    """Each block's mode for ``job`` (an ``"auto"`` job must be :func:`planned` first)."""
+    return policy(job.ac_mode).blocks(dims, job)
+
+
+def planned(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
+            margin: float = 0.05) -> Job:
+    """``job`` with its checkpointing planned for ``gpu_memory_gib`` less ``margin`` (only
+    ``"auto"`` depends on it)."""
+    return policy(job.ac_mode).plan(dims, job, gpu_memory_gib * (1 - margin))
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """Bytes per term at the peak moment (every term is present, 0 when absent)."""
+    """Bytes per term at the peak moment (every term is present, 0 when absent), and the
+    checkpointing they were counted for."""
 
     terms: dict[str, float]
     moment: str
     tokens: int
+    plan: CheckpointPlan
 
     @property
     def peak_allocated_gib(self) -> float:
@@ -178,42 +376,50 @@ def _block_bytes(dims: ModelDims, a: int) -> dict[str, float]:
             "text_frozen": 2 * a * text, "text_trainable": (2 * a + 2 * f) * text}
 
 
-def _stem_bytes(dims: ModelDims, a: int, mode: str) -> float:
+def _stem_bytes(dims: ModelDims, a: int, checkpointed: bool) -> float:
     """Per-token bytes saved outside the blocks (embeddings, hint path, final layer)."""
     d = dims.model_channels
     saved = (3 * a * d + FP32 * d + 2 * 2 * FP32 * dims.head_dim
              + a * (dims.patch_in_features + dims.hint_in_features)
              + 2 * a * sum(dims.hint_mlp_widths))
-    return saved + (2 * a * d if mode != "none" else 0)
+    return saved + (2 * a * d if checkpointed else 0)
 
 
-def _activations(dims: ModelDims, job: Job, a: int) -> tuple[float, float, float]:
+def _activations(dims: ModelDims, job: Job, a: int,
+                 plan: CheckpointPlan) -> tuple[float, float, float]:
     """(saved, working) bytes at the base-backward peak, and the control-backward total."""
-    blk, mode, b = _block_bytes(dims, a), job.ac_mode, job.batch_size
+    blk, b = _block_bytes(dims, a), job.batch_size
     tokens, d, hidden = job.tokens(dims) * b, dims.model_channels, dims.mlp_hidden
     grad_blocks = dims.base_blocks - 1  # base block 0 needs no gradient
-    stem = _stem_bytes(dims, a, mode) * tokens
-    if mode == "none":
+    stem = _stem_bytes(dims, a, plan.checkpointed) * tokens
+    if not plan.checkpointed:
         saved = (tokens * (grad_blocks * blk["frozen"] + dims.control_blocks * blk["trainable"])
                  + b * (grad_blocks * blk["text_frozen"]
                         + dims.control_blocks * blk["text_trainable"]) + stem)
         return saved, tokens * ((dims.control_blocks + 4) * a * d + a * hidden), 0.0
-    per_block = blk[mode] * tokens
-    cached = blk["attention_outputs"] if mode == "selective" else 0.0
-    saved = (grad_blocks + dims.control_blocks) * per_block + stem
+    per_block = {mode: blk[mode] * tokens for mode in ("selective", "full")}
+    # A selective block's attention outputs are saved, so its backward does not recompute them.
+    cached = {"selective": blk["attention_outputs"], "full": 0.0}
+
+    def saved_by(modes: Iterable[str]) -> float:
+        counts = Counter(modes)
+        return sum(counts[mode] * per_block[mode] for mode in per_block)
+
+    saved = saved_by((*plan.base[1:], *plan.control)) + stem
     # ``full`` recomputes the frozen set and holds two F-wide gradients; the incoming and branch
-    # gradients (2aD more) are left out as calibrated on an H100 (bench/NOTES.md).
-    working = tokens * (blk["frozen"] + 2 * a * hidden - cached) + b * blk["text_frozen"]
-    control = (dims.control_blocks * per_block + stem
-               + tokens * (blk["trainable"] + 2 * a * hidden - cached)
+    # gradients (2aD more) are left out as calibrated on an H100 (bench/NOTES.md). The peak is
+    # the last base block's backward, the control backward's its last control block's.
+    working = (tokens * (blk["frozen"] + 2 * a * hidden - cached[plan.base[-1]])
+               + b * blk["text_frozen"])
+    control = (saved_by(plan.control) + stem
+               + tokens * (blk["trainable"] + 2 * a * hidden - cached[plan.control[-1]])
                + b * blk["text_trainable"] + (a + FP32) * dims.block_params * job.fsdp)
     return saved, working, control
 
 
 def estimate(dims: ModelDims, job: Job) -> Estimate:
     """The per-GPU peak of ``job`` and its terms (see the module docstring for each)."""
-    if job.ac_mode not in AC_MODES:
-        raise ValueError(f"unknown activation checkpointing {job.ac_mode!r}; valid: {AC_MODES}")
+    plan = block_plan(dims, job)
     a = 2 if job.precision == "bf16" else 4
     shards = job.world_size if job.fsdp else 1
     master = FP32 if job.fp32_master else a
@@ -228,7 +434,7 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
         "tokenizer_weights": TOKENIZER_WEIGHT_BYTES if job.tokenizer else 0.0,
         "activations_saved": 0.0, "activations_working": 0.0, "tokenizer_encode": 0.0,
     }
-    saved, working, control = _activations(dims, job, a)
+    saved, working, control = _activations(dims, job, a, plan)
     encode = (TOKENIZER_BYTES_PER_PIXEL * job.num_frames * job.height * job.width
               * job.batch_size if job.tokenizer else 0.0)
     moment = max(("base backward", saved + working), ("control backward", control),
@@ -242,7 +448,7 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
     allocated = sum(terms.values())
     nccl = NCCL_BYTES if job.world_size > 1 else 0.0
     terms["overhead"] = FRAGMENTATION * allocated + CONTEXT_BYTES + nccl
-    return Estimate(terms=terms, moment=moment, tokens=job.tokens(dims))
+    return Estimate(terms=terms, moment=moment, tokens=job.tokens(dims), plan=plan)
 
 
 @dataclass(frozen=True)
@@ -260,7 +466,7 @@ class Verdict:
         return self.estimate.total_gib <= self.budget_gib
 
     def fix(self) -> str:
-        """The change as recipe assignments, e.g. ``parallel.activation_checkpointing = "full"``."""
+        """The change as recipe assignments, e.g. ``parallel.activation_checkpointing = "auto"``."""
         return " and ".join(_assignment(key, value) for key, value in self.changes)
 
 
@@ -270,31 +476,36 @@ def _assignment(key: str, value: object) -> str:
     return f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
 
 
-def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = 80.0,
+def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
           margin: float = 0.05) -> Verdict:
-    """Estimate ``job`` against ``gpu_memory_gib`` less ``margin``. When it does not fit, search
-    in order: more recomputation (selective, then full; kept for what follows), the fewest GPUs
-    that fit, the most frames (8k + 1) that fit; the first change that fits is the fix."""
+    """Estimate ``job``, :func:`planned` for ``gpu_memory_gib`` less ``margin``. When it does
+    not fit, search in order: more recomputation (its policy's ``stronger`` values; the last is
+    kept for what follows), the fewest GPUs that fit, the most frames (8k + 1) that fit; the
+    first change that fits is the fix. Every candidate is planned for the budget itself."""
     budget = gpu_memory_gib * (1 - margin)
-    current = estimate(dims, job)
+
+    def estimated(candidate: Job) -> Estimate:
+        return estimate(dims, policy(candidate.ac_mode).plan(dims, candidate, budget))
+
+    current = estimated(job)
     if current.total_gib <= budget:
         return Verdict(current, budget)
     changes: tuple[tuple[str, object], ...] = ()
 
     def first_fit(key: str, candidates: Iterable[tuple[object, Job]]) -> Verdict | None:
         for value, candidate in candidates:
-            found = estimate(dims, candidate)
+            found = estimated(candidate)
             if found.total_gib <= budget:
                 return Verdict(current, budget, (*changes, (key, value)), found)
         return None
 
-    stronger = AC_MODES[AC_MODES.index(job.ac_mode) + 1:]
+    stronger = policy(job.ac_mode).stronger
     key = "parallel.activation_checkpointing"
     verdict = first_fit(key, ((mode, replace(job, ac_mode=mode)) for mode in stronger))
     if verdict is not None:
         return verdict
     if stronger:
-        job, changes = replace(job, ac_mode=AC_MODES[-1]), ((key, AC_MODES[-1]),)
+        job, changes = replace(job, ac_mode=stronger[-1]), ((key, stronger[-1]),)
     gpus = range(job.world_size + 1, MAX_GPUS + 1)
     frames = range(job.num_frames - TEMPORAL_COMPRESSION, 0, -TEMPORAL_COMPRESSION)
     verdict = (first_fit("gpus", ((w, replace(job, world_size=w)) for w in gpus))

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
+from ctrlpost.engine.memory import CheckpointPlan
 from ctrlpost.models.blocks import DiTBlock
 
 ACMode = Literal["none", "selective", "full"]
@@ -62,8 +63,27 @@ def _needs_grad(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     return any(p.requires_grad for p in module.parameters())
 
 
+def _recompute_all_but_input(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def _recompute_all_but_attention(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # The context is made inside the call: torch.compile traces a partial built here, and
+    # rejects one read from outside the compiled region (as it does an explicit default).
+    context_fn = functools.partial(create_selective_checkpoint_contexts, _keep_attention_outputs)
+    return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+
+
+# How a block in each mode runs with gradients (None: as it is, everything kept).
+_RUNNERS: dict[str, Callable[..., Any] | None] = {
+    "none": None,
+    "selective": _recompute_all_but_attention,
+    "full": _recompute_all_but_input,
+}
+
+
 def _checkpointed(
-    module: nn.Module, forward: Callable[..., Any], *, selective: bool
+    module: nn.Module, forward: Callable[..., Any], runner: Callable[..., Any]
 ) -> Callable[..., Any]:
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -72,39 +92,52 @@ def _checkpointed(
         # keeps checkpoint regions out of torch.compile's inference graphs.
         if not _needs_grad(module, args, kwargs):
             return forward(*args, **kwargs)
-        if selective:
-            context_fn = functools.partial(
-                create_selective_checkpoint_contexts, _keep_attention_outputs
-            )
-            return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return runner(forward, *args, **kwargs)
 
     return run
 
 
-def apply_activation_checkpointing(model: nn.Module, mode: ACMode) -> int:
-    """Recompute activations of every DiT block of ``model`` in backward; return how many.
+def _block_modes(model: nn.Module, plan: ACMode | CheckpointPlan) -> list[tuple[DiTBlock, str]]:
+    """Each DiT block of ``model`` with its mode: ``plan``'s mode for every block, or a
+    :class:`CheckpointPlan`'s per block of each stack (``model.base``, ``model.control``)."""
+    if isinstance(plan, CheckpointPlan):
+        pairs: list[tuple[DiTBlock, str]] = []
+        for stack, modes in plan.stacks.items():
+            blocks = [m for m in model.get_submodule(stack).modules() if isinstance(m, DiTBlock)]
+            if len(blocks) != len(modes):
+                raise ValueError(f"the plan has {len(modes)} modes for the {len(blocks)} "
+                                 f"blocks of {stack}")
+            pairs.extend(zip(blocks, modes, strict=True))
+        return pairs
+    if plan not in _RUNNERS:
+        raise ValueError(
+            f"unknown activation checkpointing mode {plan!r}; valid: {', '.join(AC_MODES)}"
+        )
+    return [(m, plan) for m in model.modules() if isinstance(m, DiTBlock)]
 
+
+def apply_activation_checkpointing(model: nn.Module, plan: ACMode | CheckpointPlan) -> int:
+    """Recompute activations of the DiT blocks of ``model`` in backward; return how many.
+
+    ``plan`` is one mode for every block, or a :class:`~ctrlpost.engine.memory.CheckpointPlan`
+    with a mode per block (``engine.memory.POLICIES`` makes one from the recipe's value).
     ``"full"`` keeps only each block's input. ``"selective"`` also keeps the self-attention
     outputs and recomputes the rest (norms, modulation, projections, RoPE, cross-attention, MLP
-    and GELU). ``"none"`` is a no-op. The block's ``forward`` is wrapped in place, so parameter
+    and GELU). ``"none"`` leaves the block as it is. Every mode computes the same numbers: only
+    what is kept for backward changes. The block's ``forward`` is wrapped in place, so parameter
     names and ``state_dict`` keys do not change. Apply before FSDP/compile; applying twice is an
     error.
     """
-    if mode not in AC_MODES:
-        raise ValueError(
-            f"unknown activation checkpointing mode {mode!r}; valid: {', '.join(AC_MODES)}"
-        )
-    if mode == "none":
-        return 0
+    pairs = _block_modes(model, plan)
+    if any(getattr(block, _MARK, None) is not None for block, _ in pairs):
+        raise ValueError("activation checkpointing is already applied to this model")
     wrapped = 0
-    for module in model.modules():
-        if not isinstance(module, DiTBlock):
+    for block, mode in pairs:
+        runner = _RUNNERS[mode]
+        if runner is None:
             continue
-        if getattr(module, _MARK, None) is not None:
-            raise ValueError("activation checkpointing is already applied to this model")
-        module.forward = _checkpointed(module, module.forward, selective=mode == "selective")  # type: ignore[method-assign]
-        setattr(module, _MARK, mode)
+        block.forward = _checkpointed(block, block.forward, runner)  # type: ignore[method-assign]
+        setattr(block, _MARK, mode)
         wrapped += 1
     return wrapped
 

@@ -27,6 +27,19 @@ def test_the_layout_row_says_what_it_sized_and_why() -> None:
     assert text.endswith("fits; largest parts: overhead 1.26 GiB, tokenizer weights 0.19 GiB")
 
 
+def test_the_layout_row_names_each_blocks_checkpointing() -> None:
+    summary = {
+        "gpus": 1, "gpu_memory_gib": 80.0, "bucket": "960x960", "tokens": 57600,
+        "checkpointing": "auto", "checkpointing_plan": "selective on 14 of 31 blocks "
+        "(base 14-27), full on 17 (base 0-13, control 0-2)", "peak_at": "base backward",
+        "breakdown_gib": {"activations_saved": 29.05}, "peak_allocated_gib": 71.6,
+        "total_gib": 76.0, "budget_gib": 76.0, "fits": True}
+    text = describe("layout", summary)
+    assert ("of a 76 GiB budget: fits; checkpointing auto: selective on 14 of 31 blocks "
+            "(base 14-27), full on 17 (base 0-13, control 0-2); largest parts: activations "
+            "saved 29.05 GiB") in text
+
+
 def test_clips_that_lost_their_video_are_named_in_a_warning() -> None:
     stages = [SimpleNamespace(summary={"orphans": 2, "orphan_files": ["metas/b.txt",
                                                                      "t5_xxl/b.pickle"]}),

@@ -60,6 +60,8 @@ def _layout(s: dict[str, Any]) -> str:
                 f"{s['tokens']} tokens: peak {s['peak_allocated_gib']:g} GiB at "
                 f"{s['peak_at']}, {s['total_gib']:g} GiB with overhead, of a "
                 f"{s['budget_gib']:g} GiB budget: {fits}")
+    if "checkpointing_plan" in s:  # which blocks keep their self-attention outputs
+        sentence += f"; checkpointing {s['checkpointing']}: {s['checkpointing_plan']}"
     parts = {k: v for k, v in s.get("breakdown_gib", {}).items() if v}
     if parts:
         sentence += "; largest parts: " + ", ".join(
