@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: depth-online, train-7b, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: depth-online, train-7b, train-7b-auto, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -21,6 +21,11 @@ for stage in "$@"; do
     train-7b)
       python3 bench/train_recipe.py recipes/edge_hdvila.toml --nproc 1 --steps 6 \
         --set 'parallel.activation_checkpointing="full"' --out "$OUT" 2>&1 | tail -25 ;;
+    train-7b-auto)
+      mkdir -p "$OUT/auto"
+      python3 bench/train_recipe.py recipes/edge_hdvila.toml --nproc 1 --steps "${STEPS:-6}" --keep \
+        --set 'parallel.activation_checkpointing="auto"' --out "$OUT/auto" 2>&1 | tail -25
+      grep -h "activation checkpointing" /tmp/ctrlpost-bench-*/*/*/*/logs/rank0.log 2>/dev/null | tail -2 ;;
     depth-online)
       step=$(python3 -c "import json,glob; print(json.load(open(sorted(glob.glob('$OUT/train-edge_hdvila-*.json'))[-1]))['median_step_s'])" 2>/dev/null || echo 16.4)
       python3 plugins/depth/bench/online_cost.py --device cuda --step-seconds "$step" \
