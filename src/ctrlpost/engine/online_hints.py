@@ -68,6 +68,9 @@ class FilledBatches:
     def __init__(self, batches: Any, hints: OnlineHints) -> None:
         self.batches, self.hints = batches, hints
         self._position: dict[str, int] = dict(batches.state_dict())
+        device = hints.device
+        # Off the training step's stream, so the hint's kernels can run beside the step's.
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         with ThreadPoolExecutor(1, thread_name_prefix="online-hints") as pool:
@@ -88,13 +91,11 @@ class FilledBatches:
         return pool.submit(self._fill, batch), dict(self.batches.state_dict())
 
     def _fill(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        device = self.hints.device
-        if device.type != "cuda":
+        if self._stream is None:
             return self.hints.fill_batch(batch)
-        stream = torch.cuda.Stream(device)  # off the training step's stream
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(self._stream):
             filled = self.hints.fill_batch(batch)
-        stream.synchronize()
+        self._stream.synchronize()
         return filled
 
     def state_dict(self) -> dict[str, int]:
