@@ -186,7 +186,8 @@ def test_completion_and_help_offer_a_plugins_names(tmp_path: Path, acme: Path) -
     # Released in the wide flavor's repo: fetch-weights offers it next to the 7B's files.
     assert "invert" in complete("ctrlpost fetch-weights r.toml --modality ")
     shown = " ".join(run_with(acme, "fetch-data", "--help", COLUMNS="200").stdout.split())
-    assert "One of drone, hdvila, local, synthetic; default: [data].source." in shown
+    assert ("Where the clips come from: drone, hdvila, local, synthetic; default: "
+            "[data].source.") in shown
 
 
 def test_fetch_weights_takes_the_modalitys_file_from_the_flavors_release(
