@@ -57,9 +57,6 @@ import torch
 DETECTOR_REPO = "IDEA-Research/grounding-dino-tiny"
 TRACKER_REPO = "facebook/sam2-hiera-large"
 PROMPT = "person. car. traffic light."  # three phrases
-BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103,
-            ".": 1012, "?": 1029}  # GroundingDINO's phrase delimiters are BERT's ids
-TINY_SIZE = 64  # SAM2's input size in the tiny config (1024 released)
 
 
 def seg_module(name: str) -> Any:
@@ -74,26 +71,11 @@ def seg_module(name: str) -> Any:
     return importlib.import_module(f"ctrlpost_seg.{name}")
 
 
-def bert_tokenizer() -> Any:
-    """A BERT-like uncased WordPiece tokenizer of the prompt's words, made locally."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = dict(BERT_IDS)
-    for index, word in enumerate(sorted(set(PROMPT.replace(".", " ").split()))):
-        vocab[word] = 2000 + index
-    taken = set(vocab.values())
-    vocab.update({f"[unused{i}]": i for i in range(max(taken) + 1) if i not in taken})
-    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 101), ("[SEP]", 102)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-        cls_token="[CLS]", mask_token="[MASK]",
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+def prompt_tokenizer() -> Any:
+    """The plugin's stand-in BERT tokenizer (WordPiece, BERT's special ids) of the prompt's
+    words."""
+    words = sorted(set(PROMPT.replace(".", " ").split()))
+    return seg_module("tiny_models").build_tokenizer(words)
 
 
 def save_grounding_dino(folder: Path, tiny: bool) -> None:
@@ -106,39 +88,28 @@ def save_grounding_dino(folder: Path, tiny: bool) -> None:
         SwinConfig,
     )
 
-    levels: dict[str, Any] = {"out_features": ["stage2", "stage3", "stage4"]}  # stages read
     if tiny:
-        backbone = SwinConfig(image_size=TINY_SIZE, patch_size=4, embed_dim=8,
-                              depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=2,
-                              **levels)
-        text = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1,
-                          num_attention_heads=2, intermediate_size=32,
-                          max_position_embeddings=64)
-        config = GroundingDinoConfig(
-            backbone_config=backbone, text_config=text, num_queries=6, d_model=32,
-            encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-            encoder_attention_heads=2, decoder_attention_heads=2, encoder_n_points=1,
-            decoder_n_points=1, max_text_len=64)
-        sizes = {"shortest_edge": 96, "longest_edge": 128}
-    else:
-        backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2],
-                              num_heads=[3, 6, 12, 24], window_size=7, mlp_ratio=4.0, **levels)
-        text = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
-                          num_attention_heads=12, intermediate_size=3072,
-                          max_position_embeddings=512)  # bert-base-uncased
-        config = GroundingDinoConfig(
-            backbone_config=backbone, text_config=text, num_queries=900, d_model=256,
-            encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
-            encoder_attention_heads=8, decoder_attention_heads=8, encoder_n_points=4,
-            decoder_n_points=4, num_feature_levels=4, max_text_len=256, two_stage=True,
-            decoder_bbox_embed_share=True, two_stage_bbox_embed_share=False,
-            embedding_init_target=True, query_dim=4, positional_embedding_temperature=20,
-            activation_function="relu", layer_norm_eps=1e-5)
-        sizes = {"shortest_edge": 800, "longest_edge": 1333}
+        seg_module("tiny_models").save_tiny_grounding_dino(folder)
+        return
+    levels: dict[str, Any] = {"out_features": ["stage2", "stage3", "stage4"]}  # stages read
+    backbone = SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2],
+                          num_heads=[3, 6, 12, 24], window_size=7, mlp_ratio=4.0, **levels)
+    text = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                      num_attention_heads=12, intermediate_size=3072,
+                      max_position_embeddings=512)  # bert-base-uncased
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, num_queries=900, d_model=256,
+        encoder_layers=6, decoder_layers=6, encoder_ffn_dim=2048, decoder_ffn_dim=2048,
+        encoder_attention_heads=8, decoder_attention_heads=8, encoder_n_points=4,
+        decoder_n_points=4, num_feature_levels=4, max_text_len=256, two_stage=True,
+        decoder_bbox_embed_share=True, two_stage_bbox_embed_share=False,
+        embedding_init_target=True, query_dim=4, positional_embedding_temperature=20,
+        activation_function="relu", layer_norm_eps=1e-5)
+    sizes = {"shortest_edge": 800, "longest_edge": 1333}
     torch.manual_seed(0)
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
     GroundingDinoProcessor(image_processor=grounding_dino_images(sizes),
-                           tokenizer=bert_tokenizer()).save_pretrained(folder)
+                           tokenizer=prompt_tokenizer()).save_pretrained(folder)
 
 
 def grounding_dino_images(sizes: dict[str, int]) -> Any:
@@ -160,57 +131,31 @@ def save_sam2(folder: Path, tiny: bool) -> None:
     """A random SAM2 video model of hiera-large's config (or the tests' tiny one)."""
     from transformers import Sam2VideoConfig, Sam2VideoModel
     from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
-    from transformers.models.sam2_video.configuration_sam2_video import (
-        Sam2VideoMaskDecoderConfig,
-        Sam2VideoPromptEncoderConfig,
-    )
     from transformers.models.sam2_video.video_processing_sam2_video import (
         Sam2VideoVideoProcessor,
     )
 
     if tiny:
-        size, width = TINY_SIZE, 128  # memory tokens are 64 wide: the width a larger multiple
-        hiera = Sam2HieraDetConfig(
-            hidden_size=8, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
-            embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
-            window_size_per_stage=[4, 4, 4, 4], global_attention_blocks=[3],
-            window_positional_embedding_background_size=[2, 2])
-        vision = Sam2VisionConfig(
-            backbone_config=hiera, backbone_channel_list=[64, 32, 16, 8], fpn_hidden_size=width,
-            backbone_feature_sizes=[[size // 4] * 2, [size // 8] * 2, [size // 16] * 2])
-        config = Sam2VideoConfig(
-            vision_config=vision, image_size=size, num_maskmem=3,
-            # config objects, not dicts: transformers 5.17 builds a dict mask_decoder_config
-            # as a prompt-encoder config
-            prompt_encoder_config=Sam2VideoPromptEncoderConfig(
-                hidden_size=width, image_size=size, patch_size=16, mask_input_channels=4),
-            mask_decoder_config=Sam2VideoMaskDecoderConfig(
-                hidden_size=width, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
-            memory_attention_hidden_size=width, memory_attention_num_layers=1,
-            memory_attention_feed_forward_hidden_size=32,
-            memory_attention_rope_feat_sizes=[size // 16, size // 16],
-            memory_encoder_hidden_size=width, memory_encoder_output_channels=64,
-            mask_downsampler_embed_dim=width, memory_fuser_embed_dim=width,
-            memory_fuser_intermediate_dim=32)
-    else:
-        size = 1024
-        hiera = Sam2HieraDetConfig(
-            hidden_size=144, num_attention_heads=2, image_size=[size, size],
-            blocks_per_stage=[2, 6, 36, 4], embed_dim_per_stage=[144, 288, 576, 1152],
-            num_attention_heads_per_stage=[2, 4, 8, 16], window_size_per_stage=[8, 4, 16, 8],
-            global_attention_blocks=[23, 33, 43],
-            window_positional_embedding_background_size=[7, 7])
-        vision = Sam2VisionConfig(
-            backbone_config=hiera, backbone_channel_list=[1152, 576, 288, 144],
-            backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]], fpn_hidden_size=256,
-            fpn_top_down_levels=[2, 3])
-        config = Sam2VideoConfig(  # SAM2 (not 2.1): no temporal pointer encoding, no occlusion
-            vision_config=vision, image_size=size, num_maskmem=7,
-            enable_temporal_pos_encoding_for_object_pointers=False,
-            enable_occlusion_spatial_embedding=False, memory_attention_num_layers=4,
-            memory_attention_hidden_size=256, memory_attention_feed_forward_hidden_size=2048,
-            memory_encoder_output_channels=64, sigmoid_scale_for_mem_enc=20.0,
-            sigmoid_bias_for_mem_enc=-10.0)
+        seg_module("tiny_models").save_tiny_sam2_video(folder)
+        return
+    size = 1024
+    hiera = Sam2HieraDetConfig(
+        hidden_size=144, num_attention_heads=2, image_size=[size, size],
+        blocks_per_stage=[2, 6, 36, 4], embed_dim_per_stage=[144, 288, 576, 1152],
+        num_attention_heads_per_stage=[2, 4, 8, 16], window_size_per_stage=[8, 4, 16, 8],
+        global_attention_blocks=[23, 33, 43],
+        window_positional_embedding_background_size=[7, 7])
+    vision = Sam2VisionConfig(
+        backbone_config=hiera, backbone_channel_list=[1152, 576, 288, 144],
+        backbone_feature_sizes=[[256, 256], [128, 128], [64, 64]], fpn_hidden_size=256,
+        fpn_top_down_levels=[2, 3])
+    config = Sam2VideoConfig(  # SAM2 (not 2.1): no temporal pointer encoding, no occlusion
+        vision_config=vision, image_size=size, num_maskmem=7,
+        enable_temporal_pos_encoding_for_object_pointers=False,
+        enable_occlusion_spatial_embedding=False, memory_attention_num_layers=4,
+        memory_attention_hidden_size=256, memory_attention_feed_forward_hidden_size=2048,
+        memory_encoder_output_channels=64, sigmoid_scale_for_mem_enc=20.0,
+        sigmoid_bias_for_mem_enc=-10.0)
     torch.manual_seed(0)
     Sam2VideoModel(config).save_pretrained(folder)
     Sam2VideoVideoProcessor(size={"height": size, "width": size}).save_pretrained(folder)

@@ -16,6 +16,7 @@ torch, transformers and tokenizers are imported inside the functions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,10 @@ BERT_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103,
             ".": 1012, "?": 1029}
 
 
-def bert_vocab() -> dict[str, int]:
-    """BERT's special and delimiter ids, :data:`WORDS` from 2000, ``[unusedN]`` between."""
+def bert_vocab(words: Sequence[str] = WORDS) -> dict[str, int]:
+    """BERT's special and delimiter ids, ``words`` from 2000, ``[unusedN]`` between."""
     vocab = dict(BERT_IDS)
-    for index, word in enumerate(WORDS):
+    for index, word in enumerate(words):
         vocab[word] = 2000 + index
     taken = set(vocab.values())
     for index in range(max(taken) + 1):
@@ -43,12 +44,13 @@ def bert_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer() -> Any:
-    """A BERT-like uncased WordPiece tokenizer made locally with the tokenizers library."""
+def build_tokenizer(words: Sequence[str] = WORDS) -> Any:
+    """A BERT-like uncased WordPiece tokenizer of ``words``, made locally with the tokenizers
+    library."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    core = Tokenizer(models.WordPiece(bert_vocab(), unk_token="[UNK]"))
+    core = Tokenizer(models.WordPiece(bert_vocab(words), unk_token="[UNK]"))
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.post_processor = processors.TemplateProcessing(
@@ -97,6 +99,10 @@ def save_tiny_sam2_video(folder: Path, *, seed: int = 0) -> None:
     import torch
     from transformers import Sam2VideoConfig, Sam2VideoModel
     from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
+    from transformers.models.sam2_video.configuration_sam2_video import (
+        Sam2VideoMaskDecoderConfig,
+        Sam2VideoPromptEncoderConfig,
+    )
     from transformers.models.sam2_video.video_processing_sam2_video import (
         Sam2VideoVideoProcessor,
     )
@@ -115,10 +121,12 @@ def save_tiny_sam2_video(folder: Path, *, seed: int = 0) -> None:
         backbone_feature_sizes=[[SIZE // 4] * 2, [SIZE // 8] * 2, [SIZE // 16] * 2])
     config = Sam2VideoConfig(
         vision_config=vision, image_size=SIZE, num_maskmem=3,
-        prompt_encoder_config={"hidden_size": D, "image_size": SIZE, "patch_size": 16,
-                               "mask_input_channels": 4},
-        mask_decoder_config={"hidden_size": D, "mlp_dim": 32, "num_attention_heads": 2,
-                             "iou_head_hidden_dim": 16},
+        # config objects, not dicts: transformers 5.17 builds a dict mask_decoder_config as a
+        # prompt-encoder config
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(
+            hidden_size=D, image_size=SIZE, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(
+            hidden_size=D, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
         memory_attention_hidden_size=D, memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=32,
         memory_attention_rope_feat_sizes=[SIZE // 16, SIZE // 16],
