@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "edge_tiny.toml"
@@ -85,3 +86,13 @@ def ctrlpost_exe() -> list[str]:
 
     exe = shutil.which("ctrlpost", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "ctrlpost"]
+
+
+@pytest.fixture
+def one_process_group() -> Iterator[None]:
+    """A one-rank gloo process group for tests that build sharded models in-process."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -3,11 +3,8 @@ plan changes which activations are kept, never the numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from ctrlpost import recipe as recipes
 from ctrlpost.engine import build, memory
@@ -18,14 +15,6 @@ from .conftest import TINY
 
 AUTO = 'parallel.activation_checkpointing="auto"'
 
-
-@pytest.fixture
-def one_process_group() -> Iterator[None]:
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def built(*sets: str) -> tuple[ModelParts, memory.CheckpointPlan]:

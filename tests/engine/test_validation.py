@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from typer.testing import CliRunner
 
 from ctrlpost import recipe as recipes
@@ -114,14 +112,6 @@ def test_validation_record_goes_to_jsonl_and_tensorboard_with_the_strips(tmp_pat
 
 # --- the validator in this process -------------------------------------------------------------
 
-
-@pytest.fixture
-def one_process_group() -> Iterator[None]:
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def test_validator_uses_the_ema_weights_then_restores_the_training_state(
