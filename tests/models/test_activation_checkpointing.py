@@ -89,12 +89,8 @@ class AttentionCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize(("mode", "recomputed"), [("selective", False), ("full", True)])
-def test_selective_mode_keeps_self_attention_outputs(
-    reference_model: ControlledDiT, mode: str, recomputed: bool
-) -> None:
-    model = copy.deepcopy(reference_model)
-    apply_activation_checkpointing(model, mode)  # type: ignore[arg-type]
+def attention_during_backward(model: ControlledDiT) -> AttentionCounter:
+    """What the attentions run while one loss of ``model`` is backpropagated (recomputations)."""
     generator = torch.Generator().manual_seed(3)
     x = torch.randn(1, 16, 2, 4, 4, generator=generator)
     text = torch.randn(1, 4, FLAVOR.base.text_dim, generator=generator)
@@ -102,6 +98,16 @@ def test_selective_mode_keeps_self_attention_outputs(
     counter = AttentionCounter()
     with counter:
         loss.backward()
+    return counter
+
+
+@pytest.mark.parametrize(("mode", "recomputed"), [("selective", False), ("full", True)])
+def test_selective_mode_keeps_self_attention_outputs(
+    reference_model: ControlledDiT, mode: str, recomputed: bool
+) -> None:
+    model = copy.deepcopy(reference_model)
+    apply_activation_checkpointing(model, mode)  # type: ignore[arg-type]
+    counter = attention_during_backward(model)
     assert (counter.calls > 0) == recomputed
     # Cross-attention (4 text slots here, 8 tokens) is cheap and its output large: recomputed.
     assert counter.cross_calls > 0
@@ -152,13 +158,7 @@ def test_each_block_recomputes_self_attention_as_its_mode_says(
     model = copy.deepcopy(reference_model)
     plan = mixed_plan()
     apply_activation_checkpointing(model, plan)
-    generator = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 16, 2, 4, 4, generator=generator)
-    text = torch.randn(1, 4, FLAVOR.base.text_dim, generator=generator)
-    loss = model(x, torch.tensor([0.1]), text, hint_B_C_T_H_W=x).square().mean()
-    counter = AttentionCounter()
-    with counter:
-        loss.backward()
+    counter = attention_during_backward(model)
     # Base block 0 runs plainly (no gradient through it): only the other full blocks recompute.
     recomputing = plan.count("full") - (plan.base[0] == "full")
     assert counter.calls == recomputing > 0
