@@ -122,10 +122,15 @@ def main() -> None:
             "s": round(seconds, 3), "frames_per_s": round(args.frames / seconds, 2),
             "speedup": round(reference_s / seconds, 2), "levels_max_diff": int(diff.max()),
             "levels_equal": round(float((diff == 0).mean()), 6)}
+    write_report(report, args.out)
+
+
+def write_report(report: dict[str, object], out: Path | None) -> None:
+    """Print the JSON report, and write it to ``out`` when given."""
     text = json.dumps(report, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ float16 on the GPU, levels over the window). It reports
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from annotate_speed import clip, released_architecture
+from annotate_speed import clip, released_architecture, write_report
 
 from ctrlpost_depth.annotator import REPO, load
 from ctrlpost_depth.online import render
@@ -87,10 +86,7 @@ def main() -> None:
         report["step_s"] = args.step_seconds
         report["gpu_share_of_step"] = round(gpu / args.step_seconds, 4)
         report["wall_share_of_step"] = round(wall / args.step_seconds, 4)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
