@@ -15,6 +15,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
 
 
+
+def frozen_tiny_base() -> DiT:
+    """A tiny-flavor base with seeded random weights, frozen in bf16 as the engine keeps it."""
+    torch.manual_seed(0)
+    base = DiT(get_flavor("tiny").base)
+    base.init_weights()
+    return base.to(torch.bfloat16).requires_grad_(False)
+
 def test_rows_are_scaled_to_the_fp8_range_and_zero_rows_survive() -> None:
     x = torch.randn(6, 64) * torch.tensor([1e-3, 1.0, 30.0, 1e3, 0.0, 5.0])[:, None]
     q, scale = quantize_rows(x)
@@ -52,10 +60,7 @@ def test_a_trainable_or_biased_layer_is_refused() -> None:
 
 def test_to_fp8_converts_the_token_linears_and_keeps_the_state() -> None:
     flavor = get_flavor("tiny")
-    torch.manual_seed(0)
-    base = DiT(flavor.base)
-    base.init_weights()
-    base.to(torch.bfloat16).requires_grad_(False)
+    base = frozen_tiny_base()
     before = {k: v.clone() for k, v in base.state_dict().items()}
     converted = to_fp8(base)
     blocks = flavor.base.num_blocks
@@ -88,10 +93,7 @@ def test_the_recipe_asks_bf16_compute_for_an_fp8_base() -> None:
 
 def test_a_whole_fp8_base_stays_close_to_bf16() -> None:
     flavor = get_flavor("tiny")
-    torch.manual_seed(0)
-    base = DiT(flavor.base)
-    base.init_weights()
-    base.to(torch.bfloat16).requires_grad_(False)
+    base = frozen_tiny_base()
     a = flavor.base
     x = torch.randn(1, a.latent_channels, 3, 16, 28, dtype=torch.bfloat16)
     inputs = dict(condition_mask_B_1_T_H_W=torch.zeros(1, 1, 3, 16, 28, dtype=torch.bfloat16),
