@@ -103,8 +103,8 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     apply_activation_checkpointing(model, checkpointing_plan(recipe, flavor, runtime))
     if recipe.parallel.compile:
         apply_compile(model)
-    apply_fsdp(model.base, param_dtype=None)
-    apply_fsdp(model.control, param_dtype=compute_dtype if bf16 else None)
+    apply_fsdp(model.base, device=runtime.device, param_dtype=None)
+    apply_fsdp(model.control, device=runtime.device, param_dtype=compute_dtype if bf16 else None)
     model.to_empty(device=runtime.device)
     logvar = UncertaintyHead().to(runtime.device)
     if random_weights:

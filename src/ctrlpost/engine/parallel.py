@@ -155,24 +155,31 @@ def apply_compile(model: nn.Module) -> int:
 def apply_fsdp(
     model: nn.Module,
     *,
+    device: torch.device,
     param_dtype: torch.dtype | None,
     reduce_dtype: torch.dtype = torch.float32,
     reshard_after_forward: bool = True,
 ) -> None:
-    """Shard ``model`` with FSDP2 over the default process group: each DiT block is one unit,
-    then the root holds the remaining parameters (embedders, final layer, hint path).
+    """Shard ``model`` with FSDP2 over the default process group on ``device``'s type: each DiT
+    block is one unit, then the root holds the remaining parameters (embedders, final layer,
+    hint path).
 
     ``param_dtype`` is the compute dtype of the all-gathered weights (bf16 for fp32 master
     weights); gradients are reduced in ``reduce_dtype``. Frozen modules (the base) are sharded the
     same way; they just never produce gradients.
     """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # Named, not left to FSDP's default, which takes the machine's accelerator: a gloo (CPU) job
+    # on a host with a GPU would get a CUDA mesh and mixed-device shards.
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     blocks = [m for m in model.modules() if isinstance(m, DiTBlock)]
     for index, block in enumerate(blocks):
         # The last block's weights are needed again right away by backward: keep them gathered.
         last = index == len(blocks) - 1
-        fully_shard(block, mp_policy=policy,
+        fully_shard(block, mesh=mesh, mp_policy=policy,
                     reshard_after_forward=reshard_after_forward and not last)
-    fully_shard(model, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
