@@ -10,7 +10,10 @@ nox.options.reuse_existing_virtualenvs = True
 # An exact pin: pip takes the local CPU wheel; a range would pull a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
 PLUGINS = ["edge", "blur", "depth", "seg", "keypoint", "upscale"]
-PACKAGES = ["-e", ".[dev]", *(arg for name in PLUGINS for arg in ("-e", f"plugins/{name}"))]
+# plot and tensorboard: optional for users, but their tests (inspect --plot, the TensorBoard
+# logger, seg's colour check against matplotlib) run in every session.
+PACKAGES = ["-e", ".[dev,plot,tensorboard]",
+            *(arg for name in PLUGINS for arg in ("-e", f"plugins/{name}"))]
 TEST_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",

@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: depth-online, train-7b, train-7b-auto, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: depth-online, train-7b, train-7b-auto, real, real-fp8, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -26,6 +26,23 @@ for stage in "$@"; do
       python3 bench/train_recipe.py recipes/edge_hdvila.toml --nproc 1 --steps "${STEPS:-6}" --keep \
         --set 'parallel.activation_checkpointing="auto"' --out "$OUT/auto" 2>&1 | tail -25
       grep -h "activation checkpointing" /tmp/ctrlpost-bench-*/*/*/*/logs/rank0.log 2>/dev/null | tail -2 ;;
+    real|real-fp8)
+      # the engine's real step (loader, tokenizer encodes, optimizer, EMA) under "auto" checkpointing
+      extra=(); [ "$stage" = real-fp8 ] && extra=(--set 'model.base_precision="fp8"')
+      python3 -c "import tensorboard" 2>/dev/null || extra+=(--set logging.tensorboard=false)
+      # shellcheck disable=SC2086  # REAL_ARGS: extra options, e.g. "--warmup 1 --steps 3"
+      python3 bench/train_real.py recipes/edge_hdvila.toml --ac auto "${extra[@]}" ${REAL_ARGS:-} \
+        --out "$OUT/train_real-$stage-$gpu.json" 2>&1 | tail -40 ;;
+    pretrain-tiny)
+      # the tiny base of the embedded default, pre-trained on the GPU (issue 25)
+      mkdir -p "$OUT/tiny_base"
+      python3 -m ctrlpost.engine.pretrain_tiny recipes/edge_tiny.toml --device cuda \
+        --out "$OUT/tiny_base/base_model.pt" --work /tmp/pretrain_tiny --clips "${PT_CLIPS:-2048}" \
+        --batch-size "${PT_BATCH:-128}" --steps 100000 --max-seconds "${PT_SECONDS:-240}" \
+        --log-every-steps 250 2>&1 | tail -40 ;;
+    tiny-demo)
+      # post-training sweep of the embedded default on the base pretrain-tiny wrote (or $PT_BASE)
+      bash bench/tiny_demo_sweep.sh "${PT_BASE:-$OUT/tiny_base/base_model.pt}" "$OUT/tiny_demo" ;;
     depth-online)
       step=$(python3 -c "import json,glob; print(json.load(open(sorted(glob.glob('$OUT/train-edge_hdvila-*.json'))[-1]))['median_step_s'])" 2>/dev/null || echo 16.4)
       python3 plugins/depth/bench/online_cost.py --device cuda --step-seconds "$step" \

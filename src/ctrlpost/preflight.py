@@ -134,8 +134,28 @@ def _cpus() -> int:
     return os.cpu_count() or 1  # pragma: no cover - macOS and Windows
 
 
+MISSING_TENSORBOARD = ("needs tensorboard: pip install 'ctrlpost[tensorboard]' or set "
+                       "logging.tensorboard = false")
+"""The problem at ``logging.tensorboard`` when it is true and the ``tensorboard`` extra is not
+installed (`verify` and `train` name it before any rank starts)."""
+
+
+def extras_problems(ctx: Context) -> list[Problem]:
+    """Recipe keys that turn on a feature whose optional package (an extra of ctrlpost) is not
+    installed. Tried by importing it (a few ms): no rank finds out half-way."""
+    assert ctx.recipe is not None
+    if not ctx.recipe.logging.tensorboard:
+        return []
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return [Problem("plugins", "logging.tensorboard", MISSING_TENSORBOARD)]
+    return []
+
+
 def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
-    """Every control names an installed modality and its params pass the plugin's model; the
+    """Every control names an installed modality and its params pass the plugin's model, and
+    every optional package the recipe turns on is installed (:func:`extras_problems`); the
     summary names the plugins providing the recipe's data source and flavor (the recipe stage
     checked that they are registered)."""
     from pydantic import ValidationError
@@ -143,7 +163,7 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     from ctrlpost.modalities import registry
 
     assert ctx.recipe is not None
-    problems: list[Problem] = []
+    problems: list[Problem] = extras_problems(ctx)
     try:
         installed = registry.installed_modalities(ctx.plugins)
         chosen = (("data_source", "data source", ctx.recipe.data.source),
@@ -151,7 +171,7 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
         providers = {key: f"{name} ({registry.origin_of(name, ctx.plugins, kind)})"
                      for key, kind, name in chosen}
     except CtrlpostError as exc:
-        return [Problem("plugins", "control", exc.message)], {}
+        return [*problems, Problem("plugins", "control", exc.message)], {}
     for i, control in enumerate(ctx.recipe.control):
         where = f"control[{i}]"
         try:

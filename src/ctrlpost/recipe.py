@@ -300,7 +300,8 @@ class LoggingSection(_Section):
 
     every_steps: Steps = Field(1, ge=1, description="Metric logging interval.")
     jsonl: bool = Field(True, description="Write metrics.jsonl in the run folder.")
-    tensorboard: bool = Field(True, description="Write TensorBoard event files.")
+    tensorboard: bool = Field(
+        False, description="Write TensorBoard event files (needs the tensorboard extra).")
 
 
 class ValidationSection(_Section):

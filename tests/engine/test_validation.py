@@ -208,8 +208,12 @@ def test_verify_fidelity_loads_a_released_layout_file_strictly(workspace: Worksp
     none, loaded = json.loads(result.output)["fidelity"]["checkpoints"]
     assert (none["label"], loaded["label"]) == ("none", "edge_control")
     assert loaded["path"] == str(released)
-    assert loaded["mean"] != none["mean"]  # the branch's residuals reach the generation
-    assert (run_dir(tmp_path) / "fidelity" / "edge_control" / "synthetic_00000.png").is_file()
+    strips = run_dir(tmp_path) / "fidelity"
+    # The branch's residuals reach the generation: other frames than without it. (Its F1 can
+    # equal the blank branch's: the pre-trained base draws clean frames, 0 where no shape edge
+    # meets the hint's.)
+    assert (strips / "edge_control" / "synthetic_00000.png").read_bytes() != (
+        strips / "none" / "synthetic_00000.png").read_bytes()
 
     state = torch.load(released, weights_only=True)
     state["net.unexpected.weight"] = torch.zeros(1)
@@ -241,11 +245,6 @@ def test_validation_leaves_the_training_losses_unchanged(workspace: Workspace,
 
 # The tiny overfit task for fidelity: the blur hint, one rank, no text dropout or conditioning
 # frames, a higher learning rate; step 0 is the zero-initialised branch (EMA = weights).
-# Measured on CPU (torch 2.13): PSNR 10.85 dB at step 0, 17.26 at step 60 (floor 11.43, ceiling
-# 26.81). The edge F1 of the same task stays at its floor: see the README's Validation section.
-ZERO_INIT_PSNR, TRAINED_PSNR = 10.85, 17.26
-
-
 @pytest.mark.slow
 def test_trained_branch_beats_the_zero_initialised_one(workspace: Workspace,
                                                        tmp_path: Path) -> None:
@@ -256,7 +255,26 @@ def test_trained_branch_beats_the_zero_initialised_one(workspace: Workspace,
     workspace.train(tmp_path, "--nproc", "1", *[a for s in sets for a in ("--set", s)])
     records = validation_records(tmp_path)
     start, end = records[0], records[60]
-    assert end["psnr"] > start["psnr"] + 4.0, records
-    assert start["psnr"] == pytest.approx(ZERO_INIT_PSNR, abs=0.3)
-    assert end["psnr"] == pytest.approx(TRAINED_PSNR, abs=1.0)
+    assert end["psnr"] > start["psnr"] + 3.0, records
     assert start["psnr_noise"] == end["psnr_noise"] < end["psnr"] < end["psnr_reconstruction"]
+
+
+MARGIN = 0.1
+"""F1 points the last validation must gain over the floor and over step 0 (on 2 cores: floor
+0.071, step 0 0.042, step 400 0.209)."""
+
+
+@pytest.mark.slow
+def test_the_embedded_default_learns_to_follow_its_hint(workspace: Workspace,
+                                                        tmp_path: Path) -> None:
+    """The quick start's training as shipped (2 ranks, every setting of the recipe): the edge F1
+    of the last validation is clearly above its noise floor and above the zero-initialised
+    branch's at step 0, and below the tokenizer's ceiling."""
+    workspace.train(tmp_path)
+    records = validation_records(tmp_path)
+    steps = sorted(records)
+    assert steps == [0, 100, 200, 300, 400], steps
+    start, end = records[0], records[400]
+    assert end["f1"] > end["f1_noise"] + MARGIN and end["f1"] > start["f1"] + MARGIN, records
+    assert end["f1"] < end["f1_reconstruction"]
+

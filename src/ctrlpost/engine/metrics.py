@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import torch
 
 from ctrlpost.engine.trainer import StepMetrics
+from ctrlpost.errors import CtrlpostError
 from ctrlpost.files import write_text_atomic
 from ctrlpost.rundir import RunDir, step_name
 
@@ -155,12 +156,16 @@ class RunLogger:
         self.every_steps = every_steps
         self.device = device
         self.started = time.perf_counter()
-        self._jsonl = paths.metrics.open("a", encoding="utf-8") if enabled and jsonl else None
         self._tb: Any = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
+        if enabled and tensorboard:  # first: without the extra, nothing is written
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # `verify`/`train` report it first (preflight.extras_problems)
+                raise CtrlpostError("logging.tensorboard = true needs tensorboard: pip install "
+                                    "'ctrlpost[tensorboard]' or set logging.tensorboard = false"
+                                    ) from None
             self._tb = SummaryWriter(log_dir=str(paths.tensorboard))
+        self._jsonl = paths.metrics.open("a", encoding="utf-8") if enabled and jsonl else None
         self._window: list[StepMetrics] = []
 
     def begin(self, step: int) -> None:

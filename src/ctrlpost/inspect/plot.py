@@ -8,7 +8,8 @@ noise. Every line is named in its panel's legend.
 :func:`draw_metrics` builds the figure (tests read its axis limits and legends);
 :func:`plot_metrics` also writes it. Drawn with matplotlib's object API on the Agg canvas, never
 ``pyplot``: no global figure state and no display backend, so it works on a headless node and
-inside tests.
+inside tests. matplotlib is the optional ``plot`` extra, imported only to draw: without it,
+``--plot`` is one line naming the extra (:data:`MISSING_MATPLOTLIB`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LEGEND_NAMES = {"loss": "loss", "lr": "learning rate", "grad_norm": "grad norm"}
 
 PAD = 0.08  # of the value span, above and below: the extreme points stay off the frame
 MIN_SPAN = 0.1  # of the largest magnitude: a panel never spans less, so 0.301 → 0.302 stays flat
+MISSING_MATPLOTLIB = "--plot needs matplotlib: pip install 'ctrlpost[plot]'"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def legend_name(panel: str, member: str) -> str:
 
 def draw_metrics(rows: Sequence[dict[str, Any]], *, title: str) -> MetricsFigure:
     """One panel per metric, sharing the step axis; nothing is written."""
+    require_matplotlib()
     series = plot_series(rows)
     if not series:
         raise CtrlpostError("nothing to plot: metrics.jsonl has no loss, lr or grad_norm values",
@@ -122,6 +125,15 @@ def draw_metrics(rows: Sequence[dict[str, Any]], *, title: str) -> MetricsFigure
     axes[-1].set_xlabel("step")
     figure.suptitle(title)
     return MetricsFigure(figure, {name: ax for ax, name in zip(axes, layout, strict=True)})
+
+
+def require_matplotlib() -> None:
+    """Raise :data:`MISSING_MATPLOTLIB` when matplotlib (the ``plot`` extra) cannot be imported:
+    checked before anything is read into a figure or written."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CtrlpostError(MISSING_MATPLOTLIB) from None
 
 
 def _style(panel: str, member: str) -> str:

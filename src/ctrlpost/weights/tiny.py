@@ -1,18 +1,22 @@
-"""The tiny flavor's "weights", made locally: what `ctrlpost fetch-weights` does for ``tiny``.
+"""The tiny flavor's weights, made locally: what `ctrlpost fetch-weights` does for ``tiny``.
 
 The CPU demo (``recipes/edge_tiny.toml``) runs the same code paths as a 7B job, so it needs the
 same three artefacts, in the same formats, just small and without a download:
 
-* ``<dir>/<base>``: a random tiny-flavor base in the released ``base_model.pt`` layout
-  (``base_model.net.*`` + ``base_model.logvar.*``);
+* ``<dir>/<base>``: the tiny-flavor base in the released ``base_model.pt`` layout
+  (``base_model.net.*`` + ``base_model.logvar.*``), copied from the file shipped in this package
+  (:data:`SHIPPED_BASE`): a base pre-trained on the synthetic source's plain-background clips,
+  so that it draws clean frames and a control branch has something to steer. The command
+  that remakes it (:mod:`ctrlpost.engine.pretrain_tiny`) is in :data:`SHIPPED_BASE_RECORD`;
 * ``<dir>/<tokenizer>/``: the tiny TorchScript video tokenizer (``encoder.jit``, ``decoder.jit``,
   ``mean_std.pt``), see :mod:`ctrlpost.models.tiny_tokenizer`;
 * ``<dir>/<text_encoder>/``: a 2-layer T5 encoder with a tokenizer trained here on a few
   caption-like sentences, loadable offline with ``AutoTokenizer``/``T5EncoderModel``.
 
-Everything is a function of ``seed`` (the checkpoint is byte-identical across runs), written
-under a temporary name and renamed, so an artefact that exists is complete and is kept.
-torch and transformers are imported inside the functions: ``ctrlpost.weights`` stays import-light.
+The tokenizer and T5 are functions of ``seed`` (byte-identical across runs); the base is the
+shipped file, byte for byte. Everything is written under a temporary name and renamed, so an
+artefact that exists is complete and is kept. torch and transformers are imported inside the
+functions: ``ctrlpost.weights`` stays import-light.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctrlpost.errors import WeightsError
-from ctrlpost.files import commit_folder, temp_path
+from ctrlpost.files import commit_folder, temp_path, write_bytes_atomic
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
     from transformers import PreTrainedTokenizerFast
 
     from ctrlpost.recipe import WeightsSection
@@ -39,10 +42,10 @@ TOKENIZER_FILES = ("encoder.jit", "decoder.jit", "mean_std.pt")
 TEXT_ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json",
                       "tokenizer_config.json")
 
-ADALN_PERTURB_STD = 0.05
-"""Std of the values put into the zero-initialised last AdaLN layers (see :func:`perturb_adaln`).
-With the tiny widths this gives shift/scale/gate of about 0.2: every block contributes, none
-dominates."""
+SHIPPED_BASE = Path(__file__).with_name("tiny_base") / "base_model.pt"
+"""The pre-trained tiny base installed as ``<dir>/<base>`` (package data)."""
+SHIPPED_BASE_RECORD = SHIPPED_BASE.with_suffix(".json")
+"""How :data:`SHIPPED_BASE` was made: the command, its settings, its sha256."""
 T5_OUTPUT_SCALE = 0.25
 """Final layer-norm weight of the tiny T5: embeddings of RMS ~0.25, near the real encoder's
 scale, so their float16 storage rounds them by ~1e-4, not ~1e-3."""
@@ -99,7 +102,7 @@ def materialize(
     text_encoder: str = TINY_TEXT_ENCODER,
     seed: int = 0,
 ) -> list[Path]:
-    """Write the tiny base checkpoint, video tokenizer and T5 under ``weights_dir``.
+    """Install the tiny base, and write the video tokenizer and T5, under ``weights_dir``.
 
     ``base``, ``tokenizer`` and ``text_encoder`` are paths relative to ``weights_dir``, as in
     ``[weights]`` of a recipe; ``weights_dir`` may also be that section itself (its ``dir``,
@@ -113,12 +116,35 @@ def materialize(
     root = Path(weights_dir)
     written: list[Path] = []
     if not (root / base).is_file():
-        written.append(write_tiny_base(root / base, seed=seed))
+        written.append(install_tiny_base(root / base))
+    written += make_encoders(root, tokenizer=tokenizer, text_encoder=text_encoder, seed=seed)
+    return written
+
+
+def make_encoders(root: Path, *, tokenizer: str = TINY_TOKENIZER,
+                  text_encoder: str = TINY_TEXT_ENCODER, seed: int = 0) -> list[Path]:
+    """Write the video tokenizer and the T5 under ``root`` (what the base needs no part of:
+    :mod:`ctrlpost.engine.pretrain_tiny` makes them to pre-train it); returns the folders
+    written (none when both were complete)."""
+    written: list[Path] = []
     if _make_folder(root / tokenizer, TOKENIZER_FILES, _write_tokenizer, seed):
         written.append(root / tokenizer)
     if _make_folder(root / text_encoder, TEXT_ENCODER_FILES, write_tiny_t5, seed):
         written.append(root / text_encoder)
     return written
+
+
+def install_tiny_base(path: Path, *, shipped: Path = SHIPPED_BASE) -> Path:
+    """Copy the shipped pre-trained base (``shipped``) to ``path`` atomically."""
+    try:
+        data = shipped.read_bytes()
+    except FileNotFoundError:
+        raise WeightsError(
+            f"{shipped}: the pre-trained tiny base is missing from this installation",
+            hint="reinstall ctrlpost, or make it: python -m ctrlpost.engine.pretrain_tiny "
+            f"recipes/edge_tiny.toml --out {shipped}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, data)
 
 
 def _make_folder(
@@ -146,54 +172,6 @@ def _make_folder(
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     return True
-
-
-def perturb_adaln(base: nn.Module, *, std: float = ADALN_PERTURB_STD) -> None:
-    """Fill the last layer of every AdaLN modulation (blocks and final layer) with N(0, std²).
-
-    The reference zeroes those layers, which makes every block's shift, scale and gate come
-    from the small AdaLN-LoRA term alone: a freshly initialised base is then close to the
-    identity map plus the final projection. A released base is nothing like that, and a demo
-    that trains a control branch against a no-op base would not exercise attention or MLP
-    paths. Small random values give every block a real, bounded contribution.
-    """
-    import torch
-
-    from ctrlpost.models.blocks import FinalLayer, SubBlock
-
-    with torch.no_grad():
-        for module in base.modules():
-            if isinstance(module, SubBlock | FinalLayer):
-                last = module.adaLN_modulation[-1]
-                assert isinstance(last, torch.nn.Linear)
-                last.weight.normal_(0.0, std)
-
-
-def tiny_base_state(seed: int = 0) -> dict[str, Tensor]:
-    """The tiny base in the released ``base_model.pt`` layout, a pure function of ``seed``."""
-    import torch
-
-    from ctrlpost.diffusion.uncertainty import UncertaintyHead
-    from ctrlpost.models import build_controlled_dit, get_flavor
-    from ctrlpost.models.state_dict import BASE_LOGVAR_PREFIX, BASE_NET_PREFIX
-
-    # fork_rng: seeding must not change the caller's global random stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_controlled_dit(get_flavor("tiny"))
-        model.init_weights()
-        perturb_adaln(model.base)
-    head = UncertaintyHead(generator=torch.Generator().manual_seed(seed))
-    state = {BASE_NET_PREFIX + k: v for k, v in model.base.state_dict().items()}
-    state.update({BASE_LOGVAR_PREFIX + k: v for k, v in head.state_dict().items()})
-    return state
-
-
-def write_tiny_base(path: Path, *, seed: int = 0) -> Path:
-    """Write :func:`tiny_base_state` to ``path`` atomically."""
-    from ctrlpost.models.state_dict import save_checkpoint
-
-    return save_checkpoint(tiny_base_state(seed), path)
 
 
 def _write_tokenizer(folder: Path, seed: int) -> None:

@@ -26,7 +26,7 @@ def test_a_finished_run_says_so_without_checks_or_ranks(tmp_path: Path) -> None:
     (checkpoints / "iter_000000040.json").write_text("{}")
     (checkpoints / ".step_000000060.tmp").mkdir()  # an unfinished later save does not count
     args = ["train", str(REPO / "recipes" / "edge_tiny.toml"),
-            "--set", f"job.output_root='{tmp_path}'"]
+            "--set", f"job.output_root='{tmp_path}'", "--set", "train.steps=40"]
     started = time.perf_counter()
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -129,3 +130,66 @@ def test_the_default_textures_draw_the_same_scenes_as_before_plain_existed() -> 
         "striped", "dotted", "checkered", "striped", "checkered", "checkered", "dotted", "dotted"]
     with pytest.raises(ValueError, match="textures"):
         section(Path("x"), textures=["marble"])
+
+
+def shape_pixels(frame: np.ndarray, scene: synthetic.Scene) -> tuple[np.ndarray, ...]:
+    """(rows, cols) of the pixels of ``frame`` (BGR) in the scene's shape colour."""
+    colour = np.array(synthetic.COLOURS[scene.colour])
+    return np.nonzero(np.abs(frame.astype(int) - colour).sum(-1) < 30)
+
+
+def test_shapes_start_at_drawn_places_and_move_slowly_inside_the_frame() -> None:
+    width, height, frames = 224, 128, 24
+    scenes = [synthetic.draw_scene(0, index, ["plain"]) for index in range(8)]
+    assert len({scene.place for scene in scenes}) == 8  # a place of its own per clip
+    assert all(0.0 <= v < 1.0 for scene in scenes for v in scene.place)
+    size = synthetic.shape_size(width, height)
+    starts = []
+    for scene in scenes:
+        clip = list(synthetic.render(scene, np.random.default_rng(0), width=width, height=height,
+                                     frames=frames))
+        centres = []
+        for frame in clip:
+            rows, cols = shape_pixels(frame, scene)
+            # Whole: the shape never touches the border, so its outline is always all there.
+            assert rows.min() > 0 and cols.min() > 0
+            assert rows.max() < height - 1 and cols.max() < width - 1
+            centres.append(((cols.min() + cols.max()) / 2, (rows.min() + rows.max()) / 2))
+        step = np.array(centres[-1]) - np.array(centres[0])
+        travel = np.array(synthetic.DIRECTIONS[scene.motion]) * synthetic.SHAPE_SPEED * (frames - 1)
+        np.testing.assert_allclose(step, travel, atol=1.0)
+        starts.append(centres[0])
+        expected = synthetic.path_start(scene, width=width, height=height, frames=frames)
+        np.testing.assert_allclose(centres[0], expected, atol=1.0)
+    spread = np.array(starts).std(axis=0)
+    assert spread[0] > size and spread[1] > size / 4  # all over the frame, not at its centre
+    assert synthetic.SHAPE_SPEED * 8 <= 4  # half a latent cell per tokenizer frame group
+
+
+def test_plain_clips_keep_their_outline_through_the_tiny_tokenizer(tmp_path: Path) -> None:
+    """The edge demo's ceiling: Canny edges of the tokenizer's reconstruction score a high F1
+    against the clip's own edge hint (0.44 when shapes crossed half the frame per clip)."""
+    import torch
+
+    from ctrlpost.modalities import registry
+    from ctrlpost.models.tiny_tokenizer import HaarCellDecoder, HaarCellEncoder
+
+    modality = registry.get_modality("edge")
+    params = registry.validate_params(modality, {"preset": "medium"})
+    metric = registry.fidelity_metric(modality, params)
+    hints = modality.build_generator(params)
+    drawn = hints.draw(np.random.default_rng(0))
+    encoder = HaarCellEncoder(cells=2, spatial=8, temporal=8)
+    decoder = HaarCellDecoder(cells=2, spatial=8, temporal=8)
+    scores = []
+    for index in range(4):
+        scene = synthetic.draw_scene(0, index, ["plain"])
+        bgr = np.stack(list(synthetic.render(scene, np.random.default_rng(0), width=224,
+                                             height=128, frames=17)))
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        video = torch.from_numpy(rgb).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        (latent,) = encoder(video)
+        decoded = ((decoder(latent)[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        reconstruction = np.ascontiguousarray(decoded.permute(1, 2, 3, 0).numpy())
+        scores.append(metric.score(reconstruction, hints.render(rgb, drawn), drawn)["f1"])
+    assert min(scores) > 0.7, scores

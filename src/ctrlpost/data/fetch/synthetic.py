@@ -1,8 +1,13 @@
 """The ``synthetic`` source: procedural clips with true captions, no network, no files needed.
 
-Each clip is a shape of one colour moving over a background (striped, checkered, dotted, or a
-plain gradient whose only edges are the shape's) while the camera pans,
-drawn with numpy and OpenCV and written as mp4v by OpenCV (fast; its wheel cannot write H.264).
+Each clip is a shape of one colour moving slowly from a random place over a background
+(striped, checkered, dotted, or a plain gradient whose only edges are the shape's) while the
+camera pans, drawn with numpy and OpenCV and written as mp4v by OpenCV (fast; its wheel cannot
+write H.264). The shape moves :data:`SHAPE_SPEED` pixels a frame, slow enough that the video
+tokenizer's 8-frame averages keep its outline sharp (a faster shape is smeared into a band that
+no decoder can draw with sharp edges: the edge F1 of the tiny tokenizer's reconstruction, the
+best score of the edge demo, was 0.44 at the earlier speed of half the frame per clip and is
+about 0.9 now on plain backgrounds).
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same ``[job].seed``
 gives byte-identical files, another seed gives other clips, and clips do not depend on each
 other or on the order the worker threads run them in.
@@ -22,6 +27,7 @@ import numpy as np
 from ctrlpost.data.fetch.failures import ClipError, FailureKind
 from ctrlpost.data.fetch.plan import ClipSpec, Plan, Unit, UnitOutput
 from ctrlpost.errors import DataError
+from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION
 
 # BGR, as OpenCV draws.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -36,6 +42,9 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
                                           "down": (0, 1)}
 PAN_STEP = 2
 """Pixels the camera moves per frame."""
+SHAPE_SPEED = SPATIAL_COMPRESSION / 2 / TEMPORAL_COMPRESSION
+"""Pixels the shape moves per frame: half a latent cell over the frames the tokenizer averages
+into one latent frame (0.5 for the 8x8x8 tokenizers)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class Scene:
     texture: str
     background: str
     pan: str | None
+    place: tuple[float, float] = (0.5, 0.5)
+    """Where the shape's path starts, as fractions of the room the frame leaves it (x, y):
+    (0, 0) is the top-left-most start that keeps the whole path inside the frame."""
 
     def caption(self) -> str:
         camera = f"the camera pans {self.pan}" if self.pan else "the camera is still"
@@ -60,10 +72,13 @@ def draw_scene(seed: int, index: int, textures: Sequence[str] = TEXTURES) -> Sce
     rng = np.random.default_rng([seed, index])
     colour, background = rng.choice(sorted(COLOURS), size=2, replace=False)
     pans = [*sorted(DIRECTIONS), None]
-    return Scene(shape=str(rng.choice(SHAPES)), colour=str(colour),
-                 motion=str(rng.choice(sorted(DIRECTIONS))),
-                 texture=str(rng.choice(list(textures))),
-                 background=str(background), pan=pans[int(rng.integers(len(pans)))])
+    shape, motion = str(rng.choice(SHAPES)), str(rng.choice(sorted(DIRECTIONS)))
+    texture = str(rng.choice(list(textures)))
+    pan = pans[int(rng.integers(len(pans)))]
+    # Drawn after the rest, so the fields above are what they were before shapes had a place.
+    place_x, place_y = (float(v) for v in rng.random(2))
+    return Scene(shape=shape, colour=str(colour), motion=motion, texture=texture,
+                 background=str(background), pan=pan, place=(place_x, place_y))
 
 
 def plan(*, num_clips: int, width: int, height: int, frames: int, fps: float, seed: int,
@@ -95,17 +110,32 @@ def render(scene: Scene, rng: np.random.Generator, *, width: int, height: int,
 
     margin = PAN_STEP * frames
     canvas = _texture(scene, rng, width + 2 * margin, height + 2 * margin)
-    size = max(4, min(width, height) // 5)
+    size = shape_size(width, height)
     pan = DIRECTIONS.get(scene.pan or "", (0, 0))
-    motion = DIRECTIONS[scene.motion]
-    speed = max(width, height) / (2.0 * max(frames, 1))
-    start = np.array([width / 2, height / 2]) - np.array(motion) * speed * frames / 2
+    motion = np.array(DIRECTIONS[scene.motion])
+    start = path_start(scene, width=width, height=height, frames=frames)
     for t in range(frames):
         x0, y0 = margin + pan[0] * PAN_STEP * t, margin + pan[1] * PAN_STEP * t
         frame = canvas[y0:y0 + height, x0:x0 + width].copy()
-        cx, cy = (start + np.array(motion) * speed * t).round().astype(int)
+        cx, cy = (start + motion * SHAPE_SPEED * t).round().astype(int)
         _shape(cv2, frame, scene, int(cx), int(cy), size)
         yield frame
+
+
+def shape_size(width: int, height: int) -> int:
+    """Half the width of the drawn shape (a circle's radius), in pixels."""
+    return max(4, min(width, height) // 5)
+
+
+def path_start(scene: Scene, *, width: int, height: int, frames: int) -> np.ndarray:
+    """Centre (x, y) of the shape in frame 0: ``scene.place`` of the room left once the shape
+    and its whole path fit inside the frame (the frame's centre where they cannot fit)."""
+    size = shape_size(width, height)
+    travel = np.array(DIRECTIONS[scene.motion]) * SHAPE_SPEED * max(frames - 1, 0)
+    low = size + np.maximum(-travel, 0.0)  # a path to the left (up) starts that far right (down)
+    high = np.array([width, height]) - 1 - size - np.maximum(travel, 0.0)
+    centre = np.array([width / 2, height / 2])
+    return np.where(high >= low, low + np.array(scene.place) * (high - low), centre)
 
 
 def _texture(scene: Scene, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
