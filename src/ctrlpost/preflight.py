@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from ctrlpost.errors import CtrlpostError
-from ctrlpost.recipe import Recipe, RecipeInvalid
+from ctrlpost.recipe import MISSING_TENSORBOARD, Recipe, RecipeInvalid
 
 if TYPE_CHECKING:
     from ctrlpost.models.args import Flavor
@@ -132,12 +132,6 @@ def _cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1  # pragma: no cover - macOS and Windows
-
-
-MISSING_TENSORBOARD = ("needs tensorboard: pip install 'ctrlpost[tensorboard]' or set "
-                       "logging.tensorboard = false")
-"""The problem at ``logging.tensorboard`` when it is true and the ``tensorboard`` extra is not
-installed (`verify` and `train` name it before any rank starts)."""
 
 
 def extras_problems(ctx: Context) -> list[Problem]:

@@ -295,6 +295,12 @@ class CheckpointSection(_Section):
     )
 
 
+MISSING_TENSORBOARD = ("needs tensorboard: pip install 'ctrlpost[tensorboard]' or set "
+                       "logging.tensorboard = false")
+"""What ``logging.tensorboard = true`` says when the ``tensorboard`` extra is not installed
+(`verify` and `train` before any rank starts; the run logger if called directly)."""
+
+
 class LoggingSection(_Section):
     """What rank 0 reports."""
 

@@ -25,6 +25,7 @@ import torch
 from ctrlpost.engine.trainer import StepMetrics
 from ctrlpost.errors import CtrlpostError
 from ctrlpost.files import write_text_atomic
+from ctrlpost.recipe import MISSING_TENSORBOARD
 from ctrlpost.rundir import RunDir, step_name
 
 
@@ -161,9 +162,7 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # `verify`/`train` report it first (preflight.extras_problems)
-                raise CtrlpostError("logging.tensorboard = true needs tensorboard: pip install "
-                                    "'ctrlpost[tensorboard]' or set logging.tensorboard = false"
-                                    ) from None
+                raise CtrlpostError(f"logging.tensorboard = true {MISSING_TENSORBOARD}") from None
             self._tb = SummaryWriter(log_dir=str(paths.tensorboard))
         self._jsonl = paths.metrics.open("a", encoding="utf-8") if enabled and jsonl else None
         self._window: list[StepMetrics] = []
