@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: depth-online, train-7b, train-7b-auto, real, real-fp8, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -26,13 +26,14 @@ for stage in "$@"; do
       python3 bench/train_recipe.py recipes/edge_hdvila.toml --nproc 1 --steps "${STEPS:-6}" --keep \
         --set 'parallel.activation_checkpointing="auto"' --out "$OUT/auto" 2>&1 | tail -25
       grep -h "activation checkpointing" /tmp/ctrlpost-bench-*/*/*/*/logs/rank0.log 2>/dev/null | tail -2 ;;
-    real|real-fp8)
+    real|real-fp8|real-fp8attn)
       # the engine's real step (loader, tokenizer encodes, optimizer, EMA) under "auto" checkpointing
       extra=(); [ "$stage" = real-fp8 ] && extra=(--set 'model.base_precision="fp8"')
+      [ "$stage" = real-fp8attn ] && extra=(--set 'model.base_precision="fp8-attention"')
       python3 -c "import tensorboard" 2>/dev/null || extra+=(--set logging.tensorboard=false)
       # shellcheck disable=SC2086  # REAL_ARGS: extra options, e.g. "--warmup 1 --steps 3"
       python3 bench/train_real.py recipes/edge_hdvila.toml --ac auto "${extra[@]}" ${REAL_ARGS:-} \
-        --out "$OUT/train_real-$stage-$gpu.json" 2>&1 | tail -40 ;;
+        --out "$OUT/train_real-$stage${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -40 ;;
     pretrain-tiny)
       # the tiny base of the embedded default, pre-trained on the GPU (issue 25)
       mkdir -p "$OUT/tiny_base"
@@ -59,6 +60,13 @@ for stage in "$@"; do
         --deadline "${DEADLINE:-400}" --base-variants \
         "${VARIANTS:-ctrlpost/selective/compile/cudnn,ctrlpost/selective/compile/cudnn/fp8,diffusers/compile,diffusers}" \
         --out "$OUT/train_step-fp8-$tokens-$gpu.json" 2>&1 | tail -30 ;;
+    fp8-attn)
+      # FP8 self-attention kernels (cuDNN, nvidia-cudnn-frontend carried in .whl) against bf16
+      python3 bench/fp8_attention.py --lengths "${LENGTHS:-56320,14080}" \
+        --out "$OUT/fp8_attention-$gpu.json" 2>&1 | tail -30 ;;
+    gpu-tests)
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py \
+        tests/engine/test_gpu.py 2>&1 | tail -30 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -59,6 +59,7 @@ Needs ``diffusers`` (bench only).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import shutil
 import statistics
@@ -81,6 +82,10 @@ import cosmos_tokenizer
 from flops import model_flops
 
 common.ensure_ctrlpost_importable()
+
+from ctrlpost.engine.runtime import allocator_defaults  # noqa: E402
+
+allocator_defaults()  # as a rank sets it, before this process's first CUDA allocation
 
 import torch.distributed as dist  # noqa: E402
 
@@ -159,6 +164,7 @@ class Timeline:
         self.marks: list[tuple[str, float]] = []
         self.encodes_since_fetch = 0
         self.encode_memory: list[dict[str, Any]] = []
+        self.model_memory: list[dict[str, Any]] = []
         # The allocator's peaks are reset around each marked encode (to read the encode's
         # own): what they held before is folded in here, so the run's peaks stay known.
         self._peaks = {"allocated": 0, "reserved": 0}
@@ -190,6 +196,23 @@ class Timeline:
                 "which": which, "allocated_before_gib": before / common.GIB,
                 "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / common.GIB})
         return out
+
+    def model_begin(self) -> None:
+        """The forward starts (in a marked step on CUDA: read the model's own peak from here)."""
+        self.mark("forward_start")
+        if self.active and self.device.type == "cuda":
+            self._fold_peaks()
+            self._model_before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def model_end(self) -> None:
+        """Forward and backward are done (clipping starts)."""
+        self.mark("clip_start")
+        if self.active and self.device.type == "cuda":
+            self.model_memory.append({
+                "allocated_before_gib": self._model_before / common.GIB,
+                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / common.GIB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(self.device) / common.GIB})
 
     def _fold_peaks(self) -> None:
         self._peaks["allocated"] = max(self._peaks["allocated"],
@@ -263,10 +286,9 @@ def instrument(trainer: Trainer, job: TrainingJob, timeline: Timeline) -> None:
         if not callable(getattr(trainer, name, None)):
             raise SystemExit(f"Trainer.{name} is gone: update bench/train_real.py's marks")
     trainer._micro_loss = around(  # type: ignore[method-assign]
-        trainer._micro_loss, lambda: timeline.mark("forward_start"),
-        lambda: timeline.mark("forward_end"))
+        trainer._micro_loss, timeline.model_begin, lambda: timeline.mark("forward_end"))
     trainer._clip = around(  # type: ignore[method-assign]
-        trainer._clip, lambda: timeline.mark("clip_start"), lambda: timeline.mark("clip_end"))
+        trainer._clip, timeline.model_end, lambda: timeline.mark("clip_end"))
     job.optimizer.register_step_pre_hook(lambda *_: timeline.mark("optimizer_start"))
     job.optimizer.register_step_post_hook(lambda *_: timeline.mark("optimizer_end"))
     job.ema.update = around(  # type: ignore[method-assign]
@@ -355,6 +377,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ac", default="full",
                         help="parallel.activation_checkpointing, any value the recipe accepts "
                         "(default 'full': what one 80 GB GPU was measured to fit)")
+    parser.add_argument("--selective-blocks", type=int, default=None,
+                        help="with --ac auto: this many blocks selective instead of the "
+                        "planner's count (to measure a plan before the planner makes it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="more recipe overrides, after the bench's own")
     parser.add_argument("--tokenizer", type=Path, default=None,
@@ -404,6 +429,14 @@ def main() -> None:
     def save(stage: str) -> None:
         result["stage"] = stage
         common.write_json(result, out)
+
+    if args.selective_blocks is not None:
+        if args.ac != "auto":
+            raise SystemExit("--selective-blocks goes with --ac auto")
+        result["selective_blocks_forced"] = args.selective_blocks
+        planned = build.memory.planned
+        build.memory.planned = lambda dims, job, **kw: dataclasses.replace(  # type: ignore[assignment]
+            planned(dims, job, **kw), selective_blocks=args.selective_blocks)
 
     try:
         result["ceiling"].append(common.matmul_ceiling(device))
@@ -511,6 +544,7 @@ def run(recipe: recipes.Recipe, result: dict[str, Any], *, device: torch.device,
         logger.close()
     result["memory"] = timeline.peak_memory()
     result["encode_memory"] = timeline.encode_memory
+    result["model_memory"] = timeline.model_memory
     result["ceiling"].append(common.matmul_ceiling(device))
     summarise(result, flops["total"] * clips_per_step)
 
@@ -530,6 +564,8 @@ def summarise(result: dict[str, Any], step_flops: float) -> None:
         "peak_allocated_gib": result["memory"].get("peak_allocated_gib"),
         "peak_reserved_gib": result["memory"].get("peak_reserved_gib"),
         "skipped_steps": sum(s["skipped"] for s in result["plain"] + result["marked"]),
+        "model_peak_allocated_gib": max(
+            (m["peak_allocated_gib"] for m in result.get("model_memory", [])), default=None),
         "tokenizer_encode_extra_gib": max(
             (e["peak_allocated_gib"] - e["allocated_before_gib"]
              for e in result.get("encode_memory", [])), default=None),

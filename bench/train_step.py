@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import math
 import sys
@@ -184,7 +185,8 @@ class Variant:
     diffusers tuned as far as its public API allows: each transformer block compiled
     (``nn.Module.compile``, what ``ModelMixin.compile_repeated_blocks`` does where a model
     declares its repeated blocks). ``fp8``: ctrlpost's base with ``model.base_precision =
-    "fp8"`` (token-wise linears as FP8 products, :mod:`ctrlpost.models.fp8`).
+    "fp8"`` (token-wise linears as FP8 products, :mod:`ctrlpost.models.fp8`); ``fp8attn``:
+    those and the self-attention in FP8 too (:mod:`ctrlpost.models.fp8_attention`).
     """
 
     impl: str
@@ -192,6 +194,7 @@ class Variant:
     compile: bool
     attention: str
     fp8: bool = False
+    fp8_attention: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -200,7 +203,7 @@ class Variant:
         if impl not in ("ctrlpost", "diffusers"):
             raise ValueError(f"unknown implementation in {text!r}")
         ac = "diffusers" if impl == "diffusers" else "selective"
-        compiled, attention, fp8 = False, "default", False
+        compiled, attention, fp8, fp8_attention = False, "default", False, False
         for token in tokens[1:]:
             if token in ("full", "selective", "selective-all", "none"):
                 ac = token
@@ -208,19 +211,21 @@ class Variant:
                 compiled = True
             elif token == "fp8":
                 fp8 = True
+            elif token == "fp8attn":
+                fp8 = fp8_attention = True
             elif token in ("default", "cudnn", "flash", "efficient", "best"):
                 attention = token
             else:
                 raise ValueError(f"unknown option {token!r} in {text!r}")
         if impl == "diffusers" and (ac != "diffusers" or fp8):
             raise ValueError("diffusers runs with its own checkpointing and bf16 weights")
-        return cls(impl, ac, compiled, attention, fp8)
+        return cls(impl, ac, compiled, attention, fp8, fp8_attention)
 
     def __str__(self) -> str:
         parts = [self.impl] + ([] if self.impl == "diffusers" else [self.ac])
         parts += ["compile"] if self.compile else []
         parts += [] if self.attention == "default" else [self.attention]
-        parts += ["fp8"] if self.fp8 else []
+        parts += ["fp8attn"] if self.fp8_attention else ["fp8"] if self.fp8 else []
         return "/".join(parts)
 
 
@@ -251,11 +256,12 @@ class Configurator:
 
     def __init__(self, model: ControlledDiT) -> None:
         self.model = model
-        self.state: tuple[str, bool, str, bool] | None = None
+        self.state: tuple[str, bool, str, bool, bool] | None = None
         self.diffusers_compiled: bool | None = None
 
     def apply(self, variant: Variant) -> None:
-        state = (variant.ac, variant.compile, variant.attention, variant.fp8)
+        state = (variant.ac, variant.compile, variant.attention, variant.fp8,
+                 variant.fp8_attention)
         if state == self.state:
             return
         blocks = [m for m in self.model.modules() if isinstance(m, parallel.DiTBlock)]
@@ -267,6 +273,11 @@ class Configurator:
             _fresh_dynamo()
         for layer in fp8.token_linears(self.model.base):
             layer.__class__ = fp8.Fp8FrozenLinear if variant.fp8 else torch.nn.Linear
+        for attention in fp8.self_attentions(self.model.base):
+            if variant.fp8_attention:
+                attention.use_fp8()  # type: ignore[operator]
+            else:
+                attention.fp8_backward_scales = None
         mode = "selective" if variant.ac == "selective-all" else variant.ac
         parallel.apply_activation_checkpointing(self.model, mode)  # type: ignore[arg-type]
         # "selective-all": the first selective policy, which kept cross-attention outputs too.
@@ -521,11 +532,10 @@ class Bench:
             return variant
         rows = [r for r in self.record["attention"] if "fwd_bwd_s" in r]
         if not rows:
-            return Variant(variant.impl, variant.ac, variant.compile, "default", variant.fp8)
+            return dataclasses.replace(variant, attention="default")
         largest = max(r["tokens"] for r in rows)
         best = min((r for r in rows if r["tokens"] == largest), key=lambda r: r["fwd_bwd_s"])
-        return Variant(variant.impl, variant.ac, variant.compile,
-                       best["backend"].removesuffix("-model-layout"), variant.fp8)
+        return dataclasses.replace(variant, attention=best["backend"].removesuffix("-model-layout"))
 
     def measure(self, part: str, variant: Variant, tokens: int) -> None:
         assert self.model is not None

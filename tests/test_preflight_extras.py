@@ -95,3 +95,27 @@ def test_train_stops_before_any_rank_with_the_same_problem(
         f"hint: run `ctrlpost verify {recipe}` to see them all"]
     assert launched == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.toml"]  # no run folder
+
+
+# `model.base_precision = "fp8-attention"` over video lengths needs the `fp8` extra (cuDNN's
+# fused FP8 attention); the tiny recipe's short clips run the reference computation instead.
+
+@pytest.fixture
+def no_cudnn_frontend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cudnn", None)
+
+
+@pytest.mark.usefixtures("no_cudnn_frontend")
+def test_fp8_attention_at_video_length_without_the_extra_names_key_and_fix(recipe: Path) -> None:
+    fp8 = ["--set", "logging.tensorboard=false", "--set", 'model.base_precision="fp8-attention"',
+           "--set", 'model.precision="bf16"']
+    code, report = verify(recipe, *fp8, "--set", 'model.flavor="7b"')
+    assert code == 2
+    [problem] = report["problems"]
+    assert problem["path"] == "model.base_precision"
+    assert "pip install 'ctrlpost[fp8]'" in problem["message"]
+    assert 'model.base_precision = "fp8"' in problem["message"]
+    # the tiny recipe's clips (17 frames at 128p): the reference computation runs them
+    code, report = verify(recipe, *fp8, "--set", "data.num_frames=17", "--set",
+                          'data.resolution="128"')
+    assert (code, report["problems"]) == (0, [])

@@ -7,6 +7,7 @@ stage that needs an earlier stage's result is skipped when that stage failed.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -138,13 +139,31 @@ def extras_problems(ctx: Context) -> list[Problem]:
     """Recipe keys that turn on a feature whose optional package (an extra of ctrlpost) is not
     installed. Tried by importing it (a few ms): no rank finds out half-way."""
     assert ctx.recipe is not None
-    if not ctx.recipe.logging.tensorboard:
-        return []
+    problems = []
+    if ctx.recipe.logging.tensorboard and not _importable("tensorboard"):
+        problems.append(Problem("plugins", "logging.tensorboard", MISSING_TENSORBOARD))
+    if ctx.recipe.model.base_precision == "fp8-attention" and not _importable("cudnn"):
+        from ctrlpost.engine import memory
+        from ctrlpost.models.fp8_attention import REFERENCE_MAX_TOKENS
+
+        rec = ctx.recipe
+        job = memory.training_job(rec.data, rec.train, rec.model, rec.parallel, world_size=1)
+        tokens = job.tokens(memory.model_dims(_architecture(ctx)))
+        if tokens > REFERENCE_MAX_TOKENS:  # shorter ones run the reference computation
+            problems.append(Problem(
+                "plugins", "model.base_precision",
+                f'"fp8-attention" over {tokens:,} tokens needs cuDNN\'s fused FP8 attention: '
+                "pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), or set "
+                'model.base_precision = "fp8" (FP8 linears, bf16 attention)'))
+    return problems
+
+
+def _importable(module: str) -> bool:
     try:
-        import tensorboard  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
-        return [Problem("plugins", "logging.tensorboard", MISSING_TENSORBOARD)]
-    return []
+        return False
+    return True
 
 
 def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:

@@ -194,15 +194,17 @@ class ModelSection(_Section):
     flavor: FlavorName = Field("7b", description="Architecture flavor: a registered one's name.")
     num_control_blocks: int = Field(3, ge=1, description="Control-branch blocks ('block3').")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype.")
-    base_precision: Literal["bf16", "fp8"] = Field(
-        "bf16", description="The frozen base's token-wise linear layers: bf16 (as released), or "
-        "fp8 (e4m3 products with row-wise scales for the forward and the input gradient; "
-        "faster, not bit-equal; needs precision = \"bf16\").")
+    base_precision: Literal["bf16", "fp8", "fp8-attention"] = Field(
+        "bf16", description="The frozen base: bf16 (as released); fp8 (its token-wise linear "
+        "layers as e4m3 products with row-wise scales, forward and input gradient); or "
+        "fp8-attention (those and its self-attention in e4m3 with per-tensor scales: cuDNN's "
+        "fused kernel, pip install 'ctrlpost[fp8]', Hopper or newer). Faster, not bit-equal; "
+        "needs precision = \"bf16\".")
 
     @model_validator(mode="after")
     def _fp8_base_needs_bf16(self) -> ModelSection:
-        if self.base_precision == "fp8" and self.precision != "bf16":
-            raise ValueError('base_precision = "fp8" needs precision = "bf16"')
+        if self.base_precision != "bf16" and self.precision != "bf16":
+            raise ValueError(f'base_precision = "{self.base_precision}" needs precision = "bf16"')
         return self
 
 

@@ -50,7 +50,7 @@ from ctrlpost.models import (
     load_control_checkpoint,
     with_control_blocks,
 )
-from ctrlpost.models.fp8 import to_fp8
+from ctrlpost.models.fp8 import self_attentions, to_fp8, to_fp8_attention
 from ctrlpost.models.tokenizer import VideoTokenizer
 from ctrlpost.recipe import Recipe, dump_toml
 from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
@@ -82,6 +82,7 @@ def edm_config(recipe: Recipe) -> EDMConfig:
 BASE_PRECISIONS: dict[str, Callable[[torch.nn.Module], int]] = {
     "bf16": lambda base: 0,  # the released layers as they are
     "fp8": to_fp8,  # token-wise linears as FP8 products (ctrlpost.models.fp8)
+    "fp8-attention": to_fp8_attention,  # and self-attention in FP8 (models.fp8_attention)
 }
 """``model.base_precision`` → what it does to the frozen base before sharding."""
 
@@ -106,6 +107,8 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     apply_fsdp(model.base, device=runtime.device, param_dtype=None)
     apply_fsdp(model.control, device=runtime.device, param_dtype=compute_dtype if bf16 else None)
     model.to_empty(device=runtime.device)
+    for attention in self_attentions(model.base):  # to_empty left their FP8 state undefined
+        attention.reset_fp8_scales()  # type: ignore[operator]
     logvar = UncertaintyHead().to(runtime.device)
     if random_weights:
         _random_weights(recipe, flavor, model, logvar, runtime, compute_dtype)

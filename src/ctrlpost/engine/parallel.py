@@ -20,6 +20,7 @@ from torch.utils.checkpoint import (
 
 from ctrlpost.engine.memory import CheckpointPlan
 from ctrlpost.models.blocks import DiTBlock
+from ctrlpost.models.fp8_attention import fp8_attention_op
 
 ACMode = Literal["none", "selective", "full"]
 AC_MODES: tuple[str, ...] = get_args(ACMode)
@@ -39,7 +40,7 @@ _ATTENTION_OPS = frozenset(
     getattr(torch.ops.aten, name).default
     for name in _ATTENTION_OP_NAMES
     if hasattr(torch.ops.aten, name)
-)
+) | {fp8_attention_op._opoverload}  # the FP8 base's: its FP8 q/k/v/output are kept too
 
 
 def _is_self_attention(args: tuple[Any, ...]) -> bool:

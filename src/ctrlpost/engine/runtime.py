@@ -14,6 +14,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+# The CUDA caching allocator grows segments in place instead of carving fixed blocks: at 56k
+# tokens a step's activations otherwise leave ~9 GiB reserved but unusable (bench/NOTES.md),
+# which "auto" checkpointing would have to plan around. A user's own setting wins.
+ALLOCATOR_CONF = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
+def allocator_defaults() -> None:
+    """Set :data:`ALLOCATOR_CONF` unless the environment has one; before CUDA's first use."""
+    os.environ.setdefault(*ALLOCATOR_CONF)
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -38,6 +48,7 @@ def under_launcher() -> bool:
 
 def init_distributed(backend: str) -> Runtime:
     """Join the job's process group (env:// under a launcher, else a one-process group)."""
+    allocator_defaults()
     import torch
     import torch.distributed as dist
 

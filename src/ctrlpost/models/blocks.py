@@ -7,11 +7,13 @@ sample) or the number of token frames, so they broadcast over the ``H·W`` token
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctrlpost.models.args import DiTArgs
 from ctrlpost.models.embeddings import RMSNorm, apply_rope
+from ctrlpost.models.fp8_attention import fp8_self_attention
 
 
 class Attention(nn.Module):
@@ -19,7 +21,11 @@ class Attention(nn.Module):
 
     Self-attention when ``context`` is None (RoPE applied after the q/k norm); cross-attention
     otherwise (no RoPE, and no mask: the reference attends to every text slot, padding included).
+    Self-attention runs in FP8 once :meth:`use_fp8` has given the module its backward scales
+    (a frozen base under ``model.base_precision = "fp8-attention"``).
     """
+
+    fp8_backward_scales: Tensor | None
 
     def __init__(
         self, *, query_dim: int, context_dim: int, num_heads: int, head_dim: int, eps: float
@@ -36,6 +42,20 @@ class Attention(nn.Module):
         )
         self.to_v = nn.Sequential(nn.Linear(context_dim, inner, bias=False))
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim, bias=False))
+        # Not in the state dict: the released checkpoints load strictly either way.
+        self.register_buffer("fp8_backward_scales", None, persistent=False)
+
+    def use_fp8(self) -> None:
+        """Compute self-attention in FP8 (:mod:`ctrlpost.models.fp8_attention`); the delayed
+        backward scales start empty (zeros), as after :meth:`reset_fp8_scales`."""
+        device = next(self.to_out.parameters()).device
+        self.fp8_backward_scales = torch.zeros(4, device=device)
+
+    def reset_fp8_scales(self) -> None:
+        """Forget the delayed backward scales (after ``to_empty`` left them undefined)."""
+        if self.fp8_backward_scales is not None:
+            with torch.no_grad():
+                self.fp8_backward_scales.zero_()
 
     def _heads(self, projection: nn.Sequential, x_B_L_C: Tensor) -> Tensor:
         # The norm (if any) acts on each head separately, so split heads before it.
@@ -56,9 +76,14 @@ class Attention(nn.Module):
         if rope_2_L_Dh is not None:
             q_B_L_H_Dh = apply_rope(q_B_L_H_Dh, rope_2_L_Dh)
             k_B_M_H_Dh = apply_rope(k_B_M_H_Dh, rope_2_L_Dh)
-        out_B_H_L_Dh = F.scaled_dot_product_attention(
-            q_B_L_H_Dh.transpose(1, 2), k_B_M_H_Dh.transpose(1, 2), v_B_M_H_Dh.transpose(1, 2)
-        )
+        q_B_H_L_Dh, k_B_H_M_Dh = q_B_L_H_Dh.transpose(1, 2), k_B_M_H_Dh.transpose(1, 2)
+        v_B_H_M_Dh = v_B_M_H_Dh.transpose(1, 2)
+        if context_B_M_C is None and self.fp8_backward_scales is not None:
+            out_B_H_L_Dh = fp8_self_attention(
+                q_B_H_L_Dh, k_B_H_M_Dh, v_B_H_M_Dh, self.fp8_backward_scales
+            )
+        else:
+            out_B_H_L_Dh = F.scaled_dot_product_attention(q_B_H_L_Dh, k_B_H_M_Dh, v_B_H_M_Dh)
         return self.to_out(out_B_H_L_Dh.transpose(1, 2).flatten(2))
 
 

@@ -88,6 +88,24 @@ def token_linears(module: nn.Module) -> list[nn.Linear]:
     return found  # type: ignore[return-value]
 
 
+def self_attentions(module: nn.Module) -> list[nn.Module]:
+    """The self-attention modules of ``module``'s DiT blocks (cross-attention stays bf16: its
+    512 text slots make it a small share of a block)."""
+    from ctrlpost.models.blocks import SubBlock
+
+    return [child.block.attn for child in module.modules()  # type: ignore[misc]
+            if isinstance(child, SubBlock) and child.kind == "fa"]
+
+
+def to_fp8_attention(module: nn.Module) -> int:
+    """``to_fp8``, and the self-attention of a frozen ``module`` in FP8 as well
+    (:mod:`ctrlpost.models.fp8_attention`); returns how many layers and attentions changed."""
+    attentions = self_attentions(module)
+    for attention in attentions:
+        attention.use_fp8()  # type: ignore[operator]
+    return to_fp8(module) + len(attentions)
+
+
 def to_fp8(module: nn.Module) -> int:
     """Make the token-wise linear layers of a frozen ``module`` compute in FP8, in place (their
     parameters stay as they are); returns how many were converted."""

@@ -1,0 +1,367 @@
+"""The frozen base's self-attention in FP8: cuDNN's fused FP8 attention, forward and backward.
+
+``model.base_precision = "fp8-attention"``: on GPUs that have the fused kernel (Hopper or
+newer, with ``nvidia-cudnn-frontend``: ``pip install 'ctrlpost[fp8]'``); elsewhere the same numbers
+are computed by a reference implementation in float32 (the scores held in memory, so only for
+short sequences: tests, tiny models), so CPU runs see FP8's rounding too.
+
+Every FP8 tensor has one float32 scale (per tensor, a power of two, so scaling is exact):
+
+* forward: ``q``, ``k``, ``v`` are scaled from their own maxima; the softmax probabilities
+  (≤ 1) are stored as ``256 · P``; the output, a convex combination of ``v``'s rows, is scaled
+  from ``max |v|`` — every forward scale is known before the kernel runs;
+* backward: ``dO`` is scaled from its own maximum; the score gradient (cuDNN's ``dP``:
+  ``P·(dO·vᵀ − rowsum(dO·O))`` times the softmax scale), ``dQ``, ``dK``, ``dV`` only exist
+  inside the kernel, so their scales are *delayed*: each call site keeps the maxima the kernel
+  reported last time (a float32 ``[4]`` buffer) and scales with :data:`HEADROOM` to spare. A
+  call whose values outgrew a scale (or the first call, which has no history) is redone with
+  the maxima it just reported, so nothing saturates.
+
+Gradients leave the kernel as FP8 (on Hopper cuDNN writes no bf16 ``dQ/dK/dV`` for FP8
+attention) and are widened to bf16 for the layers before it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import torch
+from torch import Tensor
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+PROBABILITY_SCALE = 256.0  # P ≤ 1 is stored as 256·P: the largest power of two under 448
+O_HEADROOM = 1.0625  # the quantized P's row sums exceed 1 by at most e4m3's rounding
+HEADROOM = 2.0  # a delayed scale leaves the last reported maximum this far below 448
+_BACKWARD_SCALES = ("dP", "dQ", "dK", "dV")
+
+
+def power_of_two_scale(amax: Tensor, headroom: float = 1.0) -> Tensor:
+    """The largest power of two ``s`` with ``amax · headroom · s ≤ 448``, as float32."""
+    ratio = FP8_MAX / (amax.float().clamp_min(2.0**-60) * headroom)
+    return torch.exp2(torch.floor(torch.log2(ratio)))
+
+
+def cudnn_available(device: torch.device) -> bool:
+    """Whether ``device`` can run the fused FP8 attention (CUDA capability 9.0+, frontend)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    try:
+        import cudnn  # noqa: F401  (nvidia-cudnn-frontend)
+    except ImportError:
+        return False
+    return True
+
+
+class _CudnnGraphs:
+    """cuDNN's FP8 attention graphs, built once per shape and layout, and a handle per device."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._graphs: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
+        self._handles: dict[int, Any] = {}
+
+    def _handle(self, cudnn: Any, device: torch.device) -> Any:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._handles:
+            with torch.cuda.device(index):
+                self._handles[index] = cudnn.create_handle()
+        return self._handles[index]
+
+    def _new_graph(self, cudnn: Any, handle: Any) -> Any:
+        return cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3,
+                             intermediate_data_type=cudnn.data_type.FLOAT,
+                             compute_data_type=cudnn.data_type.FLOAT, handle=handle)
+
+    @staticmethod
+    def _scalars(graph: Any, cudnn: Any, names: tuple[str, ...]) -> dict[str, Any]:
+        return {name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1],
+                                   data_type=cudnn.data_type.FLOAT) for name in names}
+
+    @staticmethod
+    def _like(graph: Any, cudnn: Any, name: str, x: Tensor) -> Any:
+        dtype = cudnn.data_type.FP8_E4M3 if x.dtype == FP8 else cudnn.data_type.FLOAT
+        return graph.tensor(name=name, dim=list(x.shape), stride=list(x.stride()),
+                            data_type=dtype)
+
+    @staticmethod
+    def _finish(graph: Any, cudnn: Any) -> None:
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, out: Tensor, stats: Tensor,
+                scalars: dict[str, Tensor], amax: dict[str, Tensor]) -> None:
+        import cudnn
+
+        key = ("fwd", q.device, *(tuple(t.shape) + t.stride() for t in (q, k, v, out)))
+        with self._lock:
+            if key not in self._graphs:
+                handle = self._handle(cudnn, q.device)
+                graph = self._new_graph(cudnn, handle)
+                t = {name: self._like(graph, cudnn, name, x)
+                     for name, x in (("q", q), ("k", k), ("v", v))}
+                t |= self._scalars(graph, cudnn, tuple(scalars))
+                o, st, amax_s, amax_o = graph.sdpa_fp8(
+                    q=t["q"], k=t["k"], v=t["v"], descale_q=t["descale_q"],
+                    descale_k=t["descale_k"], descale_v=t["descale_v"],
+                    descale_s=t["descale_s"], scale_s=t["scale_s"], scale_o=t["scale_o"],
+                    generate_stats=True, attn_scale=1.0 / math.sqrt(q.shape[-1]),
+                    use_causal_mask=False)
+                o.set_output(True).set_dim(list(out.shape)).set_stride(list(out.stride())) \
+                    .set_data_type(cudnn.data_type.FP8_E4M3)
+                st.set_output(True).set_dim(list(stats.shape)).set_stride(list(stats.stride())) \
+                    .set_data_type(cudnn.data_type.FLOAT)
+                for a in (amax_s, amax_o):
+                    a.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]) \
+                        .set_data_type(cudnn.data_type.FLOAT)
+                t |= {"o": o, "stats": st, "amax_s": amax_s, "amax_o": amax_o}
+                self._finish(graph, cudnn)
+                self._graphs[key] = (graph, t)
+            graph, t = self._graphs[key]
+        pack = {t["q"]: q, t["k"]: k, t["v"]: v, t["o"]: out, t["stats"]: stats}
+        pack |= {t[name]: value for name, value in scalars.items()}
+        pack |= {t[name]: value for name, value in amax.items()}
+        self._execute(cudnn, graph, pack, q.device)
+
+    def backward(self, saved: dict[str, Tensor], grads: dict[str, Tensor],
+                 scalars: dict[str, Tensor], amax: dict[str, Tensor]) -> None:
+        import cudnn
+
+        q = saved["q"]
+        key = ("bwd", q.device, *(tuple(x.shape) + x.stride()
+                                  for x in (*saved.values(), *grads.values())))
+        with self._lock:
+            if key not in self._graphs:
+                handle = self._handle(cudnn, q.device)
+                graph = self._new_graph(cudnn, handle)
+                t = {name: self._like(graph, cudnn, name, x) for name, x in saved.items()}
+                t |= self._scalars(graph, cudnn, tuple(scalars))
+                outs = graph.sdpa_fp8_backward(
+                    q=t["q"], k=t["k"], v=t["v"], o=t["o"], dO=t["dO"], stats=t["stats"],
+                    descale_q=t["descale_q"], descale_k=t["descale_k"],
+                    descale_v=t["descale_v"], descale_o=t["descale_o"],
+                    descale_dO=t["descale_dO"], descale_s=t["descale_s"],
+                    descale_dP=t["descale_dP"], scale_s=t["scale_s"], scale_dQ=t["scale_dQ"],
+                    scale_dK=t["scale_dK"], scale_dV=t["scale_dV"], scale_dP=t["scale_dP"],
+                    attn_scale=1.0 / math.sqrt(q.shape[-1]), use_causal_mask=False)
+                for name, tensor in zip(("dQ", "dK", "dV"), outs[:3], strict=True):
+                    x = grads[name]
+                    tensor.set_output(True).set_dim(list(x.shape)).set_stride(list(x.stride())) \
+                        .set_data_type(cudnn.data_type.FP8_E4M3)
+                    t[name] = tensor
+                for name, tensor in zip(("amax_dQ", "amax_dK", "amax_dV", "amax_dP"), outs[3:],
+                                        strict=True):
+                    tensor.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]) \
+                        .set_data_type(cudnn.data_type.FLOAT)
+                    t[name] = tensor
+                self._finish(graph, cudnn)
+                self._graphs[key] = (graph, t)
+            graph, t = self._graphs[key]
+        pack = {t[name]: value for name, value in (saved | grads | scalars | amax).items()}
+        self._execute(cudnn, graph, pack, q.device)
+
+    def _execute(self, cudnn: Any, graph: Any, pack: dict[Any, Tensor],
+                 device: torch.device) -> None:
+        handle = self._handle(cudnn, device)
+        cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+        workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
+        graph.execute(pack, workspace, handle=handle)
+
+
+_GRAPHS = _CudnnGraphs()
+
+
+REFERENCE_MAX_TOKENS = 16384  # the reference kernel holds L x L scores
+
+
+def _check_reference_length(length: int, device: torch.device) -> None:
+    if length > REFERENCE_MAX_TOKENS:
+        raise RuntimeError(
+            f"FP8 attention over {length} tokens on {device} needs cuDNN's fused FP8 attention: "
+            "a Hopper (or newer) GPU and pip install 'ctrlpost[fp8]'; or set "
+            'model.base_precision = "fp8" (FP8 linears, bf16 attention)')
+
+
+def _round_fp8(x: Tensor, scale: float | Tensor) -> Tensor:
+    """``x`` rounded to e4m3 at ``scale`` and scaled back (float32)."""
+    return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() / scale
+
+
+def _reference_forward(q8: Tensor, k8: Tensor, v8: Tensor, out8: Tensor, stats: Tensor,
+                       scalars: dict[str, Tensor]) -> None:
+    """What the fused forward computes, in float32 with the L x L scores in memory."""
+    _check_reference_length(q8.shape[-2], q8.device)
+    q, k, v = (x.float() * scalars[f"descale_{n}"] for x, n in ((q8, "q"), (k8, "k"), (v8, "v")))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probabilities = _round_fp8(torch.exp(scores - lse), PROBABILITY_SCALE)
+    out = probabilities @ v
+    out8.copy_((out * scalars["scale_o"]).clamp(-FP8_MAX, FP8_MAX).to(FP8))
+    stats.copy_(lse)
+
+
+def _reference_backward(inputs: dict[str, Tensor], grads: dict[str, Tensor],
+                        scalars: dict[str, Tensor]) -> Tensor:
+    """What the fused backward computes (float32, L x L in memory); returns the maxima of
+    ``dP, dQ, dK, dV`` before scaling."""
+    _check_reference_length(inputs["q"].shape[-2], inputs["q"].device)
+    q, k, v, o, d_o = (inputs[n].float() * scalars[f"descale_{n}"]
+                       for n in ("q", "k", "v", "o", "dO"))
+    attn_scale = 1.0 / math.sqrt(q.shape[-1])
+    probabilities = torch.exp(q @ k.transpose(-1, -2) * attn_scale - inputs["stats"])
+    d_v = _round_fp8(probabilities, PROBABILITY_SCALE).transpose(-1, -2) @ d_o
+    delta = (o * d_o).sum(dim=-1, keepdim=True)
+    # The score gradient; cuDNN names it dP and reports its maximum as amax_dP.
+    d_s = probabilities * (d_o @ v.transpose(-1, -2) - delta) * attn_scale
+    d_s_fp8 = _round_fp8(d_s, scalars["scale_dP"])
+    d_q, d_k = d_s_fp8 @ k, d_s_fp8.transpose(-1, -2) @ q
+    for name, value in (("dQ", d_q), ("dK", d_k), ("dV", d_v)):
+        grads[name].copy_((value * scalars[f"scale_{name}"]).clamp(-FP8_MAX, FP8_MAX).to(FP8))
+    return torch.stack([x.abs().amax() for x in (d_s, d_q, d_k, d_v)])
+
+
+def _ones(device: torch.device, value: float) -> Tensor:
+    return torch.full((1, 1, 1, 1), value, device=device, dtype=torch.float32)
+
+
+def _scaled_to_fp8(x: Tensor, scale: Tensor) -> Tensor:
+    # Power-of-two scales make the bf16 product exact; the cast does the one rounding.
+    return (x * scale.to(x.dtype)).to(FP8)
+
+
+def _blhd_like(q: Tensor, dtype: torch.dtype) -> Tensor:
+    """An empty ``[B, H, L, Dh]`` tensor stored as ``[B, L, H, Dh]`` (heads interleaved per
+    token, so the output projection reads it without a copy)."""
+    batch, heads, length, head_dim = q.shape
+    return q.new_empty(batch, length, heads, head_dim, dtype=dtype).transpose(1, 2)
+
+
+@torch.library.custom_op("ctrlpost::fp8_attention", mutates_args=())
+def fp8_attention_op(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Self-attention of bf16 ``[B, H, L, Dh]`` tensors (unit last stride) in FP8.
+
+    Returns the bf16 output and what the backward reads besides it: ``q, k, v`` in e4m3, the
+    softmax statistics (log-sum-exp per query) and the four descales ``q, k, v, o``. (The
+    kernel's e4m3 output is not returned: the bf16 one is it times a power of two, so the
+    backward gets it back exactly, and selective checkpointing keeps one copy, not two.)
+    ``backward_scales`` (the call site's :data:`HEADROOM`-delayed scales) is only carried to
+    the backward."""
+    del backward_scales
+    amax = torch.stack([x.abs().amax() for x in (q, k, v)]).float()
+    scale = power_of_two_scale(amax)  # q, k, v
+    # |O| ≤ max|v|·Σ P, so O's scale is known before the kernel runs.
+    scale_o = power_of_two_scale(amax[2], O_HEADROOM).reshape(1)
+    q8, k8, v8 = (_scaled_to_fp8(x, s) for x, s in zip((q, k, v), scale, strict=True))
+    descales = torch.cat([scale, scale_o]).reciprocal()
+    out8, stats = _blhd_like(q, FP8), q.new_empty(*q.shape[:-1], 1, dtype=torch.float32)
+    given: dict[str, float | Tensor] = {
+        "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
+        "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE, "scale_o": scale_o}
+    scalars = {name: _as_scalar(value, q.device) for name, value in given.items()}
+    if cudnn_available(q.device):
+        amax_out = {name: _ones(q.device, 0.0) for name in ("amax_s", "amax_o")}
+        _GRAPHS.forward(q8, k8, v8, out8, stats, scalars, amax_out)
+    else:
+        _reference_forward(q8, k8, v8, out8, stats, scalars)
+    out = out8.to(q.dtype) * descales[3].to(q.dtype)
+    return out, q8, k8, v8, stats, descales
+
+
+@fp8_attention_op.register_fake
+def _fp8_attention_fake(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    del backward_scales
+    return (_blhd_like(q, q.dtype), torch.empty_like(q, dtype=FP8),
+            torch.empty_like(k, dtype=FP8), torch.empty_like(v, dtype=FP8),
+            q.new_empty(*q.shape[:-1], 1, dtype=torch.float32),
+            q.new_empty(4, dtype=torch.float32))
+
+
+def _as_scalar(value: float | Tensor, device: torch.device) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.float().reshape(1, 1, 1, 1)
+    return _ones(device, value)
+
+
+@torch.library.custom_op("ctrlpost::fp8_attention_backward", mutates_args=("backward_scales",))
+def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Tensor,
+                              v8: Tensor, stats: Tensor, descales: Tensor,
+                              backward_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` (in ``grad_out``'s dtype) of :func:`fp8_attention_op`.
+
+    ``backward_scales`` (float32 ``[4]``: ``dP, dQ, dK, dV``; zeros before the first call) are
+    the scales to use, updated in place from the maxima this call reports. A call whose values
+    outgrew them, or the first, is run again with the new ones (one host sync per run)."""
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    device = grad_out.device
+    descale_do = power_of_two_scale(grad_out.abs().amax()).reciprocal()
+    inputs = {"q": q8, "k": k8, "v": v8, "o": _scaled_to_fp8(out, descales[3].reciprocal()),
+              "stats": stats,
+              "dO": _scaled_to_fp8(grad_out, descale_do.reciprocal())}
+    grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
+    fused = cudnn_available(device)
+    # Without history the score gradient first runs at scale 1 and may vanish in e4m3, and dQ
+    # and dK with it: their maxima are known only from the run after; hence up to three.
+    for _attempt in range(3):
+        had_scales = bool((backward_scales > 0).all())
+        scale = torch.where(backward_scales > 0, backward_scales, torch.ones_like(backward_scales))
+        given: dict[str, float | Tensor] = {
+            "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
+            "descale_o": descales[3], "descale_dO": descale_do,
+            "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE,
+            "scale_dP": scale[0], "descale_dP": scale[0].reciprocal(),
+            "scale_dQ": scale[1], "scale_dK": scale[2], "scale_dV": scale[3]}
+        scalars = {name: _as_scalar(value, device) for name, value in given.items()}
+        if fused:
+            amax_out = {f"amax_{n}": _ones(device, 0.0) for n in _BACKWARD_SCALES}
+            _GRAPHS.backward(inputs, grads, scalars, amax_out)
+            amax = torch.cat([amax_out[f"amax_{n}"].reshape(1) for n in _BACKWARD_SCALES])
+        else:
+            amax = _reference_backward(inputs, grads, scalars)
+        fits = had_scales and bool((amax * scale <= FP8_MAX).all())
+        backward_scales.copy_(power_of_two_scale(amax, HEADROOM))
+        if fits:
+            break
+        REDONE[0] += 1
+    dtype = grad_out.dtype
+    return tuple(grads[n].to(dtype) * scale[i + 1].reciprocal().to(dtype)  # type: ignore[return-value]
+                 for i, n in enumerate(("dQ", "dK", "dV")))
+
+
+REDONE = [0]  # backward calls run twice (first call of a site, or a value outgrew its scale)
+
+
+@fp8_attention_backward_op.register_fake
+def _fp8_attention_backward_fake(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Tensor,
+                                 v8: Tensor, stats: Tensor, descales: Tensor,
+                                 backward_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    dtype = grad_out.dtype
+    return (torch.empty_like(q8, dtype=dtype), torch.empty_like(k8, dtype=dtype),
+            torch.empty_like(v8, dtype=dtype))
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+    ctx.save_for_backward(*output, inputs[3])
+
+
+def _backward(ctx: Any, grad_out: Tensor, *unused: Any) -> tuple[Tensor | None, ...]:
+    out, q8, k8, v8, stats, descales, backward_scales = ctx.saved_tensors
+    dq, dk, dv = fp8_attention_backward_op(grad_out, out, q8, k8, v8, stats, descales,
+                                           backward_scales)
+    return dq, dk, dv, None
+
+
+fp8_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fp8_self_attention(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor) -> Tensor:
+    """Self-attention in FP8 of ``[B, H, L, Dh]`` bf16 tensors; the output as ``[B, H, L, Dh]``
+    (stored ``[B, L, H, Dh]``). ``backward_scales``: the call site's float32 ``[4]`` buffer."""
+    return fp8_attention_op(q, k, v, backward_scales)[0]
