@@ -88,7 +88,8 @@ def test_choices_are_offered_after_the_equals_sign() -> None:
 def test_every_offered_value_is_read_back_as_that_value(repo: Path) -> None:
     recipe = repo / "recipes/edge_tiny.toml"
     # Values valid only together with another key: what the recipe also needs set.
-    companions = {"model.base_precision=fp8": ['model.precision="bf16"']}
+    companions = {"model.base_precision=fp8": ['model.precision="bf16"'],
+                  "model.base_precision=fp8-attention": ['model.precision="bf16"']}
     checked = 0
     for key in complete("ctrlpost verify r.toml --set "):
         for choice in complete(f"ctrlpost verify r.toml --set {key}"):
