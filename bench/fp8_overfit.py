@@ -5,10 +5,10 @@ overfit settings of the slow test `test_the_tiny_overfit_task_halves_the_loss` (
 here with its AdaLN layers perturbed so that its linears reach the output; one noise level, no
 text dropout, no conditioning frames, the plain weighted MSE, lr 2e-3, 40 steps, one process),
 in bf16 compute, with
-``model.base_precision`` "bf16" and "fp8", for each ``--seeds`` (``job.seed``: the branch's
+``model.base_precision`` "bf16" and "fp8" (``--precisions``), for each ``--seeds`` (``job.seed``: the branch's
 initialisation, the data order and the noise draws). Reports per run the median loss of the
-first and last 8 steps, and whether each fp8 run's final loss lies within the bf16 runs'
-seed-to-seed range. Runs `fetch-weights`, `fetch-data` and `embed` first into a scratch folder.
+first and last 8 steps, and whether each run's final loss lies within the first precision's
+(bf16's) seed-to-seed range. Runs `fetch-weights`, `fetch-data` and `embed` first into a scratch folder.
 
     python bench/fp8_overfit.py --seeds 0,1,2 --out bench/results/fp8-overfit-cpu.json
 """
@@ -76,6 +76,8 @@ def random_base(path: Path, *, adaln_std: float = 0.05) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--precisions", default="bf16,fp8",
+                        help="model.base_precision values; the first is the reference")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="ctrlpost-fp8-"))
@@ -84,7 +86,8 @@ def main() -> None:
         ctrlpost(command, where)
     where.append(f"weights.base='{random_base(scratch / 'random_base.pt')}'")
     runs = []
-    for precision in ("bf16", "fp8"):
+    precisions = args.precisions.split(",")
+    for precision in precisions:
         for seed in (int(s) for s in args.seeds.split(",")):
             out = scratch / f"{precision}-{seed}"
             start = time.perf_counter()
@@ -97,7 +100,7 @@ def main() -> None:
                          "last8_median": statistics.median(history[s] for s in range(33, 41)),
                          "losses": [history[s] for s in sorted(history)]})
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "losses"}), flush=True)
-    bf16 = [r["last8_median"] for r in runs if r["base_precision"] == "bf16"]
+    bf16 = [r["last8_median"] for r in runs if r["base_precision"] == precisions[0]]
     low, high = min(bf16), max(bf16)
     for run in runs:
         run["within_bf16_seed_range"] = low <= run["last8_median"] <= high

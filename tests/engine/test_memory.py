@@ -316,3 +316,19 @@ def test_verify_layout_reports_the_auto_plan() -> None:
     assert result.exit_code == 0, result.output
     assert ("of a 76 GiB budget: fits; checkpointing auto: selective on 14 of 31 blocks "
             "(base 14-27), full on 17 (base 0-13, control 0-2); largest parts:") in result.output
+
+
+def test_fp8_attention_keeps_more_per_selective_base_block() -> None:
+    fp8 = replace(AUTO_1GPU, fp8_attention=True)
+    tokens = AUTO_1GPU.tokens(DIMS_7B)
+    # FP8 attention keeps its bf16 output, q/k/v in e4m3 and the statistics: aD + 3D + fN per
+    # token, against 2(aD + fN) for the bf16 kernels' output and statistics.
+    d, n = DIMS_7B.model_channels, DIMS_7B.num_heads
+    per_block = tokens * ((2 * d + 3 * d + 4 * n) - 2 * (2 * d + 4 * n))
+    selective_base = 27  # base blocks 1-27 (block 0 needs no gradient), the control ones stay
+    assert total_with(0, fp8) == total_with(0)  # full checkpointing keeps no attention output
+    all_on = estimate(DIMS_7B, replace(fp8, selective_blocks=31))
+    bf16_all_on = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=31))
+    assert all_on.terms["activations_saved"] - bf16_all_on.terms["activations_saved"] == (
+        pytest.approx(selective_base * per_block))
+    assert (planned(DIMS_7B, fp8, gpu_memory_gib=80).selective_blocks or 0) < 14

@@ -157,6 +157,7 @@ class Job:
     optimizer: bool = True
     ema: bool = True
     tokenizer: bool = True
+    fp8_attention: bool = False
 
     def tokens(self, dims: ModelDims) -> int:
         """Tokens per clip: latent frames × latent rows/2 × latent columns/2."""
@@ -178,7 +179,8 @@ def training_job(data: DataSection, train: TrainSection, model: ModelSection,
     width, height = largest_bucket(data.resolution)
     return Job(num_frames=data.num_frames, height=height, width=width,
                batch_size=train.batch_size, world_size=world_size,
-               ac_mode=parallel.activation_checkpointing, precision=model.precision)
+               ac_mode=parallel.activation_checkpointing, precision=model.precision,
+               fp8_attention=model.base_precision == "fp8-attention")
 
 
 @dataclass(frozen=True)
@@ -360,8 +362,9 @@ class Estimate:
         return {k: round(v / GIB, 2) for k, v in self.terms.items()}
 
 
-def _block_bytes(dims: ModelDims, a: int) -> dict[str, float]:
-    """Per-token bytes of one block for each saved set, and the per-clip text constants."""
+def _block_bytes(dims: ModelDims, a: int, *, fp8_attention: bool = False) -> dict[str, float]:
+    """Per-token bytes of one block for each saved set, and the per-clip text constants
+    (``fp8_attention``: a base block under ``model.base_precision = "fp8-attention"``)."""
     d, f, n, hidden = dims.model_channels, FP32, dims.num_heads, dims.mlp_hidden
     # LayerNorm inputs; q, k, q_ca before their fp32 RMSNorm; attention q, k, v, out and cross
     # q, out; the GELU input; softmax statistics and rsqrt per head; a few scalars.
@@ -370,6 +373,8 @@ def _block_bytes(dims: ModelDims, a: int) -> dict[str, float]:
     # the three branch outputs (for the gates' gradients).
     trainable = frozen + 9 * a * d + 3 * f * d + a * hidden
     attention_outputs = 2 * (a * d + f * n)
+    if fp8_attention:  # its bf16 output, q/k/v in e4m3 and the softmax statistics
+        attention_outputs = a * d + 3 * d + f * n
     text = dims.text_tokens * d
     return {"frozen": frozen, "trainable": trainable, "full": a * d,
             "selective": a * d + attention_outputs, "attention_outputs": attention_outputs,
@@ -389,6 +394,7 @@ def _activations(dims: ModelDims, job: Job, a: int,
                  plan: CheckpointPlan) -> tuple[float, float, float]:
     """(saved, working) bytes at the base-backward peak, and the control-backward total."""
     blk, b = _block_bytes(dims, a), job.batch_size
+    base_blk = _block_bytes(dims, a, fp8_attention=job.fp8_attention)
     tokens, d, hidden = job.tokens(dims) * b, dims.model_channels, dims.mlp_hidden
     grad_blocks = dims.base_blocks - 1  # base block 0 needs no gradient
     stem = _stem_bytes(dims, a, plan.checkpointed) * tokens
@@ -397,22 +403,22 @@ def _activations(dims: ModelDims, job: Job, a: int,
                  + b * (grad_blocks * blk["text_frozen"]
                         + dims.control_blocks * blk["text_trainable"]) + stem)
         return saved, tokens * ((dims.control_blocks + 4) * a * d + a * hidden), 0.0
-    per_block = {mode: blk[mode] * tokens for mode in ("selective", "full")}
-    # A selective block's attention outputs are saved, so its backward does not recompute them.
-    cached = {"selective": blk["attention_outputs"], "full": 0.0}
-
-    def saved_by(modes: Iterable[str]) -> float:
+    def saved_by(modes: Iterable[str], sets: dict[str, float]) -> float:
         counts = Counter(modes)
-        return sum(counts[mode] * per_block[mode] for mode in per_block)
+        return sum(counts[mode] * sets[mode] * tokens for mode in ("selective", "full"))
 
-    saved = saved_by((*plan.base[1:], *plan.control)) + stem
+    def cached(mode: str, sets: dict[str, float]) -> float:
+        # A selective block's attention outputs are saved: its backward does not recompute them.
+        return sets["attention_outputs"] if mode == "selective" else 0.0
+
+    saved = saved_by(plan.base[1:], base_blk) + saved_by(plan.control, blk) + stem
     # ``full`` recomputes the frozen set and holds two F-wide gradients; the incoming and branch
     # gradients (2aD more) are left out as calibrated on an H100 (bench/NOTES.md). The peak is
     # the last base block's backward, the control backward's its last control block's.
-    working = (tokens * (blk["frozen"] + 2 * a * hidden - cached[plan.base[-1]])
+    working = (tokens * (blk["frozen"] + 2 * a * hidden - cached(plan.base[-1], base_blk))
                + b * blk["text_frozen"])
-    control = (saved_by(plan.control) + stem
-               + tokens * (blk["trainable"] + 2 * a * hidden - cached[plan.control[-1]])
+    control = (saved_by(plan.control, blk) + stem
+               + tokens * (blk["trainable"] + 2 * a * hidden - cached(plan.control[-1], blk))
                + b * blk["text_trainable"] + (a + FP32) * dims.block_params * job.fsdp)
     return saved, working, control
 
