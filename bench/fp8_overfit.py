@@ -4,11 +4,11 @@ Runs the embedded default (`recipes/edge_tiny.toml`, tiny flavor, synthetic clip
 overfit settings of the slow test `test_the_tiny_overfit_task_halves_the_loss` (a random base,
 here with its AdaLN layers perturbed so that its linears reach the output; one noise level, no
 text dropout, no conditioning frames, the plain weighted MSE, lr 2e-3, 40 steps, one process),
-in bf16 compute, with
-``model.base_precision`` "bf16" and "fp8" (``--precisions``), for each ``--seeds`` (``job.seed``: the branch's
-initialisation, the data order and the noise draws). Reports per run the median loss of the
-first and last 8 steps, and whether each run's final loss lies within the first precision's
-(bf16's) seed-to-seed range. Runs `fetch-weights`, `fetch-data` and `embed` first into a scratch folder.
+in bf16 compute, with ``model.base_precision`` "bf16" and "fp8" (``--precisions``), for each
+``--seeds`` (``job.seed``: the branch's initialisation, the data order and the noise draws).
+Reports per run the median loss of the first and last 8 steps, and whether each run's final
+loss lies within the first precision's (bf16's) seed-to-seed range. Runs `fetch-weights`,
+`fetch-data` and `embed` first into a scratch folder.
 
     python bench/fp8_overfit.py --seeds 0,1,2 --out bench/results/fp8-overfit-cpu.json
 """
