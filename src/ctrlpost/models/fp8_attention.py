@@ -168,7 +168,7 @@ class _CudnnGraphs:
     def _execute(self, cudnn: Any, graph: Any, pack: dict[Any, Tensor],
                  device: torch.device) -> None:
         handle = self._handle(cudnn, device)
-        cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+        cudnn.set_stream(handle, torch.cuda.current_stream(device).cuda_stream)
         workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
         graph.execute(pack, workspace, handle=handle)
 
