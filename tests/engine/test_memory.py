@@ -326,9 +326,17 @@ def test_fp8_attention_keeps_more_per_selective_base_block() -> None:
     d, n = DIMS_7B.model_channels, DIMS_7B.num_heads
     per_block = tokens * ((2 * d + 3 * d + 4 * n) - 2 * (2 * d + 4 * n))
     selective_base = 27  # base blocks 1-27 (block 0 needs no gradient), the control ones stay
-    assert total_with(0, fp8) == total_with(0)  # full checkpointing keeps no attention output
     all_on = estimate(DIMS_7B, replace(fp8, selective_blocks=31))
     bf16_all_on = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=31))
     assert all_on.terms["activations_saved"] - bf16_all_on.terms["activations_saved"] == (
         pytest.approx(selective_base * per_block))
-    assert (planned(DIMS_7B, fp8, gpu_memory_gib=80).selective_blocks or 0) < 14
+    # A "full" base block is counted with its FP8 attention outputs too (the engine's 7b step
+    # ran out of memory on one 80 GB GPU without them: bench/NOTES.md), so the 7b 720p job
+    # on one GPU does not fit and verify asks for more GPUs instead of a step that fails.
+    kept = tokens * (2 * d + 3 * d + 4 * n)
+    all_full = estimate(DIMS_7B, replace(fp8, selective_blocks=0))
+    bf16_all_full = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=0))
+    assert all_full.terms["activations_saved"] - bf16_all_full.terms["activations_saved"] == (
+        pytest.approx(selective_base * kept))
+    verdict = check(DIMS_7B, fp8, gpu_memory_gib=80)
+    assert not verdict.fits and verdict.changes[-1][0] == "gpus"
