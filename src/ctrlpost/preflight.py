@@ -161,7 +161,7 @@ def extras_problems(ctx: Context) -> list[Problem]:
 def _importable(module: str) -> bool:
     try:
         importlib.import_module(module)
-    except ImportError:
+    except (ImportError, OSError):  # OSError: a library it loads at import is missing
         return False
     return True
 

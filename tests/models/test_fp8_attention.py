@@ -133,6 +133,22 @@ def test_long_sequences_without_the_fused_kernel_are_refused_with_the_fix() -> N
         fa.fp8_self_attention(q, q, q, torch.zeros(4))
 
 
+def test_a_frontend_that_cannot_load_cudnn_means_no_fused_kernel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing(name: str, *args: object, **kwargs: object) -> object:
+        if name == "cudnn":  # what nvidia-cudnn-frontend raises without libcudnn
+            raise OSError("libcudnn.so.9: cannot open shared object file")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert not fa.cudnn_available(torch.device("cuda", 0))
+
+
 @pytest.mark.gpu
 def test_fused_kernels_match_the_reference_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     if not torch.cuda.is_available() or not fa.cudnn_available(torch.device("cuda")):

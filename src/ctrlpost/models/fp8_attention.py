@@ -50,7 +50,7 @@ def cudnn_available(device: torch.device) -> bool:
         return False
     try:
         import cudnn  # noqa: F401  (nvidia-cudnn-frontend)
-    except ImportError:
+    except (ImportError, OSError):  # OSError: it loads libcudnn at import, absent on CPU builds
         return False
     return True
 
