@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# The CUDA caching allocator grows segments in place instead of carving fixed blocks: at 56k
-# tokens a step's activations otherwise leave ~9 GiB reserved but unusable (bench/NOTES.md),
-# which "auto" checkpointing would have to plan around. A user's own setting wins.
+# The CUDA caching allocator grows segments in place instead of carving fixed blocks: at video
+# lengths fixed blocks leave gigabytes reserved but unusable (bench/NOTES.md), which "auto"
+# checkpointing would have to plan around. A user's own setting wins.
 ALLOCATOR_CONF = ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
