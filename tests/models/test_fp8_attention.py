@@ -164,5 +164,7 @@ def test_fused_kernels_match_the_reference_on_a_gpu(monkeypatch: pytest.MonkeyPa
             out = fa.fp8_self_attention(q, k, v, scales)
             out.backward(d_o)
         results.append((out.detach(), q.grad, k.grad, v.grad))
+    # Two FP8 implementations rounding differently (an H100 at 2,048 tokens: output 4.9 %,
+    # gradients 1.3-2.4 %); a wrong scale or layout would be off by 100 % or more.
     for fused_value, reference_value in zip(*results, strict=True):
-        assert rel(fused_value, reference_value) < 0.05
+        assert rel(fused_value, reference_value) < 0.08
