@@ -376,10 +376,10 @@ def _block_bytes(dims: ModelDims, a: int, *, fp8_attention: bool = False) -> dic
     if fp8_attention:  # its bf16 output, q/k/v in e4m3 and the softmax statistics
         attention_outputs = a * d + 3 * d + f * n
     text = dims.text_tokens * d
-    # Measured, not understood: the engine's 7b step under fp8-attention ran out of memory in
-    # its forward at 77.5 GiB with 6 selective blocks as with "auto"'s count, about one FP8
-    # attention's outputs per block above the plan; until found, a "full" block counts them too.
-    full = a * d + (attention_outputs if fp8_attention else 0)
+    # Measured, not understood (bench/NOTES.md): on the GPU the engine's 7b step under
+    # fp8-attention ran out of memory in the fully checkpointed early blocks, each holding about
+    # an FP8 attention's bf16 inputs and its outputs; until found, a "full" block counts both.
+    full = a * d + (3 * a * d + attention_outputs if fp8_attention else 0)
     return {"frozen": frozen, "trainable": trainable, "full": full,
             "selective": a * d + attention_outputs, "attention_outputs": attention_outputs,
             "text_frozen": 2 * a * text, "text_trainable": (2 * a + 2 * f) * text}
