@@ -197,9 +197,9 @@ class ModelSection(_Section):
     base_precision: Literal["bf16", "fp8", "fp8-attention"] = Field(
         "bf16", description="The frozen base: bf16 (as released); fp8 (its token-wise linear "
         "layers as e4m3 products with row-wise scales, forward and input gradient); or "
-        "fp8-attention (those and its self-attention in e4m3 with per-tensor scales: cuDNN's "
-        "fused kernel, pip install 'ctrlpost[fp8]', Hopper or newer). Faster, not bit-equal; "
-        "needs precision = \"bf16\".")
+        "fp8-attention (experimental: those and its self-attention in e4m3 with per-tensor "
+        "scales: cuDNN's fused kernel, pip install 'ctrlpost[fp8]', Hopper or newer). Faster, "
+        "not bit-equal; needs precision = \"bf16\".")
 
     @model_validator(mode="after")
     def _fp8_base_needs_bf16(self) -> ModelSection:
