@@ -122,27 +122,18 @@ def measure(length: int, args: argparse.Namespace, device: torch.device) -> dict
     # The fused kernels alone (inputs quantized once, outside the timing).
     with torch.no_grad():
         out, q8, k8, v8, stats, descales = fa.fp8_attention_op(q, k, v, scales)
-    one = torch.ones(1, 1, 1, 1, device=device)
-    d = [x.reshape(1, 1, 1, 1) for x in descales]
-    out8 = (out * d[3].reciprocal().to(out.dtype)).to(fa.FP8)
-    fwd_scalars = {"descale_q": d[0], "descale_k": d[1], "descale_v": d[2],
-                   "descale_s": one / fa.PROBABILITY_SCALE, "scale_s": one * fa.PROBABILITY_SCALE,
-                   "scale_o": d[3].reciprocal()}
+    out8 = (out * descales[3].reciprocal().to(out.dtype)).to(fa.FP8)
+    fwd_scalars = fa.forward_scalars(descales)
     amax_fwd = {name: torch.zeros(1, 1, 1, 1, device=device) for name in ("amax_s", "amax_o")}
 
     def kernel_fwd() -> None:
         fa._GRAPHS.forward(q8, k8, v8, out8, stats, fwd_scalars, amax_fwd)
 
-    do_scale = fa.power_of_two_scale(d_o.abs().amax()).reshape(1, 1, 1, 1)
-    s = [x.reshape(1, 1, 1, 1) for x in scales]
+    do_scale = fa.power_of_two_scale(d_o.abs().amax())
     bwd_inputs = {"q": q8, "k": k8, "v": v8, "o": out8, "stats": stats,
                   "dO": (d_o * do_scale.to(d_o.dtype)).to(fa.FP8)}
     grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
-    bwd_scalars = {"descale_q": d[0], "descale_k": d[1], "descale_v": d[2], "descale_o": d[3],
-                   "descale_dO": do_scale.reciprocal(), "descale_s": one / fa.PROBABILITY_SCALE,
-                   "scale_s": one * fa.PROBABILITY_SCALE, "scale_dP": s[0],
-                   "descale_dP": s[0].reciprocal(), "scale_dQ": s[1], "scale_dK": s[2],
-                   "scale_dV": s[3]}
+    bwd_scalars = fa.backward_scalars(descales, do_scale.reciprocal(), scales)
     amax_bwd = {f"amax_{n}": torch.zeros(1, 1, 1, 1, device=device)
                 for n in ("dP", "dQ", "dK", "dV")}
 

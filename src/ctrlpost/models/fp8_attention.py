@@ -260,10 +260,7 @@ def fp8_attention_op(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor
     q8, k8, v8 = (_scaled_to_fp8(x, s) for x, s in zip((q, k, v), scale, strict=True))
     descales = torch.cat([scale, scale_o]).reciprocal()
     out8, stats = _blhd_like(q, FP8), q.new_empty(*q.shape[:-1], 1, dtype=torch.float32)
-    given: dict[str, float | Tensor] = {
-        "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
-        "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE, "scale_o": scale_o}
-    scalars = {name: _as_scalar(value, q.device) for name, value in given.items()}
+    scalars = forward_scalars(descales)
     if cudnn_available(q.device):
         amax_out = {name: _ones(q.device, 0.0) for name in ("amax_s", "amax_o")}
         _GRAPHS.forward(q8, k8, v8, out8, stats, scalars, amax_out)
@@ -289,6 +286,28 @@ def _as_scalar(value: float | Tensor, device: torch.device) -> Tensor:
     return _ones(device, value)
 
 
+def forward_scalars(descales: Tensor) -> dict[str, Tensor]:
+    """The forward kernel's scale inputs, by cuDNN's names, from the descales of ``q, k, v, o``
+    (``[4]``): each ``[1, 1, 1, 1]`` float32."""
+    given: dict[str, float | Tensor] = {
+        "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
+        "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE,
+        "scale_o": descales[3].reciprocal()}
+    return {name: _as_scalar(value, descales.device) for name, value in given.items()}
+
+
+def backward_scalars(descales: Tensor, descale_do: Tensor, scale: Tensor) -> dict[str, Tensor]:
+    """The backward kernel's scale inputs, by cuDNN's names: the forward's descales
+    (``q, k, v, o``), ``dO``'s and the scales of ``dP, dQ, dK, dV`` (``scale``, ``[4]``)."""
+    given: dict[str, float | Tensor] = {
+        "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
+        "descale_o": descales[3], "descale_dO": descale_do,
+        "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE,
+        "scale_dP": scale[0], "descale_dP": scale[0].reciprocal(),
+        "scale_dQ": scale[1], "scale_dK": scale[2], "scale_dV": scale[3]}
+    return {name: _as_scalar(value, descales.device) for name, value in given.items()}
+
+
 @torch.library.custom_op("ctrlpost::fp8_attention_backward", mutates_args=("backward_scales",))
 def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Tensor,
                               v8: Tensor, stats: Tensor, descales: Tensor,
@@ -307,18 +326,12 @@ def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Ten
               "dO": _scaled_to_fp8(grad_out, descale_do.reciprocal())}
     grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
     fused = cudnn_available(device)
+    had_scales = bool((backward_scales > 0).all())  # zeros: the site's first call
     # Without history the score gradient first runs at scale 1 and may vanish in e4m3, and dQ
     # and dK with it: their maxima are known only from the run after; hence up to three.
     for _attempt in range(3):
-        had_scales = bool((backward_scales > 0).all())
         scale = torch.where(backward_scales > 0, backward_scales, torch.ones_like(backward_scales))
-        given: dict[str, float | Tensor] = {
-            "descale_q": descales[0], "descale_k": descales[1], "descale_v": descales[2],
-            "descale_o": descales[3], "descale_dO": descale_do,
-            "descale_s": 1 / PROBABILITY_SCALE, "scale_s": PROBABILITY_SCALE,
-            "scale_dP": scale[0], "descale_dP": scale[0].reciprocal(),
-            "scale_dQ": scale[1], "scale_dK": scale[2], "scale_dV": scale[3]}
-        scalars = {name: _as_scalar(value, device) for name, value in given.items()}
+        scalars = backward_scalars(descales, descale_do, scale)
         if fused:
             amax_out = {f"amax_{n}": _ones(device, 0.0) for n in _BACKWARD_SCALES}
             _GRAPHS.backward(inputs, grads, scalars, amax_out)
@@ -327,6 +340,7 @@ def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Ten
             amax = _reference_backward(inputs, grads, scalars)
         fits = had_scales and bool((amax * scale <= FP8_MAX).all())
         backward_scales.copy_(power_of_two_scale(amax, HEADROOM))
+        had_scales = True  # from here on the scales come from a run's maxima
         if fits:
             break
         REDONE[0] += 1
