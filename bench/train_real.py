@@ -165,6 +165,7 @@ class Timeline:
         self.encodes_since_fetch = 0
         self.encode_memory: list[dict[str, Any]] = []
         self.model_memory: list[dict[str, Any]] = []
+        self._model_before: int | None = None
         # The allocator's peaks are reset around each marked encode (to read the encode's
         # own): what they held before is folded in here, so the run's peaks stay known.
         self._peaks = {"allocated": 0, "reserved": 0}
@@ -184,35 +185,39 @@ class Timeline:
         """``encode(video)`` between two marks; on CUDA in a marked step, also its memory: what
         was allocated when it started and the peak it reached."""
         self.mark(f"encode_{which}_start")
-        watch = self.active and self.device.type == "cuda"
-        if watch:
-            self._fold_peaks()
-            before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        before = self._open_window()
         out = encode(video)
         self.mark(f"encode_{which}_end")
-        if watch:
-            self.encode_memory.append({
-                "which": which, "allocated_before_gib": before / common.GIB,
-                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / common.GIB})
+        if before is not None:
+            self.encode_memory.append({"which": which, **self._close_window(before)})
         return out
 
     def model_begin(self) -> None:
         """The forward starts (in a marked step on CUDA: read the model's own peak from here)."""
         self.mark("forward_start")
-        if self.active and self.device.type == "cuda":
-            self._fold_peaks()
-            self._model_before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self._model_before = self._open_window()
 
     def model_end(self) -> None:
         """Forward and backward are done (clipping starts)."""
         self.mark("clip_start")
-        if self.active and self.device.type == "cuda":
+        if self._model_before is not None:
             self.model_memory.append({
-                "allocated_before_gib": self._model_before / common.GIB,
-                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / common.GIB,
+                **self._close_window(self._model_before),
                 "peak_reserved_gib": torch.cuda.max_memory_reserved(self.device) / common.GIB})
+
+    def _open_window(self) -> int | None:
+        """In a marked step on CUDA, start reading one phase's own peak (the run's peaks so far
+        are folded in first): the bytes allocated now; None when not watching."""
+        if not (self.active and self.device.type == "cuda"):
+            return None
+        self._fold_peaks()
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return before
+
+    def _close_window(self, before: int) -> dict[str, float]:
+        return {"allocated_before_gib": before / common.GIB,
+                "peak_allocated_gib": torch.cuda.max_memory_allocated(self.device) / common.GIB}
 
     def _fold_peaks(self) -> None:
         self._peaks["allocated"] = max(self._peaks["allocated"],
