@@ -111,6 +111,41 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def record_allocations(device: torch.device) -> None:
+    """Start recording where each CUDA allocation was made (Python frames), for
+    :func:`live_allocations`."""
+    if device.type == "cuda":
+        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
+
+
+# Frames worth naming in an allocation's origin: the project's, the benches' and the code
+# torch.compile generated; torch's own frames are the same for every allocation.
+_ORIGIN_FRAMES = ("ctrlpost", "torchinductor", "/bench/")
+
+
+def live_allocations(device: torch.device, *, top: int = 25) -> list[dict[str, Any]]:
+    """The live CUDA tensors grouped by the (up to three) innermost project or generated-code
+    frames that allocated them, largest total first (needs :func:`record_allocations`)."""
+    if device.type != "cuda":
+        return []
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for segment in torch.cuda.memory._snapshot()["segments"]:
+        for block in segment["blocks"]:
+            if block["state"] != "active_allocated":
+                continue
+            frames = [f"{Path(f['filename']).name}:{f['line']}:{f['name']}"
+                      for f in block.get("frames", [])
+                      if any(k in f["filename"] for k in _ORIGIN_FRAMES)][:3]
+            group = groups.setdefault(tuple(frames) or ("(no project frame)",),
+                                      {"gib": 0.0, "count": 0, "sizes_mib": set()})
+            group["gib"] += block["size"] / 2**30
+            group["count"] += 1
+            group["sizes_mib"].add(round(block["requested_size"] / 2**20, 1))
+    rows = sorted(groups.items(), key=lambda item: -item[1]["gib"])[:top]
+    return [{"frames": list(k), "gib": round(v["gib"], 3), "count": v["count"],
+             "sizes_mib": sorted(v["sizes_mib"])[-5:]} for k, v in rows]
+
+
 def write_json(record: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

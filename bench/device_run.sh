@@ -2,16 +2,22 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: encode, fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+# A second invocation in the same call (other env per stage) skips an install of the same tree.
+stamp=$(find src plugins pyproject.toml -type f \( -name '*.py' -o -name '*.toml' \) -print0 \
+  | sort -z | xargs -0 cat | md5sum | cut -d' ' -f1)
+if [ "$(cat /tmp/site/.stamp 2>/dev/null)" != "$stamp" ]; then
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
+  fi
+  python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site \
+    . plugins/* >"$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
+  echo "$stamp" >/tmp/site/.stamp
 fi
-python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site \
-  . plugins/* >"$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
 export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().lower().replace(' ', '-'))")
 echo "device: $gpu"
@@ -65,8 +71,11 @@ for stage in "$@"; do
       python3 bench/fp8_attention.py --lengths "${LENGTHS:-56320,14080}" \
         --out "$OUT/fp8_attention-$gpu.json" 2>&1 | tail -30 ;;
     gpu-tests)
-      python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py \
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py tests/models/test_fp8.py \
         tests/engine/test_gpu.py 2>&1 | tail -30 ;;
+    encode)
+      # one tokenizer encode of a 121-frame 720p clip under cuDNN autotuning / channels-last
+      python3 bench/tokenizer_encode.py --out "$OUT/tokenizer_encode-$gpu.json" 2>&1 | tail -12 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;

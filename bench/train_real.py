@@ -392,6 +392,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scratch", type=Path, default=None,
                         help="working folder (default: a new temporary one, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--memory-history", action="store_true",
+                        help="record where CUDA memory is allocated; on running out of memory, "
+                             "and after the warm-up, write the live tensors by origin")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
@@ -472,7 +475,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the eager copy is gone: leave the GPU to the job
             save("tokenizer")
-        run(recipe, result, device=device, warmup=warmup, plain=plain, marked=marked, save=save)
+        run(recipe, result, device=device, warmup=warmup, plain=plain, marked=marked, save=save,
+            memory_history=args.memory_history)
         save("done")
     except BaseException:
         result["error"] = traceback.format_exc()
@@ -488,7 +492,8 @@ def main() -> None:
 
 
 def run(recipe: recipes.Recipe, result: dict[str, Any], *, device: torch.device, warmup: int,
-        plain: int, marked: int, save: Callable[[str], None]) -> None:
+        plain: int, marked: int, save: Callable[[str], None],
+        memory_history: bool = False) -> None:
     """Build the job, run the steps, fill ``result``."""
     runtime = init_distributed(recipe.parallel.backend)
     start = time.perf_counter()
@@ -536,15 +541,26 @@ def run(recipe: recipes.Recipe, result: dict[str, Any], *, device: torch.device,
                                         timeline.phases() if kind == "marked" else None))
         save(kind)
 
+    if memory_history:
+        common.record_allocations(device)
     try:
         for _ in range(warmup):
             one_step("warmup")
+        if memory_history:
+            result["live_after_warmup"] = common.live_allocations(device)
         result["memory_warmup"] = timeline.peak_memory()
         timeline.reset_peaks()  # the steps' peak, not the compilation's
         for _ in range(plain):
             one_step("plain")
         for _ in range(marked):
             one_step("marked")
+    except torch.OutOfMemoryError:
+        if memory_history:
+            result["live_at_oom"] = live = common.live_allocations(device)
+            for row in live:
+                print(f"{row['gib']:8.2f} GiB {row['count']:4d}x {row['sizes_mib']} "
+                      f"{' < '.join(row['frames'])}")
+        raise
     finally:
         logger.close()
     result["memory"] = timeline.peak_memory()

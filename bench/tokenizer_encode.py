@@ -1,0 +1,118 @@
+"""One tokenizer encode of a 121-frame 720p clip, as the engine's step runs it, under settings
+that could make it cheaper: cuDNN's convolution autotuner and channels-last input.
+
+The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
+``AutoencoderKLCosmos`` traced to the released ``encoder.jit`` interface), loaded with
+``VideoTokenizer.from_files`` as ``ctrlpost train`` loads it. Each setting: median of
+``--repeats`` encodes after two warm-ups, its peak memory above what was allocated before, and
+the latent's relative L2 distance from the default setting's (convolution algorithms differ in
+rounding). The encode's FLOPs come from torch's FLOP counter over diffusers' eager encoder.
+
+Usage (on the GPU, from the repository root)::
+
+    python bench/tokenizer_encode.py --out bench/results/tokenizer_encode-<gpu>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
+import cosmos_tokenizer
+
+common.ensure_ctrlpost_importable()
+
+from ctrlpost.models.tokenizer import VideoTokenizer  # noqa: E402
+
+SETTINGS = ("default", "cudnn-benchmark", "channels-last", "cudnn-benchmark+channels-last")
+
+
+def encode_flops(video: torch.Tensor, dtype: torch.dtype) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=video.device,
+                                               dtype=dtype)
+    encoder = cosmos_tokenizer.ReleasedEncoder(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(video.to(dtype))
+    del model, encoder
+    return float(counter.get_total_flops())
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=121)
+    parser.add_argument("--height", type=int, default=704)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPUs lack bf16 pools
+    result: dict[str, Any] = {"benchmark": "tokenizer_encode", "device": common.device_name(device),
+                              "torch": torch.__version__, "date": common.now(),
+                              "command": " ".join(sys.argv), "settings": []}
+    folder = Path(tempfile.mkdtemp(prefix="ctrlpost-tokenizer-")) / "cv8x8x8"
+    result["tokenizer"] = cosmos_tokenizer.write_tokenizer(folder, device=device, dtype=dtype)
+    empty_cache(device)
+    tokenizer = VideoTokenizer.from_files(folder, device=device, dtype=dtype,
+                                          latent_channels=cosmos_tokenizer.LATENT_CHANNELS,
+                                          pixel_chunk_frames=args.frames,
+                                          latent_chunk_frames=1 + (args.frames - 1) // 8)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (1, 3, args.frames, args.height, args.width)
+    video = torch.rand(shape, generator=gen, device=device) * 2 - 1
+    reference = None
+    for setting in SETTINGS:
+        torch.backends.cudnn.benchmark = "cudnn-benchmark" in setting
+        clip = (video.to(memory_format=torch.channels_last_3d) if "channels-last" in setting
+                else video)
+        for _ in range(2):
+            latent = tokenizer.encode(clip)
+        times = []
+        base = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+        common.reset_peak(device)
+        def encode(c: torch.Tensor = clip, t: VideoTokenizer = tokenizer) -> torch.Tensor:
+            return t.encode(c)
+
+        for _ in range(args.repeats):
+            seconds, latent = common.timed(encode, device)
+            times.append(seconds)
+        peak = common.peak_memory(device).get("peak_allocated_gib", 0.0) - base
+        row = {"setting": setting, "times_s": times, "median_s": common.median(times),
+               "peak_above_gib": peak}
+        if reference is None:
+            reference = latent
+        else:
+            row["rel_l2_vs_default"] = ((latent - reference).norm() / reference.norm()).item()
+        result["settings"].append(row)
+        print(f"{setting}: {row['median_s']:.3f} s, peak +{peak:.1f} GiB"
+              + (f", rel L2 vs default {row['rel_l2_vs_default']:.1e}"
+                 if "rel_l2_vs_default" in row else ""), flush=True)
+        common.write_json(result, args.out)
+    torch.backends.cudnn.benchmark = False
+    del tokenizer
+    empty_cache(device)
+    result["flops"] = flops = encode_flops(video, dtype)
+    best = min(row["median_s"] for row in result["settings"])
+    result["ceiling"] = common.matmul_ceiling(device)
+    print(f"encode: {flops / 1e12:.1f} TFLOP, best {flops / best / 1e12:.0f} TFLOP/s, "
+          f"matmul {result['ceiling']['tflops_median']:.0f}", flush=True)
+    common.write_json(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
