@@ -65,6 +65,7 @@ BENCH: dict[str, Any] = {
     "optimizer": False,
     "ema": False,
     "tokenizer": False,
+    "compiled": False,  # bench/model_step.py runs its blocks eagerly
 }
 # H100 80GB HBM3, torch 2.11, 2026-11: the bench's step at 704×1280 and (T_lat-1)·8+1 frames.
 # (mode, latent frames): (saved after forward, peak allocated), GiB.
@@ -114,11 +115,11 @@ def test_saved_activations_and_peak_track_the_probe(mode: str, latent_frames: in
         DIMS_7B,
         Job(num_frames=(latent_frames - 1) * 8 + 1, height=704, width=1280, ac_mode=mode, **BENCH),
     )
-    assert abs(found.terms["activations_saved"] / GIB / saved - 1) < 0.02
-    # The control gradients are counted although not yet allocated at the peak: conservative.
-    grads = found.terms["control_grads"] / GIB
-    assert abs((found.peak_allocated_gib - grads) / peak - 1) < 0.03
-    assert 0 < found.peak_allocated_gib / peak - 1 < 0.15
+    if found.moment == "base backward":  # (a short clip's peak is the control backward's)
+        assert abs(found.terms["activations_saved"] / GIB / saved - 1) < 0.02
+        # The control gradients are not allocated yet at the base backward's peak.
+        assert found.terms["control_grads"] == 0
+    assert abs(found.peak_allocated_gib / peak - 1) < 0.04
 
 
 def test_more_gpus_less_memory_per_gpu() -> None:
@@ -137,17 +138,21 @@ def test_more_recomputation_fewer_activations_and_fewer_frames_less_memory() -> 
     assert by_frames == sorted(by_frames) and by_frames[0] < by_frames[-1] / 5
 
 
-def test_hdvila_job_fits_8_gpus_and_needs_auto_checkpointing_on_one() -> None:
+def test_hdvila_job_fits_8_gpus_one_80gb_gpu_and_needs_auto_on_a_smaller_one() -> None:
     job = Job(num_frames=121, height=960, width=960, world_size=8)  # the largest 720 bucket
     verdict = check(DIMS_7B, job)
     assert verdict.fits and verdict.changes == ()
-    assert 55 < verdict.estimate.total_gib < 70  # 63.8 GiB (59.6 allocated)
-    alone = check(DIMS_7B, replace(job, world_size=1))
+    assert 45 < verdict.estimate.total_gib < 55  # 49.8 GiB (46.3 allocated)
+    # One 80 GB GPU holds every block selective: 73.9 GiB (the engine's step at 56,320 tokens
+    # peaked at 64.3 GiB allocated, 68.6 reserved on an H100; bench/NOTES.md).
+    one = check(DIMS_7B, replace(job, world_size=1))
+    assert one.fits and one.estimate.plan.count("selective") == 31
+    alone = check(DIMS_7B, replace(job, world_size=1), gpu_memory_gib=72)
     assert not alone.fits and alone.fixed is not None
     assert alone.fix() == 'parallel.activation_checkpointing = "auto"'
     assert alone.fixed.total_gib <= alone.budget_gib < alone.estimate.total_gib
-    # 91.0 GiB selective, 63.8 full: 14 of the 31 blocks stay selective in the 76 GiB budget.
-    assert alone.fixed.plan.count("selective") == 14
+    # 73.9 GiB selective, 61.6 full: 18 of the 31 blocks stay selective in a 68.4 GiB budget.
+    assert alone.fixed.plan.count("selective") == 18
     full = estimate(DIMS_7B, replace(job, world_size=1, ac_mode="full"))
     assert full.total_gib < alone.fixed.total_gib
     # On 8 GPUs "auto" is selective everywhere: the same estimate as "selective".
@@ -218,8 +223,8 @@ def test_verify_layout_names_the_change() -> None:
     assert problem["stage"] == "layout" and problem["path"] == "parallel.activation_checkpointing"
     assert 'set parallel.activation_checkpointing = "auto" (~' in problem["message"]
     assert "(selective checkpointing: selective on all 31 blocks; 8 GPU(s)" in problem["message"]
-    assert problem["message"].endswith("selective on 2 of 31 blocks (base 26-27), full on 29 "
-                                       "(base 0-25, control 0-2))")
+    assert problem["message"].endswith("selective on 4 of 31 blocks (base 24-27), full on 27 "
+                                       "(base 0-23, control 0-2))")
     code, report = verify("--gpu-memory", "48", "--gpus", "1")
     (problem,) = report["problems"]
     assert problem["path"] == "parallel.nproc_per_node"
@@ -254,7 +259,8 @@ def test_auto_keeps_the_most_selective_blocks_the_budget_holds() -> None:
     assert by_budget == sorted(by_budget)  # monotone in the budget
     assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=200).selective_blocks == 31
     assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=60).selective_blocks == 0  # nothing fits
-    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=80).selective_blocks == 14
+    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=80).selective_blocks == 31
+    assert planned(DIMS_7B, AUTO_1GPU, gpu_memory_gib=70).selective_blocks == 14
 
 
 def test_auto_at_its_ends_is_selective_or_full() -> None:
@@ -273,7 +279,9 @@ def test_the_last_base_block_turns_selective_first_and_base_block_0_last() -> No
     assert one.base[-1] == "selective" and one.count("selective") == 1
     # Its attention outputs are held at the peak either way: saved, or in the working set.
     assert total_with(1) == pytest.approx(total_with(0), rel=1e-12)
-    assert total_with(2) > total_with(1) + 0.9  # 0.94 GiB a block with overhead, 57,600 tokens
+    # (Below ~16 selective blocks the control backward is the peak.) The output and log-sum-exp
+    # of each more: 0.47 GiB a block with overhead at 57,600 tokens.
+    assert total_with(21) == pytest.approx(total_with(20) + 0.47, abs=0.01)
     assert total_with(31) == pytest.approx(total_with(30), rel=1e-12)  # base block 0: no grad
     thirty = block_plan(DIMS_7B, replace(AUTO_1GPU, selective_blocks=30))
     assert thirty.base[0] == "full" and thirty.count("full") == 1
@@ -308,35 +316,42 @@ def test_verify_layout_reports_the_auto_plan() -> None:
     assert code == 0, report["problems"]
     summary = report["stages"][-1]["summary"]
     expected = check(DIMS_7B, AUTO_1GPU).estimate
-    assert summary["checkpointing"] == "auto" and summary["selective_blocks"] == 14
+    assert summary["checkpointing"] == "auto" and summary["selective_blocks"] == 31
     assert summary["checkpointing_plan"] == expected.plan.describe()
     assert summary["total_gib"] == round(expected.total_gib, 1) <= summary["budget_gib"]
     result = runner.invoke(app, ["verify", str(HDVILA), "--stages", "recipe,layout", "--gpus",
                                  "1"], env={"COLUMNS": "1000"})
     assert result.exit_code == 0, result.output
-    assert ("of a 76 GiB budget: fits; checkpointing auto: selective on 14 of 31 blocks "
-            "(base 14-27), full on 17 (base 0-13, control 0-2); largest parts:") in result.output
+    assert ("of a 76 GiB budget: fits; checkpointing auto: selective on all 31 blocks; "
+            "largest parts:") in result.output
 
 
-def test_fp8_attention_keeps_more_per_selective_base_block() -> None:
+def test_fp8_attention_keeps_less_per_selective_base_block() -> None:
     fp8 = replace(AUTO_1GPU, fp8_attention=True)
     tokens = AUTO_1GPU.tokens(DIMS_7B)
-    # FP8 attention keeps its bf16 output, q/k/v in e4m3 and the statistics: aD + 3D + fN per
-    # token, against 2(aD + fN) for the bf16 kernels' output and statistics.
-    d, n = DIMS_7B.model_channels, DIMS_7B.num_heads
-    per_block = tokens * ((2 * d + 3 * d + 4 * n) - 2 * (2 * d + 4 * n))
+    # FP8 attention keeps its e4m3 output and the statistics: D + fN per token, against
+    # aD + fN for the compiled bf16 kernel's output and log-sum-exp.
+    d = DIMS_7B.model_channels
+    per_block = tokens * (d - 2 * d)
     selective_base = 27  # base blocks 1-27 (block 0 needs no gradient), the control ones stay
     all_on = estimate(DIMS_7B, replace(fp8, selective_blocks=31))
     bf16_all_on = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=31))
     assert all_on.terms["activations_saved"] - bf16_all_on.terms["activations_saved"] == (
         pytest.approx(selective_base * per_block))
-    # A "full" base block is counted with its FP8 attention's bf16 inputs and outputs too (the
-    # engine's 7b step ran out of memory on one 80 GB GPU without them: bench/NOTES.md), so the
-    # 7b 720p job does not fit an 80 GB GPU and verify proposes fewer frames instead.
-    kept = tokens * (3 * 2 * d + 2 * d + 3 * d + 4 * n)
+    # A "full" block keeps its input only, whatever the attention.
     all_full = estimate(DIMS_7B, replace(fp8, selective_blocks=0))
     bf16_all_full = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=0))
-    assert all_full.terms["activations_saved"] - bf16_all_full.terms["activations_saved"] == (
-        pytest.approx(selective_base * kept))
-    verdict = check(DIMS_7B, fp8, gpu_memory_gib=80)
-    assert not verdict.fits and verdict.changes[-1][0] == "data.num_frames"
+    assert all_full.terms == bf16_all_full.terms
+    assert check(DIMS_7B, fp8, gpu_memory_gib=80).estimate.plan.count("selective") == 31
+
+
+def test_eager_blocks_keep_more_per_selective_block_than_compiled_ones() -> None:
+    # Eager selective checkpointing caches two output-sized tensors and the statistics per
+    # self-attention (calibrated on bench/model_step.py); a compiled block its output and
+    # log-sum-exp (the engine's step).
+    d, n = DIMS_7B.model_channels, DIMS_7B.num_heads
+    tokens = AUTO_1GPU.tokens(DIMS_7B)
+    eager = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=31, compiled=False))
+    compiled = estimate(DIMS_7B, replace(AUTO_1GPU, selective_blocks=31))
+    assert eager.terms["activations_saved"] - compiled.terms["activations_saved"] == (
+        pytest.approx(30 * tokens * (2 * d + 4 * n)))

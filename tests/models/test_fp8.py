@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from ctrlpost.models import DiT, get_flavor
-from ctrlpost.models.fp8 import FP8_MAX, Fp8FrozenLinear, quantize_rows, to_fp8, token_linears
+from ctrlpost.models.fp8 import (
+    FP8_MAX,
+    Fp8FrozenLinear,
+    quantize_rows,
+    to_fp8,
+    to_fp8_attention,
+    token_linears,
+)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -139,19 +146,22 @@ def saved_activation_bytes(base: DiT, mode: str, device: str) -> int:
     return sum(kept.values())
 
 
-@pytest.mark.parametrize(("mode", "device"), [
-    ("selective", "cpu"),
-    pytest.param("full", "cpu", marks=pytest.mark.slow),
-    pytest.param("selective", "cuda", marks=pytest.mark.gpu),
-    pytest.param("full", "cuda", marks=pytest.mark.gpu),
+@pytest.mark.parametrize(("convert", "mode", "device"), [
+    ("fp8", "selective", "cpu"),
+    ("fp8-attention", "selective", "cpu"),
+    pytest.param("fp8", "full", "cpu", marks=pytest.mark.slow),
+    pytest.param("fp8-attention", "full", "cpu", marks=pytest.mark.slow),
+    *(pytest.param(c, m, "cuda", marks=pytest.mark.gpu)
+      for c in ("fp8", "fp8-attention") for m in ("selective", "full")),
 ])
-def test_compiled_checkpointed_fp8_blocks_keep_no_more_than_bf16_ones(mode: str,
-                                                                      device: str) -> None:
-    """The products are one op each, so torch.compile's checkpointing recomputes them as it
-    does bf16 products instead of keeping their outputs (a traced autograd.Function's outputs
-    were kept on the GPU: ~4.5 GiB per 7B block at 56k tokens, and the engine's step ran out of
-    memory)."""
+def test_compiled_checkpointed_fp8_blocks_keep_no_more_than_bf16_ones(
+        convert: str, mode: str, device: str) -> None:
+    """The FP8 products and the FP8 attention are one op each with their quantization outside,
+    so torch.compile's checkpointing recomputes the products and the quantized copies as it
+    does bf16 products, and keeps only the attention's e4m3 output and statistics where bf16
+    keeps its output and log-sum-exp. (A traced autograd.Function's products were kept on the
+    GPU: ~4.5 GiB per 7B block at 56k tokens, and the engine's step ran out of memory.)"""
     bf16 = saved_activation_bytes(frozen_tiny_base(), mode, device)
     base = frozen_tiny_base()
-    to_fp8(base)
+    {"fp8": to_fp8, "fp8-attention": to_fp8_attention}[convert](base)
     assert saved_activation_bytes(base, mode, device) <= bf16

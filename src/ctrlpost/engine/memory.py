@@ -5,25 +5,28 @@ World size ``W``; FSDP2 shards every parameter, gradient and optimizer state ove
 unit). The estimate is a sum of terms, in bytes:
 
 * sharded state, each divided by ``W``: the frozen base in the compute dtype, the control
-  branch's fp32 master weights and gradients (counted throughout, although they are freed
-  before the activation peak: conservative), AdamW's two moments and the power EMA;
+  branch's fp32 master weights, AdamW's two moments and the power EMA; the branch's gradients
+  only at the control backward's peak (the step's last backward makes them, the optimizer step
+  frees them: none exist during the encodes or the base's backward);
 * ``gathered_units``: the all-gathered block in use and the prefetched next one, plus both root
   units whole (an upper bound);
 * ``tokenizer_weights``: assumed (the encoder's file is smaller); the decoder is not loaded;
 * activations: what autograd saves per token in each block for its checkpointing mode, counted
   from ``models/blocks.py`` (frozen weights save no input for a weight gradient), plus the
   stem, plus the backward's working set at its peak (the last base block), or the control
-  backward's when that is larger (small bases only). Each block has its own mode
-  (:class:`CheckpointPlan`): the recipe's ``parallel.activation_checkpointing`` picks them
-  through :data:`POLICIES`, ``"auto"`` by fitting as many ``selective`` blocks as the budget
-  holds (:func:`planned`);
+  backward's when that is larger (short clips, small bases). What a ``selective`` block keeps
+  of its self-attention depends on whether the blocks are compiled (``Job.compiled``). Each
+  block has its own mode (:class:`CheckpointPlan`): the recipe's
+  ``parallel.activation_checkpointing`` picks them through :data:`POLICIES`, ``"auto"`` by
+  fitting as many ``selective`` blocks as the budget holds (:func:`planned`);
 * ``tokenizer_encode``: the encoder's own peak before the step, assumed per pixel-frame; it
   counts only when larger than the training activations;
 * ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
   buffers when ``W > 1``.
 
-Only the ``full`` working set and the fragmentation are calibrated; the per-term derivation and
-the check against a measured 7b step on an H100 are in bench/NOTES.md (engine/memory.py).
+Calibrated: the ``full`` working set, the fragmentation and what a selective block keeps of its
+self-attention (eager and compiled); the per-term derivation and the checks against measured 7b
+steps on an H100 are in bench/NOTES.md (engine/memory.py).
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ class Job:
     ema: bool = True
     tokenizer: bool = True
     fp8_attention: bool = False
+    compiled: bool = True
 
     def tokens(self, dims: ModelDims) -> int:
         """Tokens per clip: latent frames × latent rows/2 × latent columns/2."""
@@ -180,7 +184,8 @@ def training_job(data: DataSection, train: TrainSection, model: ModelSection,
     return Job(num_frames=data.num_frames, height=height, width=width,
                batch_size=train.batch_size, world_size=world_size,
                ac_mode=parallel.activation_checkpointing, precision=model.precision,
-               fp8_attention=model.base_precision == "fp8-attention")
+               fp8_attention=model.base_precision == "fp8-attention",
+               compiled=parallel.compile)
 
 
 @dataclass(frozen=True)
@@ -362,9 +367,11 @@ class Estimate:
         return {k: round(v / GIB, 2) for k, v in self.terms.items()}
 
 
-def _block_bytes(dims: ModelDims, a: int, *, fp8_attention: bool = False) -> dict[str, float]:
+def _block_bytes(dims: ModelDims, a: int, *, compiled: bool,
+                 fp8_attention: bool = False) -> dict[str, float]:
     """Per-token bytes of one block for each saved set, and the per-clip text constants
-    (``fp8_attention``: a base block under ``model.base_precision = "fp8-attention"``)."""
+    (``compiled``: blocks under torch.compile; ``fp8_attention``: a base block under
+    ``model.base_precision = "fp8-attention"``)."""
     d, f, n, hidden = dims.model_channels, FP32, dims.num_heads, dims.mlp_hidden
     # LayerNorm inputs; q, k, q_ca before their fp32 RMSNorm; attention q, k, v, out and cross
     # q, out; the GELU input; softmax statistics and rsqrt per head; a few scalars.
@@ -372,15 +379,14 @@ def _block_bytes(dims: ModelDims, a: int, *, fp8_attention: bool = False) -> dic
     # + normed and modulated inputs, normed q, k (for the gain's gradient), the GELU output and
     # the three branch outputs (for the gates' gradients).
     trainable = frozen + 9 * a * d + 3 * f * d + a * hidden
-    attention_outputs = 2 * (a * d + f * n)
-    if fp8_attention:  # its bf16 output, q/k/v in e4m3 and the softmax statistics
-        attention_outputs = a * d + 3 * d + f * n
+    # What "selective" keeps of a self-attention: eager checkpointing caches two output-sized
+    # tensors and statistics per block (calibrated, bench/NOTES.md); the compiled block keeps the
+    # output and its log-sum-exp (measured on the engine's step); FP8 attention its e4m3 output
+    # and statistics (q, k, v and their e4m3 copies are recomputed).
+    attention_outputs = (d + f * n if fp8_attention else a * d + f * n if compiled
+                         else 2 * (a * d + f * n))
     text = dims.text_tokens * d
-    # Measured, not understood (bench/NOTES.md): on the GPU the engine's 7b step under
-    # fp8-attention ran out of memory in the fully checkpointed early blocks, each holding about
-    # an FP8 attention's bf16 inputs and its outputs; until found, a "full" block counts both.
-    full = a * d + (3 * a * d + attention_outputs if fp8_attention else 0)
-    return {"frozen": frozen, "trainable": trainable, "full": full,
+    return {"frozen": frozen, "trainable": trainable, "full": a * d,
             "selective": a * d + attention_outputs, "attention_outputs": attention_outputs,
             "text_frozen": 2 * a * text, "text_trainable": (2 * a + 2 * f) * text}
 
@@ -397,8 +403,8 @@ def _stem_bytes(dims: ModelDims, a: int, checkpointed: bool) -> float:
 def _activations(dims: ModelDims, job: Job, a: int,
                  plan: CheckpointPlan) -> tuple[float, float, float]:
     """(saved, working) bytes at the base-backward peak, and the control-backward total."""
-    blk, b = _block_bytes(dims, a), job.batch_size
-    base_blk = _block_bytes(dims, a, fp8_attention=job.fp8_attention)
+    blk, b = _block_bytes(dims, a, compiled=job.compiled), job.batch_size
+    base_blk = _block_bytes(dims, a, compiled=job.compiled, fp8_attention=job.fp8_attention)
     tokens, d, hidden = job.tokens(dims) * b, dims.model_channels, dims.mlp_hidden
     grad_blocks = dims.base_blocks - 1  # base block 0 needs no gradient
     stem = _stem_bytes(dims, a, plan.checkpointed) * tokens
@@ -447,14 +453,17 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
     saved, working, control = _activations(dims, job, a, plan)
     encode = (TOKENIZER_BYTES_PER_PIXEL * job.num_frames * job.height * job.width
               * job.batch_size if job.tokenizer else 0.0)
-    moment = max(("base backward", saved + working), ("control backward", control),
+    # The control branch's gradients exist from its own backward (the last of the step) until
+    # the optimizer step: not during the encodes or the base's backward.
+    grads = terms["control_grads"]
+    moment = max(("base backward", saved + working), ("control backward", control + grads),
                  ("tokenizer encode", encode), key=lambda item: item[1])[0]
     if moment == "base backward":
-        terms.update(activations_saved=saved, activations_working=working)
+        terms.update(activations_saved=saved, activations_working=working, control_grads=0.0)
     elif moment == "control backward":
         terms.update(activations_working=control)
     else:
-        terms.update(tokenizer_encode=encode)
+        terms.update(tokenizer_encode=encode, control_grads=0.0)
     allocated = sum(terms.values())
     nccl = NCCL_BYTES if job.world_size > 1 else 0.0
     terms["overhead"] = FRAGMENTATION * allocated + CONTEXT_BYTES + nccl

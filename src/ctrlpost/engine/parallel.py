@@ -40,7 +40,7 @@ _ATTENTION_OPS = frozenset(
     getattr(torch.ops.aten, name).default
     for name in _ATTENTION_OP_NAMES
     if hasattr(torch.ops.aten, name)
-) | {fp8_attention_op._opoverload}  # the FP8 base's: its FP8 q/k/v/output are kept too
+) | {fp8_attention_op._opoverload}  # the FP8 base's kernel: its e4m3 output and statistics
 
 
 def _is_self_attention(args: tuple[Any, ...]) -> bool:

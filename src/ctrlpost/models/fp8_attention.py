@@ -241,43 +241,64 @@ def _blhd_like(q: Tensor, dtype: torch.dtype) -> Tensor:
     return q.new_empty(batch, length, heads, head_dim, dtype=dtype).transpose(1, 2)
 
 
-@torch.library.custom_op("ctrlpost::fp8_attention", mutates_args=())
-def fp8_attention_op(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Self-attention of bf16 ``[B, H, L, Dh]`` tensors (unit last stride) in FP8.
+def quantize_inputs(q: Tensor, k: Tensor, v: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``q, k, v`` in e4m3 and the descales of ``q, k, v, o`` (float32 ``[4]``).
 
-    Returns the bf16 output and what the backward reads besides it: ``q, k, v`` in e4m3, the
-    softmax statistics (log-sum-exp per query) and the four descales ``q, k, v, o``. (The
-    kernel's e4m3 output is not returned: the bf16 one is it times a power of two, so the
-    backward gets it back exactly, and selective checkpointing keeps one copy, not two.)
-    ``backward_scales`` (the call site's :data:`HEADROOM`-delayed scales) is only carried to
-    the backward."""
-    del backward_scales
+    Plain tensor code, outside the ops, so torch.compile fuses it with the ops that produce
+    ``q, k, v`` and checkpointing recomputes it like them (it is cheap; keeping the e4m3 copies
+    would cost 1.5 bytes per element of q, k and v in every selective block)."""
+    q, k, v = q.detach(), k.detach(), v.detach()
     amax = torch.stack([x.abs().amax() for x in (q, k, v)]).float()
     scale = power_of_two_scale(amax)  # q, k, v
-    # |O| ≤ max|v|·Σ P, so O's scale is known before the kernel runs.
+    # |O| ≤ max|v|·Σ P, so O's scale is known before the kernel.
     scale_o = power_of_two_scale(amax[2], O_HEADROOM).reshape(1)
     q8, k8, v8 = (_scaled_to_fp8(x, s) for x, s in zip((q, k, v), scale, strict=True))
-    descales = torch.cat([scale, scale_o]).reciprocal()
-    out8, stats = _blhd_like(q, FP8), q.new_empty(*q.shape[:-1], 1, dtype=torch.float32)
+    return q8, k8, v8, torch.cat([scale, scale_o]).reciprocal()
+
+
+@torch.library.custom_op("ctrlpost::fp8_attention", mutates_args=())
+def fp8_attention_op(q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """The fused forward: self-attention of e4m3 ``[B, H, L, Dh]`` tensors (unit last stride)
+    given the descales of ``q, k, v, o`` (:func:`quantize_inputs`). Returns the output in e4m3
+    and the softmax statistics (log-sum-exp per query). No autograd of its own: selective
+    checkpointing keeps these two (half the bytes of a bf16 output) and
+    :func:`fp8_attention_output_op` carries the gradients."""
+    out8, stats = _blhd_like(q8, FP8), q8.new_empty(*q8.shape[:-1], 1, dtype=torch.float32)
     scalars = forward_scalars(descales)
-    if cudnn_available(q.device):
-        amax_out = {name: _ones(q.device, 0.0) for name in ("amax_s", "amax_o")}
+    if cudnn_available(q8.device):
+        amax_out = {name: _ones(q8.device, 0.0) for name in ("amax_s", "amax_o")}
         _GRAPHS.forward(q8, k8, v8, out8, stats, scalars, amax_out)
     else:
         _reference_forward(q8, k8, v8, out8, stats, scalars)
-    out = out8.to(q.dtype) * descales[3].to(q.dtype)
-    return out, q8, k8, v8, stats, descales
+    return out8, stats
 
 
 @fp8_attention_op.register_fake
-def _fp8_attention_fake(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    del backward_scales
-    return (_blhd_like(q, q.dtype), torch.empty_like(q, dtype=FP8),
-            torch.empty_like(k, dtype=FP8), torch.empty_like(v, dtype=FP8),
-            q.new_empty(*q.shape[:-1], 1, dtype=torch.float32),
-            q.new_empty(4, dtype=torch.float32))
+def _fp8_attention_fake(q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+    return _blhd_like(q8, FP8), q8.new_empty(*q8.shape[:-1], 1, dtype=torch.float32)
+
+
+@torch.library.custom_op("ctrlpost::fp8_attention_output", mutates_args=())
+def fp8_attention_output_op(q: Tensor, k: Tensor, v: Tensor, out8: Tensor, stats: Tensor,
+                            q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor,
+                            backward_scales: Tensor) -> Tensor:
+    """The attention output in ``q``'s dtype (``out8`` widened, exactly: the scale is a power
+    of two), differentiable in ``q, k, v``: its backward is the fused FP8 backward, which reads
+    the e4m3 tensors and ``backward_scales`` (the call site's :data:`HEADROOM`-delayed
+    scales). A cheap op of its own, so checkpointing recomputes it from the kept ``out8``
+    instead of keeping a bf16 copy."""
+    del k, v, stats, q8, k8, v8, backward_scales
+    return out8.to(q.dtype) * descales[3].to(q.dtype)
+
+
+@fp8_attention_output_op.register_fake
+def _fp8_attention_output_fake(q: Tensor, k: Tensor, v: Tensor, out8: Tensor, stats: Tensor,
+                               q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor,
+                               backward_scales: Tensor) -> Tensor:
+    return _blhd_like(q, q.dtype)
 
 
 def _as_scalar(value: float | Tensor, device: torch.device) -> Tensor:
@@ -309,21 +330,20 @@ def backward_scalars(descales: Tensor, descale_do: Tensor, scale: Tensor) -> dic
 
 
 @torch.library.custom_op("ctrlpost::fp8_attention_backward", mutates_args=("backward_scales",))
-def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Tensor,
-                              v8: Tensor, stats: Tensor, descales: Tensor,
-                              backward_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``dq, dk, dv`` (in ``grad_out``'s dtype) of :func:`fp8_attention_op`.
+def fp8_attention_backward_op(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8: Tensor,
+                              k8: Tensor, v8: Tensor, stats: Tensor, descales: Tensor,
+                              backward_scales: Tensor
+                              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` in e4m3 of :func:`fp8_attention_op`, and the scales of ``dP, dQ, dK,
+    dV`` they were computed with (float32 ``[4]``).
 
-    ``backward_scales`` (float32 ``[4]``: ``dP, dQ, dK, dV``; zeros before the first call) are
-    the scales to use, updated in place from the maxima this call reports. A call whose values
-    outgrew them, or the first, is run again with the new ones (one host sync per run)."""
-    if grad_out.stride(-1) != 1:
-        grad_out = grad_out.contiguous()
-    device = grad_out.device
-    descale_do = power_of_two_scale(grad_out.abs().amax()).reciprocal()
-    inputs = {"q": q8, "k": k8, "v": v8, "o": _scaled_to_fp8(out, descales[3].reciprocal()),
-              "stats": stats,
-              "dO": _scaled_to_fp8(grad_out, descale_do.reciprocal())}
+    ``backward_scales`` (float32 ``[4]``; zeros before the first call) are the scales to use,
+    updated in place from the maxima this call reports. A call whose values outgrew them, or
+    the first, is run again with the new ones (one host sync per run)."""
+    if d_o8.stride(-1) != 1:
+        d_o8 = d_o8.contiguous()
+    device = d_o8.device
+    inputs = {"q": q8, "k": k8, "v": v8, "o": out8, "stats": stats, "dO": d_o8}
     grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
     fused = cudnn_available(device)
     had_scales = bool((backward_scales > 0).all())  # zeros: the site's first call
@@ -344,38 +364,45 @@ def fp8_attention_backward_op(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Ten
         if fits:
             break
         REDONE[0] += 1
-    dtype = grad_out.dtype
-    return tuple(grads[n].to(dtype) * scale[i + 1].reciprocal().to(dtype)  # type: ignore[return-value]
-                 for i, n in enumerate(("dQ", "dK", "dV")))
+    return grads["dQ"], grads["dK"], grads["dV"], scale
 
 
 REDONE = [0]  # backward calls run twice (first call of a site, or a value outgrew its scale)
 
 
 @fp8_attention_backward_op.register_fake
-def _fp8_attention_backward_fake(grad_out: Tensor, out: Tensor, q8: Tensor, k8: Tensor,
-                                 v8: Tensor, stats: Tensor, descales: Tensor,
-                                 backward_scales: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    dtype = grad_out.dtype
-    return (torch.empty_like(q8, dtype=dtype), torch.empty_like(k8, dtype=dtype),
-            torch.empty_like(v8, dtype=dtype))
+def _fp8_attention_backward_fake(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8: Tensor,
+                                 k8: Tensor, v8: Tensor, stats: Tensor, descales: Tensor,
+                                 backward_scales: Tensor
+                                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return (torch.empty_like(q8), torch.empty_like(k8), torch.empty_like(v8),
+            backward_scales.new_empty(4))
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-    ctx.save_for_backward(*output, inputs[3])
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    _q, _k, _v, out8, stats, q8, k8, v8, descales, backward_scales = inputs
+    ctx.save_for_backward(q8, k8, v8, out8, stats, descales, backward_scales)
 
 
 def _backward(ctx: Any, grad_out: Tensor, *unused: Any) -> tuple[Tensor | None, ...]:
-    out, q8, k8, v8, stats, descales, backward_scales = ctx.saved_tensors
-    dq, dk, dv = fp8_attention_backward_op(grad_out, out, q8, k8, v8, stats, descales,
-                                           backward_scales)
-    return dq, dk, dv, None
+    q8, k8, v8, out8, stats, descales, backward_scales = ctx.saved_tensors
+    # dO's quantization and the gradients' widening are tensor code around the kernel's op:
+    # compiled with the block's backward.
+    descale_do = power_of_two_scale(grad_out.abs().amax()).reciprocal()
+    d_o8 = _scaled_to_fp8(grad_out, descale_do.reciprocal())
+    *grads, scale = fp8_attention_backward_op(d_o8, descale_do, out8, q8, k8, v8, stats,
+                                              descales, backward_scales)
+    dtype = grad_out.dtype
+    dq, dk, dv = (g.to(dtype) * scale[i + 1].reciprocal().to(dtype) for i, g in enumerate(grads))
+    return dq, dk, dv, *(None,) * 7
 
 
-fp8_attention_op.register_autograd(_backward, setup_context=_setup_context)
+fp8_attention_output_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fp8_self_attention(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor) -> Tensor:
     """Self-attention in FP8 of ``[B, H, L, Dh]`` bf16 tensors; the output as ``[B, H, L, Dh]``
     (stored ``[B, L, H, Dh]``). ``backward_scales``: the call site's float32 ``[4]`` buffer."""
-    return fp8_attention_op(q, k, v, backward_scales)[0]
+    q8, k8, v8, descales = quantize_inputs(q, k, v)
+    out8, stats = fp8_attention_op(q8, k8, v8, descales)
+    return fp8_attention_output_op(q, k, v, out8, stats, q8, k8, v8, descales, backward_scales)
