@@ -379,12 +379,13 @@ def _block_bytes(dims: ModelDims, a: int, *, compiled: bool,
     # + normed and modulated inputs, normed q, k (for the gain's gradient), the GELU output and
     # the three branch outputs (for the gates' gradients).
     trainable = frozen + 9 * a * d + 3 * f * d + a * hidden
-    # What "selective" keeps of a self-attention: eager checkpointing caches two output-sized
-    # tensors and statistics per block (calibrated, bench/NOTES.md); the compiled block keeps the
-    # output and its log-sum-exp (measured on the engine's step); FP8 attention its e4m3 output
-    # and statistics (q, k, v and their e4m3 copies are recomputed).
-    attention_outputs = (d + f * n if fp8_attention else a * d + f * n if compiled
-                         else 2 * (a * d + f * n))
+    # What "selective" keeps of a self-attention (bench/NOTES.md):
+    if fp8_attention:  # its e4m3 output and statistics (q, k, v and their copies recomputed)
+        attention_outputs = d + f * n
+    elif compiled:  # the output and its log-sum-exp (measured on the engine's step)
+        attention_outputs = a * d + f * n
+    else:  # eager checkpointing caches two output-sized tensors and the statistics
+        attention_outputs = 2 * (a * d + f * n)
     text = dims.text_tokens * d
     return {"frozen": frozen, "trainable": trainable, "full": a * d,
             "selective": a * d + attention_outputs, "attention_outputs": attention_outputs,

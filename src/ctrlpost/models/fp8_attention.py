@@ -247,7 +247,7 @@ def quantize_inputs(q: Tensor, k: Tensor, v: Tensor
 
     Plain tensor code, outside the ops, so torch.compile fuses it with the ops that produce
     ``q, k, v`` and checkpointing recomputes it like them (it is cheap; keeping the e4m3 copies
-    would cost 1.5 bytes per element of q, k and v in every selective block)."""
+    would cost 3 bytes per token and channel in every selective block)."""
     q, k, v = q.detach(), k.detach(), v.detach()
     amax = torch.stack([x.abs().amax() for x in (q, k, v)]).float()
     scale = power_of_two_scale(amax)  # q, k, v
