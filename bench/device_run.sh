@@ -37,8 +37,12 @@ for stage in "$@"; do
       extra=(); [ "$stage" = real-fp8 ] && extra=(--set 'model.base_precision="fp8"')
       [ "$stage" = real-fp8attn ] && extra=(--set 'model.base_precision="fp8-attention"')
       python3 -c "import tensorboard" 2>/dev/null || extra+=(--set logging.tensorboard=false)
+      # One random-weight tokenizer for every real stage of this machine (~20 s each saved).
+      tok=/tmp/ctrlpost-cv8x8x8
+      [ -f "$tok/encoder.jit" ] || python3 bench/cosmos_tokenizer.py "$tok" --check | tail -1
       # shellcheck disable=SC2086  # REAL_ARGS: extra options, e.g. "--warmup 1 --steps 3"
-      python3 bench/train_real.py recipes/edge_hdvila.toml --ac auto "${extra[@]}" ${REAL_ARGS:-} \
+      python3 bench/train_real.py recipes/edge_hdvila.toml --ac auto --tokenizer "$tok" \
+        "${extra[@]}" ${REAL_ARGS:-} \
         --out "$OUT/train_real-$stage${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -40 ;;
     pretrain-tiny)
       # the tiny base of the embedded default, pre-trained on the GPU (issue 25)
