@@ -75,8 +75,8 @@ for stage in "$@"; do
       python3 bench/fp8_attention.py --lengths "${LENGTHS:-56320,14080}" \
         --out "$OUT/fp8_attention-$gpu.json" 2>&1 | tail -30 ;;
     gpu-tests)
-      python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py tests/models/test_fp8.py \
-        tests/engine/test_gpu.py 2>&1 | tail -30 ;;
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py \
+        tests/models/test_fp8.py tests/engine/test_gpu.py 2>&1 | tail -30 ;;
     encode)
       # one tokenizer encode of a 121-frame 720p clip under cuDNN autotuning / channels-last
       python3 bench/tokenizer_encode.py --out "$OUT/tokenizer_encode-$gpu.json" 2>&1 | tail -12 ;;

@@ -35,13 +35,17 @@ def quantize_rows(x_M_K: Tensor) -> tuple[Tensor, Tensor]:
     return x_fp8, scale_M_1
 
 
+def scaled_product(a_fp8_M_K: Tensor, a_scale_M_1: Tensor, b_fp8_N_K: Tensor,
+                   b_scale_N_1: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``a @ bᵀ`` of row-quantized operands (:func:`quantize_rows`), in ``out_dtype``."""
+    # _scaled_mm wants its second operand column-major: b_fp8 [N, K] row-major, transposed.
+    return torch._scaled_mm(a_fp8_M_K, b_fp8_N_K.t(), scale_a=a_scale_M_1,
+                            scale_b=b_scale_N_1.t(), out_dtype=out_dtype)
+
+
 def fp8_matmul(a_M_K: Tensor, b_N_K: Tensor, out_dtype: torch.dtype) -> Tensor:
     """``a @ bᵀ`` through FP8 with row-wise scales of ``a`` (per M) and of ``b`` (per N)."""
-    a_fp8, a_scale_M_1 = quantize_rows(a_M_K)
-    b_fp8, b_scale_N_1 = quantize_rows(b_N_K)
-    # _scaled_mm wants its second operand column-major: b_fp8 [N, K] row-major, transposed.
-    return torch._scaled_mm(a_fp8, b_fp8.t(), scale_a=a_scale_M_1, scale_b=b_scale_N_1.t(),
-                            out_dtype=out_dtype)
+    return scaled_product(*quantize_rows(a_M_K), *quantize_rows(b_N_K), out_dtype)
 
 
 @torch.library.custom_op("ctrlpost::fp8_frozen_linear", mutates_args=())
@@ -53,14 +57,12 @@ def fp8_frozen_linear_op(x_M_K: Tensor, x_fp8_M_K: Tensor, x_scale_M_1: Tensor,
     ``x`` and ``W`` themselves are carried for autograd only: gradients flow to ``x`` through
     this op, and the backward reads ``W``. Being one opaque op (not an ``autograd.Function``),
     torch.compile's activation checkpointing treats the product like any other op of a block:
-    recomputed in the backward under "full" and "selective", where a traced
-    ``autograd.Function``'s products were kept (their outputs held ~4.5 GiB per 7B block at
-    56,320 tokens, and the engine's step ran out of memory). The quantization stays outside,
-    in the traced graph, where the compiler fuses it with the ops that produce its input."""
+    recomputed in the backward under "full" and "selective" (a traced ``autograd.Function``'s
+    products were kept on the GPU: bench/NOTES.md). The quantization stays outside, in the
+    traced graph, where the compiler fuses it with the ops that produce its input."""
     del weight_N_K
-    # _scaled_mm wants its second operand column-major: weight_fp8 [N, K] row-major, transposed.
-    return torch._scaled_mm(x_fp8_M_K, weight_fp8_N_K.t(), scale_a=x_scale_M_1,
-                            scale_b=weight_scale_N_1.t(), out_dtype=x_M_K.dtype)
+    return scaled_product(x_fp8_M_K, x_scale_M_1, weight_fp8_N_K, weight_scale_N_1,
+                          x_M_K.dtype)
 
 
 @fp8_frozen_linear_op.register_fake

@@ -388,10 +388,10 @@ def _backward(ctx: Any, grad_out: Tensor, *unused: Any) -> tuple[Tensor | None, 
     q8, k8, v8, out8, stats, descales, backward_scales = ctx.saved_tensors
     # dO's quantization and the gradients' widening are tensor code around the kernel's op:
     # compiled with the block's backward.
-    descale_do = power_of_two_scale(grad_out.abs().amax()).reciprocal()
-    d_o8 = _scaled_to_fp8(grad_out, descale_do.reciprocal())
-    *grads, scale = fp8_attention_backward_op(d_o8, descale_do, out8, q8, k8, v8, stats,
-                                              descales, backward_scales)
+    scale_do = power_of_two_scale(grad_out.abs().amax())
+    d_o8 = _scaled_to_fp8(grad_out, scale_do)
+    *grads, scale = fp8_attention_backward_op(d_o8, scale_do.reciprocal(), out8, q8, k8, v8,
+                                              stats, descales, backward_scales)
     dtype = grad_out.dtype
     dq, dk, dv = (g.to(dtype) * scale[i + 1].reciprocal().to(dtype) for i, g in enumerate(grads))
     return dq, dk, dv, *(None,) * 7
