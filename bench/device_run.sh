@@ -79,7 +79,9 @@ for stage in "$@"; do
         tests/models/test_fp8.py tests/engine/test_gpu.py 2>&1 | tail -30 ;;
     encode)
       # one tokenizer encode of a 121-frame 720p clip under cuDNN autotuning / channels-last
-      python3 bench/tokenizer_encode.py --out "$OUT/tokenizer_encode-$gpu.json" 2>&1 | tail -12 ;;
+      # shellcheck disable=SC2086  # ENCODE_ARGS: e.g. "--settings default --profile --variants ..."
+      python3 bench/tokenizer_encode.py ${ENCODE_ARGS:-} \
+        --out "$OUT/tokenizer_encode${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -24 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -1,5 +1,9 @@
 """One tokenizer encode of a 121-frame 720p clip, as the engine's step runs it, under settings
-that could make it cheaper: cuDNN's convolution autotuner and channels-last input.
+that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then what the
+same weights cost outside TorchScript (``--variants``): the frozen, inference-optimised
+TorchScript graph, diffusers' eager encoder, and that encoder under ``torch.compile`` (the bound
+for an eager, compilable encoder in ctrlpost); and (``--profile``) where the default encode's
+GPU time goes, by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
 ``AutoencoderKLCosmos`` traced to the released ``encoder.jit`` interface), loaded with
@@ -11,6 +15,8 @@ rounding). The encode's FLOPs come from torch's FLOP counter over diffusers' eag
 Usage (on the GPU, from the repository root)::
 
     python bench/tokenizer_encode.py --out bench/results/tokenizer_encode-<gpu>.json
+    python bench/tokenizer_encode.py --settings default --profile \
+        --variants jit-frozen,diffusers-eager,diffusers-compiled --out ...
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,73 @@ def encode_flops(video: torch.Tensor, dtype: torch.dtype) -> float:
     return float(counter.get_total_flops())
 
 
+def kernel_profile(encode: Any, *, top: int = 15) -> dict[str, Any]:
+    """One call of ``encode`` under torch's profiler: the ``top`` GPU kernels by total time,
+    each with its share of the call's kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        encode()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    rows = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return {"kernel_ms": total / 1e3, "top": [
+        {"kernel": e.key[:120], "calls": e.count, "ms": e.self_device_time_total / 1e3,
+         "share": e.self_device_time_total / total} for e in rows]}
+
+
+def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float, list[float],
+                                                                             Any]:
+    times, out = [], None
+    for _ in range(repeats):
+        seconds, out = common.timed(encode, device)
+        times.append(seconds)
+    return common.median(times), times, out
+
+
+def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats: int,
+                 names: list[str]) -> list[dict[str, Any]]:
+    """The raw latent of the same weights run other ways, against the loaded ``encoder.jit``."""
+    device = video.device
+    clip = video.to(dtype)
+    plain = torch.jit.load(str(folder / "encoder.jit"), map_location=device).eval()
+    with torch.no_grad():
+        reference = plain(clip)[0].float()
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        start = time.perf_counter()
+        if name == "jit-frozen":
+            module: Any = torch.jit.optimize_for_inference(torch.jit.freeze(plain))
+        else:
+            autoencoder = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=device,
+                                                             dtype=dtype)
+            module = cosmos_tokenizer.ReleasedEncoder(autoencoder)
+            if name == "diffusers-compiled":
+                module = torch.compile(module)
+
+        def encode(m: Any = module) -> torch.Tensor:
+            with torch.no_grad():
+                return m(clip)[0]
+
+        for _ in range(2):
+            encode()
+        common.synchronize(device)
+        setup = time.perf_counter() - start
+        common.reset_peak(device)
+        base = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+        median, times, latent = timed_median(encode, device, repeats)
+        row = {"setting": name, "times_s": times, "median_s": median, "setup_s": setup,
+               "peak_above_gib": common.peak_memory(device).get("peak_allocated_gib", 0.0) - base,
+               "rel_l2_vs_jit": ((latent.float() - reference).norm() / reference.norm()).item()}
+        print(f"{name}: {median:.3f} s (setup {setup:.0f} s), rel L2 vs the jit "
+              f"{row['rel_l2_vs_jit']:.1e}", flush=True)
+        rows.append(row)
+        del module, latent
+        empty_cache(device)
+    return rows
+
+
 def empty_cache(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -58,6 +133,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated: jit-frozen, diffusers-eager, diffusers-compiled")
+    parser.add_argument("--profile", action="store_true",
+                        help="the default encode's top GPU kernels")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="TorchScript settings to time (default: all)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -76,7 +157,7 @@ def main() -> None:
     shape = (1, 3, args.frames, args.height, args.width)
     video = torch.rand(shape, generator=gen, device=device) * 2 - 1
     reference = None
-    for setting in SETTINGS:
+    for setting in args.settings.split(","):
         torch.backends.cudnn.benchmark = "cudnn-benchmark" in setting
         clip = (video.to(memory_format=torch.channels_last_3d) if "channels-last" in setting
                 else video)
@@ -104,10 +185,20 @@ def main() -> None:
                  if "rel_l2_vs_default" in row else ""), flush=True)
         common.write_json(result, args.out)
     torch.backends.cudnn.benchmark = False
+    if args.profile and device.type == "cuda":
+        result["profile"] = kernel_profile(partial(tokenizer.encode, video))
+        for row in result["profile"]["top"][:8]:
+            print(f"  {row['share']:5.1%} {row['ms']:7.1f} ms x{row['calls']:<4} {row['kernel']}")
+        common.write_json(result, args.out)
     del tokenizer
     empty_cache(device)
+    if args.variants:
+        result["variants"] = variant_rows(folder, video, dtype, args.repeats,
+                                          args.variants.split(","))
+        common.write_json(result, args.out)
+    empty_cache(device)
     result["flops"] = flops = encode_flops(video, dtype)
-    best = min(row["median_s"] for row in result["settings"])
+    best = min(row["median_s"] for row in result["settings"] + result.get("variants", []))
     result["ceiling"] = common.matmul_ceiling(device)
     print(f"encode: {flops / 1e12:.1f} TFLOP, best {flops / best / 1e12:.0f} TFLOP/s, "
           f"matmul {result['ceiling']['tflops_median']:.0f}", flush=True)
