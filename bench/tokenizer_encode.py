@@ -96,12 +96,17 @@ def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats:
             autoencoder = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=device,
                                                              dtype=dtype)
             module = cosmos_tokenizer.ReleasedEncoder(autoencoder)
-            if name == "diffusers-compiled":
+            if name.endswith("-channels-last"):  # weights and input: no layout changes inside
+                module = module.to(memory_format=torch.channels_last_3d)
+            if "compiled" in name:
                 module = torch.compile(module)
+        # the input's layout is part of the variant: channels-last variants get one
+        source = (clip.to(memory_format=torch.channels_last_3d)
+                  if name.endswith("-channels-last") else clip)
 
-        def encode(m: Any = module) -> torch.Tensor:
+        def encode(m: Any = module, c: torch.Tensor = source) -> torch.Tensor:
             with torch.no_grad():
-                return m(clip)[0]
+                return m(c)[0]
 
         for _ in range(2):
             encode()
@@ -134,7 +139,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default="",
-                        help="comma-separated: jit-frozen, diffusers-eager, diffusers-compiled")
+                        help="comma-separated: jit-frozen, diffusers-eager, diffusers-compiled, "
+                        "diffusers-eager-channels-last, diffusers-compiled-channels-last")
     parser.add_argument("--profile", action="store_true",
                         help="the default encode's top GPU kernels")
     parser.add_argument("--settings", default=",".join(SETTINGS),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 from dataclasses import asdict
 from pathlib import Path
 
@@ -98,6 +99,13 @@ def test_the_written_base_loads_strictly_and_its_record_names_it(work: Path,
     post_training = ["--set", "diffusion.p_mean=1.0", "--set", "diffusion.condition_frames_max=0"]
     assert pretrain_tiny.main([*argv[:2], str(again), *argv[3:], *post_training]) == 0
     assert again.read_bytes() == out.read_bytes()
+    # As the package ships it: lzma-compressed, the record (named without .xz) of the content.
+    packed = tmp_path / "packed" / "base_model.pt.xz"
+    assert pretrain_tiny.main([*argv[:2], str(packed), *argv[3:]]) == 0
+    assert lzma.decompress(packed.read_bytes()) == out.read_bytes()
+    assert len(packed.read_bytes()) < 0.8 * len(out.read_bytes())
+    packed_record = json.loads((packed.parent / "base_model.json").read_text())
+    assert packed_record["sha256"] == record["sha256"]
 
 
 def test_max_seconds_stops_at_the_first_log_past_it(work: Path) -> None:
@@ -112,10 +120,13 @@ def test_max_seconds_stops_at_the_first_log_past_it(work: Path) -> None:
 
 def test_the_shipped_base_records_how_to_remake_it() -> None:
     record = json.loads(tiny.SHIPPED_BASE_RECORD.read_text())
-    assert record["sha256"] == hashlib.sha256(tiny.SHIPPED_BASE.read_bytes()).hexdigest()
+    content = lzma.decompress(tiny.SHIPPED_BASE.read_bytes())
+    assert record["sha256"] == hashlib.sha256(content).hexdigest()
     remake = record["remake_command"].split()
     assert remake[:3] == ["python", "-m", "ctrlpost.engine.pretrain_tiny"]
     assert remake[remake.index("--steps") + 1] == str(record["steps_taken"])
+    shipped = "src/ctrlpost/weights/tiny_base/" + tiny.SHIPPED_BASE.name
+    assert remake[remake.index("--out") + 1] == shipped
     assert record["edm"] == asdict(pretrain_tiny.BASE_EDM)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_materialize_takes_a_weights_section(weights: Path) -> None:
 
 def test_base_is_the_shipped_pretrained_file_and_loads_strictly(weights: Path) -> None:
     installed = (weights / tiny.TINY_BASE).read_bytes()
-    assert installed == tiny.SHIPPED_BASE.read_bytes()
+    assert installed == lzma.decompress(tiny.SHIPPED_BASE.read_bytes())
     record = json.loads(tiny.SHIPPED_BASE_RECORD.read_text())
     assert record["sha256"] == hashlib.sha256(installed).hexdigest()  # the record is of this file
     assert record["command"].startswith("python -m ctrlpost.engine.pretrain_tiny ")
@@ -75,14 +76,32 @@ def test_fetch_weights_installs_the_shipped_base(repo: Path, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     installed = tmp_path / tiny.TINY_BASE
     assert str(installed) in result.output
-    assert installed.read_bytes() == tiny.SHIPPED_BASE.read_bytes()
+    assert installed.read_bytes() == lzma.decompress(tiny.SHIPPED_BASE.read_bytes())
 
 
 def test_a_missing_shipped_base_names_the_command_that_makes_it(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="pre-trained tiny base is missing") as caught:
-        tiny.install_tiny_base(tmp_path / "base.pt", shipped=tmp_path / "gone.pt")
+        tiny.install_tiny_base(tmp_path / "base.pt", shipped=tmp_path / "gone.pt.xz")
     assert "python -m ctrlpost.engine.pretrain_tiny" in str(caught.value.hint)
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other content"])
+def test_a_damaged_shipped_base_is_refused_and_nothing_is_installed(tmp_path: Path,
+                                                                    damage: str) -> None:
+    shipped = tmp_path / "pkg" / tiny.SHIPPED_BASE.name
+    shipped.parent.mkdir()
+    (shipped.parent / tiny.SHIPPED_BASE_RECORD.name).write_bytes(
+        tiny.SHIPPED_BASE_RECORD.read_bytes())
+    packed = tiny.SHIPPED_BASE.read_bytes()
+    shipped.write_bytes(packed[:len(packed) // 2] if damage == "truncated"
+                        else lzma.compress(b"not the base"))
+    target = tmp_path / "weights" / "base_model.pt"
+    with pytest.raises(WeightsError, match=r"does not decompress to the content base_model\.json"
+                       ) as caught:
+        tiny.install_tiny_base(target, shipped=shipped)
+    assert str(shipped) in caught.value.message and "reinstall ctrlpost" in str(caught.value.hint)
+    assert not target.parent.exists()
 
 
 def test_tokenizer_loads_and_round_trips(weights: Path) -> None:

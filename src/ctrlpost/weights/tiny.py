@@ -4,23 +4,27 @@ The CPU demo (``recipes/edge_tiny.toml``) runs the same code paths as a 7B job, 
 same three artefacts, in the same formats, just small and without a download:
 
 * ``<dir>/<base>``: the tiny-flavor base in the released ``base_model.pt`` layout
-  (``base_model.net.*`` + ``base_model.logvar.*``), copied from the file shipped in this package
-  (:data:`SHIPPED_BASE`): a base pre-trained on the synthetic source's plain-background clips,
-  so that it draws clean frames and a control branch has something to steer. The command
-  that remakes it (:mod:`ctrlpost.engine.pretrain_tiny`) is in :data:`SHIPPED_BASE_RECORD`;
+  (``base_model.net.*`` + ``base_model.logvar.*``), decompressed from the file shipped in this
+  package (:data:`SHIPPED_BASE`, lzma) and checked against its record's sha256: a base
+  pre-trained on the synthetic source's plain-background clips, so that it draws clean frames
+  and a control branch has something to steer. The command that remakes it
+  (:mod:`ctrlpost.engine.pretrain_tiny`) is in :data:`SHIPPED_BASE_RECORD`;
 * ``<dir>/<tokenizer>/``: the tiny TorchScript video tokenizer (``encoder.jit``, ``decoder.jit``,
   ``mean_std.pt``), see :mod:`ctrlpost.models.tiny_tokenizer`;
 * ``<dir>/<text_encoder>/``: a 2-layer T5 encoder with a tokenizer trained here on a few
   caption-like sentences, loadable offline with ``AutoTokenizer``/``T5EncoderModel``.
 
 The tokenizer and T5 are functions of ``seed`` (byte-identical across runs); the base is the
-shipped file, byte for byte. Everything is written under a temporary name and renamed, so an
-artefact that exists is complete and is kept. torch and transformers are imported inside the
-functions: ``ctrlpost.weights`` stays import-light.
+shipped file's content, byte for byte. Everything is written under a temporary name and
+renamed, so an artefact that exists is complete and is kept. torch and transformers are
+imported inside the functions: ``ctrlpost.weights`` stays import-light.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import lzma
 import os
 import shutil
 from collections.abc import Callable
@@ -42,10 +46,11 @@ TOKENIZER_FILES = ("encoder.jit", "decoder.jit", "mean_std.pt")
 TEXT_ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json",
                       "tokenizer_config.json")
 
-SHIPPED_BASE = Path(__file__).with_name("tiny_base") / "base_model.pt"
-"""The pre-trained tiny base installed as ``<dir>/<base>`` (package data)."""
-SHIPPED_BASE_RECORD = SHIPPED_BASE.with_suffix(".json")
-"""How :data:`SHIPPED_BASE` was made: the command, its settings, its sha256."""
+SHIPPED_BASE = Path(__file__).with_name("tiny_base") / "base_model.pt.xz"
+"""The pre-trained tiny base installed as ``<dir>/<base>`` (package data, lzma-compressed: the
+``base_model.pt`` bytes would be 2.6 MB)."""
+SHIPPED_BASE_RECORD = SHIPPED_BASE.with_name("base_model.json")
+"""How :data:`SHIPPED_BASE` was made: the command, its settings, the sha256 of its content."""
 T5_OUTPUT_SCALE = 0.25
 """Final layer-norm weight of the tiny T5: embeddings of RMS ~0.25, near the real encoder's
 scale, so their float16 storage rounds them by ~1e-4, not ~1e-3."""
@@ -135,14 +140,24 @@ def make_encoders(root: Path, *, tokenizer: str = TINY_TOKENIZER,
 
 
 def install_tiny_base(path: Path, *, shipped: Path = SHIPPED_BASE) -> Path:
-    """Copy the shipped pre-trained base (``shipped``) to ``path`` atomically."""
+    """Decompress the shipped pre-trained base (``shipped``, lzma) to ``path`` atomically, after
+    checking its content against the sha256 of the record beside it (``base_model.json``)."""
+    remake = ("reinstall ctrlpost, or make it: python -m ctrlpost.engine.pretrain_tiny "
+              f"recipes/edge_tiny.toml --out {shipped}")
+    record = shipped.with_name("base_model.json")
     try:
-        data = shipped.read_bytes()
-    except FileNotFoundError:
-        raise WeightsError(
-            f"{shipped}: the pre-trained tiny base is missing from this installation",
-            hint="reinstall ctrlpost, or make it: python -m ctrlpost.engine.pretrain_tiny "
-            f"recipes/edge_tiny.toml --out {shipped}") from None
+        packed = shipped.read_bytes()
+        expected = json.loads(record.read_text())["sha256"]
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{exc.filename}: the pre-trained tiny base is missing from this "
+                           "installation", hint=remake) from None
+    try:
+        data = lzma.decompress(packed)
+    except lzma.LZMAError:
+        data = b""
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise WeightsError(f"{shipped}: the pre-trained tiny base does not decompress to the "
+                           f"content {record.name} records (sha256 {expected[:12]}…)", hint=remake)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_bytes_atomic(path, data)
 
