@@ -1,9 +1,9 @@
 """One tokenizer encode of a 121-frame 720p clip, as the engine's step runs it, under settings
-that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then what the
-same weights cost outside TorchScript (``--variants``): the frozen, inference-optimised
-TorchScript graph, diffusers' eager encoder, and that encoder under ``torch.compile`` (the bound
-for an eager, compilable encoder in ctrlpost); and (``--profile``) where the default encode's
-GPU time goes, by kernel.
+that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then
+(``--variants``) the same graph or weights run other ways: the frozen, inference-optimised
+TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
+under ``torch.compile``; diffusers' eager encoder and that encoder compiled (with channels-last
+variants); and (``--profile``) where the default encode's GPU time goes, by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
 ``AutoencoderKLCosmos`` traced to the released ``encoder.jit`` interface), loaded with
@@ -37,6 +37,7 @@ import cosmos_tokenizer
 
 common.ensure_ctrlpost_importable()
 
+from ctrlpost.models.jit_replay import GraphReplay  # noqa: E402
 from ctrlpost.models.tokenizer import VideoTokenizer  # noqa: E402
 
 SETTINGS = ("default", "cudnn-benchmark", "channels-last", "cudnn-benchmark+channels-last")
@@ -92,6 +93,10 @@ def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats:
         start = time.perf_counter()
         if name == "jit-frozen":
             module: Any = torch.jit.optimize_for_inference(torch.jit.freeze(plain))
+        elif name.startswith("jit-replay"):  # the same graph as aten calls (ctrlpost's replay)
+            module = GraphReplay(plain)
+            if name == "jit-replay-compiled":
+                module = torch.compile(module, dynamic=False, fullgraph=True)
         else:
             autoencoder = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=device,
                                                              dtype=dtype)
@@ -139,7 +144,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default="",
-                        help="comma-separated: jit-frozen, diffusers-eager, diffusers-compiled, "
+                        help="comma-separated: jit-frozen, jit-replay, jit-replay-compiled, "
+                        "diffusers-eager, diffusers-compiled, "
                         "diffusers-eager-channels-last, diffusers-compiled-channels-last")
     parser.add_argument("--profile", action="store_true",
                         help="the default encode's top GPU kernels")

@@ -1,0 +1,210 @@
+"""A traced TorchScript graph replayed as eager aten calls, so that ``torch.compile`` can fuse it.
+
+The released video tokenizer exists only as TorchScript (``encoder.jit``), which runs its graph
+one unfused kernel at a time: the group norms, activations, paddings and concatenations around
+its convolutions each read and write the whole activation. TorchScript cannot be handed to
+``torch.compile``, and torch's converter to an exported program stops at the shape arithmetic a
+trace records (``aten::size`` → ``prim::NumToTensor`` → ``aten::sub`` → ``aten::Int``).
+
+:class:`GraphReplay` reads the inlined graph once and, on each call, runs its nodes in order:
+every ``aten::`` node as the same operator overload (``torch.ops.aten.<name>.<overload>``) on
+the same arguments, so eager replay computes what the TorchScript interpreter computes; the
+parameters are the script module's own tensors (shared, not copied). Shape arithmetic stays in
+Python integers, which is what lets ``torch.compile`` trace the whole graph without a break.
+
+Only traced graphs are accepted: a scripted module's control flow (``prim::If``,
+``prim::Loop``), method calls or Python operators raise :class:`UnsupportedGraph` naming the
+node, and the caller keeps the TorchScript module.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_NUMBER_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "aten::add": operator.add, "aten::sub": operator.sub, "aten::mul": operator.mul,
+    "aten::div": operator.truediv, "aten::floor_divide": operator.floordiv,
+    "aten::floordiv": operator.floordiv, "aten::remainder": operator.mod,
+}
+"""Arithmetic a trace records on a size (as a 0-dim tensor): replayed on the Python number."""
+
+
+class UnsupportedGraph(ValueError):
+    """The script module's graph has a node a replay cannot run (see the module docstring)."""
+
+
+@dataclass(frozen=True)
+class _Number:
+    """A traced size turned into a tensor (``prim::NumToTensor``), kept as the Python number."""
+
+    value: int | float
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """An argument that is the value with this index in the replay's environment."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class _Step:
+    kind: str
+    op: Callable[..., Any] | None
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+    outputs: tuple[int, ...]
+
+
+class GraphReplay(nn.Module):
+    """``module``'s inlined graph, run node by node as aten calls (see the module docstring)."""
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        graph = module.inlined_graph
+        index: dict[Any, int] = {}
+        static: dict[Any, Any] = {}  # modules reached by prim::GetAttr, resolved once here
+        inputs = list(graph.inputs())
+        static[inputs[0]] = module  # the graph's first input is the module itself
+        for value in inputs[1:]:
+            index[value] = len(index)
+        self._inputs = len(inputs) - 1
+        self._steps: list[_Step] = []
+        self._constants: dict[int, Any] = {}
+        numbers: set[int] = set()  # environment slots that hold a traced size (_Number)
+        tensors = 0
+
+        def arg(value: Any) -> Any:
+            if value in static:
+                raise UnsupportedGraph(f"a module is passed as a value: {value.debugName()}")
+            return _Ref(index[value])
+
+        for node in graph.nodes():
+            kind = node.kind()
+            outputs = list(node.outputs())
+            if kind == "prim::GetAttr":
+                owner = static[node.input()]
+                attribute = getattr(owner, node.s("name"))
+                if isinstance(attribute, torch.Tensor):
+                    name = f"tensor{tensors}"
+                    tensors += 1
+                    self.register_buffer(name, attribute, persistent=False)
+                    index[outputs[0]] = len(index)
+                    self._steps.append(_Step("attr", None, (name,), (), (index[outputs[0]],)))
+                else:
+                    static[outputs[0]] = attribute
+                continue
+            for value in outputs:
+                index[value] = len(index)
+            out = tuple(index[value] for value in outputs)
+            if kind == "prim::Constant":
+                self._constants[out[0]] = outputs[0].toIValue()
+            elif kind in _NUMBER_OPS and index[node.inputsAt(0)] in numbers:
+                # Shape arithmetic: constants as Python numbers now, so that nothing is read
+                # from a tensor at run time (a graph break under torch.compile).
+                operands = [_number_constant(self._constants.get(index[v]), arg(v))
+                            for v in node.inputs()]
+                self._steps.append(_Step("number", _NUMBER_OPS[kind], tuple(operands), (), out))
+                numbers.add(out[0])
+            elif kind in ("prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack",
+                          "prim::TupleUnpack", "prim::NumToTensor", "aten::Int",
+                          "aten::Float", "aten::ScalarImplicit", "aten::size"):
+                self._steps.append(_Step(kind, None, tuple(arg(v) for v in node.inputs()), (),
+                                         out))
+                if kind == "prim::NumToTensor":
+                    numbers.add(out[0])
+            elif kind.startswith("aten::"):
+                op, args, kwargs = _bind(node, [arg(v) for v in node.inputs()])
+                self._steps.append(_Step(kind, op, args, kwargs, out))
+            else:
+                raise UnsupportedGraph(f"node {kind} (only traced graphs replay): {node}".strip())
+        self._returns = tuple(arg(v) for v in graph.return_node().inputs())
+        self._size = len(index)
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        if len(inputs) != self._inputs:
+            raise TypeError(f"the graph takes {self._inputs} input(s), got {len(inputs)}")
+        env: list[Any] = [None] * self._size
+        env[:len(inputs)] = inputs
+        for position, constant in self._constants.items():
+            env[position] = constant
+
+        def get(item: Any) -> Any:
+            if isinstance(item, _Ref):
+                return env[item.index]
+            return item
+
+        for step in self._steps:
+            args = [get(a) for a in step.args]
+            result = self._run(step, args, {k: get(v) for k, v in step.kwargs})
+            if len(step.outputs) == 1:
+                env[step.outputs[0]] = result
+            else:
+                for position, value in zip(step.outputs, result, strict=True):
+                    env[position] = value
+        returned = [get(r) for r in self._returns]
+        return returned[0] if len(returned) == 1 else tuple(returned)
+
+    def _run(self, step: _Step, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        kind = step.kind
+        if kind == "attr":
+            return getattr(self, args[0])
+        if kind == "prim::ListConstruct":
+            return list(args)
+        if kind == "prim::TupleConstruct":
+            return tuple(args)
+        if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+            return tuple(args[0])
+        if kind == "prim::NumToTensor":
+            return _Number(args[0])
+        if kind == "aten::size":
+            return args[0].size(*args[1:])
+        if kind in ("aten::Int", "aten::Float", "aten::ScalarImplicit"):
+            value = args[0]
+            number = value.value if isinstance(value, _Number) else value.item()
+            return float(number) if kind == "aten::Float" else (
+                int(number) if kind == "aten::Int" else number)
+        if kind == "number":
+            assert step.op is not None
+            values = [a.value if isinstance(a, _Number) else a for a in args]
+            other = values[1] * values[2] if len(values) > 2 else values[1]  # add/sub's alpha
+            return _Number(step.op(values[0], other))
+        assert step.op is not None
+        args = [torch.scalar_tensor(a.value, dtype=torch.int64 if isinstance(a.value, int)
+                                    else torch.float64) if isinstance(a, _Number) else a
+                for a in args]
+        return step.op(*args, **kwargs)
+
+
+def _number_constant(constant: Any, reference: _Ref) -> Any:
+    """A constant operand of shape arithmetic as a Python number (a 0-dim tensor's item)."""
+    if isinstance(constant, torch.Tensor) and constant.dim() == 0:
+        return constant.item()
+    return reference if constant is None else constant
+
+
+def _bind(node: Any, args: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any, ...],
+                                                     tuple[tuple[str, Any], ...]]:
+    """The operator overload of an ``aten::`` node, its positional and keyword arguments."""
+    schema = node.schema()
+    if schema == "(no schema)":
+        raise UnsupportedGraph(f"node {node.kind()} has no schema: {node}".strip())
+    name = schema.split("(", 1)[0].removeprefix("aten::")
+    base, _, overload = name.partition(".")
+    try:
+        op = getattr(getattr(torch.ops.aten, base), overload or "default")
+    except AttributeError:
+        raise UnsupportedGraph(f"no operator {schema.split('(', 1)[0]} in this torch") from None
+    positional, keywords = [], []
+    for argument, value in zip(op._schema.arguments, args, strict=True):
+        if argument.kwarg_only:
+            keywords.append((argument.name, value))
+        else:
+            positional.append(value)
+    return op, tuple(positional), tuple(keywords)
