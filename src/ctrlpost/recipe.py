@@ -277,6 +277,10 @@ class ParallelSection(_Section):
         "on as many blocks as the GPU's memory holds, full on the rest; same numbers)."
     )
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    compile_tokenizer: bool = Field(
+        False, description="torch.compile the tokenizer's encoder: its traced encoder.jit graph "
+        "replayed as aten calls and fused. Cheaper encodes, not bit-equal to TorchScript's; "
+        "needs a traced (not scripted) encoder.jit.")
 
     @model_validator(mode="after")
     def _world_fits(self) -> ParallelSection:

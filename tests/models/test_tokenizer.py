@@ -298,3 +298,33 @@ def test_tiny_codec_rejects_unsupported_channel_counts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="divisible"):
         build_tiny_tokenizer(tmp_path, latent_channels=64, spatial=4)
     build_tiny_tokenizer(tmp_path / "big", latent_channels=64, spatial=16, temporal=4)
+
+
+def _write_traced(directory: Path) -> Path:
+    """The PoolEncoder codec with a traced encoder.jit, as the released files are made."""
+    _write(directory, PoolEncoder())
+    with torchscript_deprecation_silenced():
+        traced = torch.jit.trace(PoolEncoder(), _video(batch=1, chunks=1), check_trace=False)
+        torch.jit.save(traced, str(directory / "encoder.jit"))
+    return directory
+
+
+def test_a_compiled_encoder_encodes_like_the_script_module(tmp_path: Path) -> None:
+    directory = _write_traced(tmp_path / "traced")
+    plain, compiled = _tokenizer(directory), _tokenizer(directory, compile_encoder=True)
+    assert isinstance(plain.encoder, torch.jit.ScriptModule)
+    assert not isinstance(compiled.encoder, torch.jit.ScriptModule)
+    video = _video(batch=2, chunks=2)  # another shape than the trace's
+    torch.testing.assert_close(compiled.encode(video), plain.encode(video), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_a_scripted_encoder_cannot_be_compiled_and_the_error_says_what_to_set(
+        tmp_path: Path) -> None:
+    directory = build_tiny_tokenizer(tmp_path / "tiny")  # scripted: has control flow
+    with pytest.raises(WeightsError, match="its graph cannot be compiled") as caught:
+        VideoTokenizer.from_files(directory, device="cpu", dtype=torch.float32,
+                                  pixel_chunk_frames=17, latent_chunk_frames=3,
+                                  compile_encoder=True)
+    assert str(directory / "encoder.jit") in caught.value.message
+    assert "parallel.compile_tokenizer = false" in str(caught.value.hint)

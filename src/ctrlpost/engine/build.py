@@ -201,6 +201,7 @@ def build_tokenizer(recipe: Recipe, runtime: Runtime, compute_dtype: torch.dtype
         dtype=compute_dtype,
         pixel_chunk_frames=frames,
         latent_chunk_frames=latent_frames(frames),
+        compile_encoder=recipe.parallel.compile_tokenizer,
     )
 
 

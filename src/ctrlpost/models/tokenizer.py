@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -86,7 +87,7 @@ class VideoTokenizer:
     def __init__(
         self,
         *,
-        encoder: torch.jit.ScriptModule,
+        encoder: Callable[[torch.Tensor], Any],
         decoder: torch.jit.ScriptModule,
         mean_B_C_T_1_1: torch.Tensor,
         std_B_C_T_1_1: torch.Tensor,
@@ -138,9 +139,13 @@ class VideoTokenizer:
         spatial_compression: int = SPATIAL_COMPRESSION,
         max_encode_batch: int = 8,
         max_decode_batch: int = 4,
+        compile_encoder: bool = False,
     ) -> VideoTokenizer:
         """Load ``encoder.jit``, ``decoder.jit`` and ``mean_std.pt`` from ``directory``
-        (or from explicit ``files``), frozen, in eval mode and cast to ``dtype``."""
+        (or from explicit ``files``), frozen, in eval mode and cast to ``dtype``;
+        ``compile_encoder``: the encoder's traced graph replayed as aten calls under
+        ``torch.compile`` (:mod:`ctrlpost.models.jit_replay`; compiled on first use, once per
+        clip shape)."""
         if (directory is None) == (files is None):
             raise ValueError("pass exactly one of directory and files=")
         if files is None:
@@ -151,8 +156,9 @@ class VideoTokenizer:
         mean, std = load_mean_std(
             files.mean_std, latent_channels=latent_channels, latent_chunk_frames=latent_chunk_frames
         )
+        script = _load_frozen(files.encoder, device=device, dtype=dtype)
         return cls(
-            encoder=_load_frozen(files.encoder, device=device, dtype=dtype),
+            encoder=_compiled(script, files.encoder) if compile_encoder else script,
             decoder=_load_frozen(files.decoder, device=device, dtype=dtype),
             mean_B_C_T_1_1=mean,
             std_B_C_T_1_1=std,
@@ -255,8 +261,21 @@ def _load_frozen(path: Path, *, device: torch.device, dtype: torch.dtype) -> tor
     return module.to(dtype)
 
 
+def _compiled(encoder: torch.jit.ScriptModule, path: Path) -> Callable[[torch.Tensor], Any]:
+    from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
+
+    try:
+        replay = GraphReplay(encoder)
+    except UnsupportedGraph as exc:
+        raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
+                           hint="set parallel.compile_tokenizer = false (the encoder then runs "
+                           "as TorchScript)") from None
+    # One graph per clip shape (buckets are few); a graph break would be a replay bug.
+    return torch.compile(replay, dynamic=False, fullgraph=True)
+
+
 def _run_batched(
-    module: torch.jit.ScriptModule, chunks: torch.Tensor, max_batch: int
+    module: Callable[[torch.Tensor], Any], chunks: torch.Tensor, max_batch: int
 ) -> torch.Tensor:
     """Run ``module`` over at most ``max_batch`` chunks per call, bounding peak memory."""
     outputs = []
