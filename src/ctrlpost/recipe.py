@@ -274,13 +274,10 @@ class ParallelSection(_Section):
     activation_checkpointing: Literal["none", "selective", "full", "auto"] = Field(
         "selective", description="Activation recomputation: 'none', 'selective' (keep each "
         "block's self-attention outputs), 'full' (keep only block inputs), or 'auto' (selective "
-        "on as many blocks as the GPU's memory holds, full on the rest; same numbers)."
-    )
+        "on as many blocks as the GPU's memory holds, full on the rest; same numbers).")
     compile: bool = Field(False, description="torch.compile each transformer block.")
-    compile_tokenizer: bool = Field(
-        False, description="torch.compile the tokenizer's encoder: its traced encoder.jit graph "
-        "replayed as aten calls and fused. Cheaper encodes, not bit-equal to TorchScript's; "
-        "needs a traced (not scripted) encoder.jit.")
+    compile_tokenizer: bool = Field(False, description="torch.compile the traced encoder.jit's "
+                                    "graph (cheaper encodes, not bit-equal to TorchScript's).")
 
     @model_validator(mode="after")
     def _world_fits(self) -> ParallelSection:
