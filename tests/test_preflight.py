@@ -13,6 +13,7 @@ from ctrlpost.cli import app
 from ctrlpost.models import build_controlled_dit, get_flavor, save_checkpoint
 from ctrlpost.models.state_dict import BASE_LOGVAR_PREFIX, BASE_NET_PREFIX
 from ctrlpost.models.tiny_tokenizer import build_tiny_tokenizer
+from ctrlpost.models.tokenizer import torchscript_deprecation_silenced
 
 runner = CliRunner()
 
@@ -79,6 +80,26 @@ def test_wrong_flavor_and_missing_files(tmp_path: Path, weights_dir: Path) -> No
                      "weights.tokenizer/decoder.jit", "weights.tokenizer/mean_std.pt"]
     assert "checkpoint does not match the model" in report["problems"][0]["message"]
     assert "run `ctrlpost fetch-weights" in report["problems"][2]["message"]
+
+
+def test_compile_tokenizer_needs_a_traced_encoder(tmp_path: Path, weights_dir: Path) -> None:
+    code, report = verify(tmp_path, weights_dir, "--set", "parallel.compile_tokenizer=true")
+    assert code == 2
+    (problem,) = report["problems"]  # the tiny tokenizer is scripted: it has control flow
+    assert problem["path"] == "parallel.compile_tokenizer"
+    assert "encoder.jit: its graph cannot be compiled: node prim::" in problem["message"]
+    assert problem["message"].endswith("(the encoder then runs as TorchScript)")
+    # A traced encoder passes.
+    traced = tmp_path / "traced"
+    traced.mkdir()
+    for name in ("decoder.jit", "mean_std.pt"):
+        (traced / name).write_bytes((weights_dir / "org/tok" / name).read_bytes())
+    with torchscript_deprecation_silenced():
+        encoder = torch.jit.trace(torch.nn.Conv3d(3, 16, 8, stride=8), torch.rand(1, 3, 8, 8, 8))
+        torch.jit.save(encoder, str(traced / "encoder.jit"))
+    code, report = verify(tmp_path, weights_dir, "--set", "parallel.compile_tokenizer=true",
+                          "--set", f"weights.tokenizer='{traced}'")
+    assert code == 0, report["problems"]
 
 
 def test_control_block_count_is_checked(tmp_path: Path, weights_dir: Path) -> None:

@@ -253,6 +253,14 @@ def weights_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
                                         state_dict.describe_problems(path, found)))
                 continue
         checked[key] = str(path)
+    encoder = "weights.tokenizer/encoder.jit"
+    if ctx.recipe.parallel.compile_tokenizer and encoder in checked:
+        from ctrlpost.models.tokenizer import COMPILE_HINT, encoder_compile_problem
+
+        problem = encoder_compile_problem(Path(checked[encoder]))
+        if problem:
+            problems.append(Problem("weights", "parallel.compile_tokenizer",
+                                    f"{problem}; {COMPILE_HINT}"))
     return problems, {"flavor": flavor.name, "checked": list(checked)}
 
 

@@ -261,6 +261,20 @@ def _load_frozen(path: Path, *, device: torch.device, dtype: torch.dtype) -> tor
     return module.to(dtype)
 
 
+COMPILE_HINT = "set parallel.compile_tokenizer = false (the encoder then runs as TorchScript)"
+
+
+def encoder_compile_problem(path: Path) -> str | None:
+    """Why ``path`` (an ``encoder.jit``) cannot be compiled, or None (loads it on the CPU)."""
+    from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
+
+    try:
+        GraphReplay(_load_frozen(path, device=torch.device("cpu"), dtype=torch.float32))
+    except UnsupportedGraph as exc:
+        return f"{path}: its graph cannot be compiled: {exc}"
+    return None
+
+
 def _compiled(encoder: torch.jit.ScriptModule, path: Path) -> Callable[[torch.Tensor], Any]:
     from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 
@@ -268,8 +282,7 @@ def _compiled(encoder: torch.jit.ScriptModule, path: Path) -> Callable[[torch.Te
         replay = GraphReplay(encoder)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
-                           hint="set parallel.compile_tokenizer = false (the encoder then runs "
-                           "as TorchScript)") from None
+                           hint=COMPILE_HINT) from None
     # One graph per clip shape (buckets are few); a graph break would be a replay bug.
     return torch.compile(replay, dynamic=False, fullgraph=True)
 
