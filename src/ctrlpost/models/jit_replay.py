@@ -22,6 +22,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -55,11 +56,46 @@ class _Ref:
 
 @dataclass(frozen=True)
 class _Step:
-    kind: str
-    op: Callable[..., Any] | None
+    """One node: ``run(*args, **kwargs)`` (arguments resolved), its results to ``outputs``."""
+
+    run: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: tuple[tuple[str, Any], ...]
     outputs: tuple[int, ...]
+
+
+def _scalar(value: Any) -> Any:
+    return value.value if isinstance(value, _Number) else value.item()
+
+
+_PRIMITIVES: dict[str, Callable[..., Any]] = {
+    "prim::ListConstruct": lambda *items: list(items),
+    "prim::TupleConstruct": lambda *items: tuple(items),
+    "prim::ListUnpack": tuple,
+    "prim::TupleUnpack": tuple,
+    "prim::NumToTensor": _Number,
+    "aten::size": lambda tensor, *dim: tensor.size(*dim),
+    "aten::Int": lambda value: int(_scalar(value)),
+    "aten::Float": lambda value: float(_scalar(value)),
+    "aten::ScalarImplicit": _scalar,
+}
+"""Nodes that build or unpack lists and tuples, or read and convert sizes."""
+
+
+def _number_op(op: Callable[[Any, Any], Any], first: _Number, other: Any,
+               alpha: Any = 1) -> _Number:
+    """Shape arithmetic on the Python numbers (``alpha``: add/sub's multiplier)."""
+    value = other.value if isinstance(other, _Number) else other
+    return _Number(op(first.value, value * alpha))
+
+
+def _aten(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``op`` on the arguments, a traced size that reaches a tensor operator as the 0-dim
+    tensor TorchScript made of it."""
+    args = tuple(torch.scalar_tensor(a.value, dtype=torch.int64 if isinstance(a.value, int)
+                                     else torch.float64) if isinstance(a, _Number) else a
+                 for a in args)
+    return op(*args, **kwargs)
 
 
 class GraphReplay(nn.Module):
@@ -78,7 +114,6 @@ class GraphReplay(nn.Module):
         self._steps: list[_Step] = []
         self._constants: dict[int, Any] = {}
         numbers: set[int] = set()  # environment slots that hold a traced size (_Number)
-        tensors = 0
 
         def arg(value: Any) -> Any:
             if value in static:
@@ -89,39 +124,36 @@ class GraphReplay(nn.Module):
             kind = node.kind()
             outputs = list(node.outputs())
             if kind == "prim::GetAttr":
-                owner = static[node.input()]
-                attribute = getattr(owner, node.s("name"))
-                if isinstance(attribute, torch.Tensor):
-                    name = f"tensor{tensors}"
-                    tensors += 1
-                    self.register_buffer(name, attribute, persistent=False)
-                    index[outputs[0]] = len(index)
-                    self._steps.append(_Step("attr", None, (name,), (), (index[outputs[0]],)))
-                else:
+                attribute = getattr(static[node.input()], node.s("name"))
+                if not isinstance(attribute, torch.Tensor):
                     static[outputs[0]] = attribute
-                continue
+                    continue
+                name = f"tensor{len(list(self.buffers()))}"
+                self.register_buffer(name, attribute, persistent=False)
             for value in outputs:
                 index[value] = len(index)
             out = tuple(index[value] for value in outputs)
+            if kind == "prim::GetAttr":  # read at run time: .to() moves the buffers
+                self._steps.append(_Step(partial(getattr, self, name), (), (), out))
+                continue
+            operands = [arg(v) for v in node.inputs()]
             if kind == "prim::Constant":
                 self._constants[out[0]] = outputs[0].toIValue()
             elif kind in _NUMBER_OPS and index[node.inputsAt(0)] in numbers:
                 # Shape arithmetic: constants as Python numbers now, so that nothing is read
                 # from a tensor at run time (a graph break under torch.compile).
-                operands = [_number_constant(self._constants.get(index[v]), arg(v))
-                            for v in node.inputs()]
-                self._steps.append(_Step("number", _NUMBER_OPS[kind], tuple(operands), (), out))
+                operands = [_number_constant(self._constants.get(ref.index), ref)
+                            for ref in operands]
+                self._steps.append(_Step(partial(_number_op, _NUMBER_OPS[kind]),
+                                         tuple(operands), (), out))
                 numbers.add(out[0])
-            elif kind in ("prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack",
-                          "prim::TupleUnpack", "prim::NumToTensor", "aten::Int",
-                          "aten::Float", "aten::ScalarImplicit", "aten::size"):
-                self._steps.append(_Step(kind, None, tuple(arg(v) for v in node.inputs()), (),
-                                         out))
+            elif kind in _PRIMITIVES:
+                self._steps.append(_Step(_PRIMITIVES[kind], tuple(operands), (), out))
                 if kind == "prim::NumToTensor":
                     numbers.add(out[0])
             elif kind.startswith("aten::"):
-                op, args, kwargs = _bind(node, [arg(v) for v in node.inputs()])
-                self._steps.append(_Step(kind, op, args, kwargs, out))
+                op, args, kwargs = _bind(node, operands)
+                self._steps.append(_Step(partial(_aten, op), args, kwargs, out))
             else:
                 raise UnsupportedGraph(f"node {kind} (only traced graphs replay): {node}".strip())
         self._returns = tuple(arg(v) for v in graph.return_node().inputs())
@@ -136,13 +168,11 @@ class GraphReplay(nn.Module):
             env[position] = constant
 
         def get(item: Any) -> Any:
-            if isinstance(item, _Ref):
-                return env[item.index]
-            return item
+            return env[item.index] if isinstance(item, _Ref) else item
 
         for step in self._steps:
-            args = [get(a) for a in step.args]
-            result = self._run(step, args, {k: get(v) for k, v in step.kwargs})
+            result = step.run(*(get(a) for a in step.args),
+                              **{key: get(value) for key, value in step.kwargs})
             if len(step.outputs) == 1:
                 env[step.outputs[0]] = result
             else:
@@ -150,36 +180,6 @@ class GraphReplay(nn.Module):
                     env[position] = value
         returned = [get(r) for r in self._returns]
         return returned[0] if len(returned) == 1 else tuple(returned)
-
-    def _run(self, step: _Step, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        kind = step.kind
-        if kind == "attr":
-            return getattr(self, args[0])
-        if kind == "prim::ListConstruct":
-            return list(args)
-        if kind == "prim::TupleConstruct":
-            return tuple(args)
-        if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
-            return tuple(args[0])
-        if kind == "prim::NumToTensor":
-            return _Number(args[0])
-        if kind == "aten::size":
-            return args[0].size(*args[1:])
-        if kind in ("aten::Int", "aten::Float", "aten::ScalarImplicit"):
-            value = args[0]
-            number = value.value if isinstance(value, _Number) else value.item()
-            return float(number) if kind == "aten::Float" else (
-                int(number) if kind == "aten::Int" else number)
-        if kind == "number":
-            assert step.op is not None
-            values = [a.value if isinstance(a, _Number) else a for a in args]
-            other = values[1] * values[2] if len(values) > 2 else values[1]  # add/sub's alpha
-            return _Number(step.op(values[0], other))
-        assert step.op is not None
-        args = [torch.scalar_tensor(a.value, dtype=torch.int64 if isinstance(a.value, int)
-                                    else torch.float64) if isinstance(a, _Number) else a
-                for a in args]
-        return step.op(*args, **kwargs)
 
 
 def _number_constant(constant: Any, reference: _Ref) -> Any:
