@@ -64,6 +64,25 @@ def test_eager_replay_computes_what_the_script_module_computes(
         assert torch.equal(replayed_zero, zero)
 
 
+def test_a_tensor_read_at_several_places_is_one_buffer() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.register_buffer("scale", torch.tensor([2.0, 3.0, 4.0, 5.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.a(self.a(x)) * self.scale  # a's weights twice, then the buffer
+            return self.b(x) * self.scale  # and new tensors after the repeats
+
+    with torchscript_deprecation_silenced():
+        traced = torch.jit.trace(Shared(), torch.rand(2, 4))
+    replay = GraphReplay(traced)
+    x = torch.rand(3, 4)
+    assert torch.equal(replay(x), traced(x))
+    assert len(dict(replay.named_buffers(remove_duplicate=False))) == 5  # 2 + 2 + 1 tensors
+
+
 def test_the_replay_shares_the_script_modules_tensors(traced: torch.jit.ScriptModule) -> None:
     replay = GraphReplay(traced)
     script_pointers = {p.data_ptr() for p in traced.parameters()}

@@ -114,6 +114,7 @@ class GraphReplay(nn.Module):
         self._steps: list[_Step] = []
         self._constants: dict[int, Any] = {}
         numbers: set[int] = set()  # environment slots that hold a traced size (_Number)
+        names: dict[int, str] = {}  # buffer name of each of the module's tensors, by id
 
         def arg(value: Any) -> Any:
             if value in static:
@@ -128,7 +129,8 @@ class GraphReplay(nn.Module):
                 if not isinstance(attribute, torch.Tensor):
                     static[outputs[0]] = attribute
                     continue
-                name = f"tensor{len(list(self.buffers()))}"
+                # One buffer per tensor: the inlined graph reads a shared one at every use.
+                name = names.setdefault(id(attribute), f"tensor{len(names)}")
                 self.register_buffer(name, attribute, persistent=False)
             for value in outputs:
                 index[value] = len(index)
