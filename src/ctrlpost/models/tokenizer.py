@@ -266,25 +266,26 @@ COMPILE_HINT = "set parallel.compile_tokenizer = false (the encoder then runs as
 
 def encoder_compile_problem(path: Path) -> str | None:
     """Why ``path`` (an ``encoder.jit``) cannot be compiled, or None (loads it on the CPU)."""
-    from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
-
     try:
-        GraphReplay(_load_frozen(path, device=torch.device("cpu"), dtype=torch.float32))
-    except UnsupportedGraph as exc:
-        return f"{path}: its graph cannot be compiled: {exc}"
+        _replayed(_load_frozen(path, device=torch.device("cpu"), dtype=torch.float32), path)
+    except WeightsError as exc:
+        return exc.message
     return None
 
 
-def _compiled(encoder: torch.jit.ScriptModule, path: Path) -> Callable[[torch.Tensor], Any]:
+def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
     from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 
     try:
-        replay = GraphReplay(encoder)
+        return GraphReplay(encoder)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
                            hint=COMPILE_HINT) from None
+
+
+def _compiled(encoder: torch.jit.ScriptModule, path: Path) -> Callable[[torch.Tensor], Any]:
     # One graph per clip shape (buckets are few); a graph break would be a replay bug.
-    return torch.compile(replay, dynamic=False, fullgraph=True)
+    return torch.compile(_replayed(encoder, path), dynamic=False, fullgraph=True)
 
 
 def _run_batched(
