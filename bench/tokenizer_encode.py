@@ -16,7 +16,7 @@ Usage (on the GPU, from the repository root)::
 
     python bench/tokenizer_encode.py --out bench/results/tokenizer_encode-<gpu>.json
     python bench/tokenizer_encode.py --settings default --profile \
-        --variants jit-frozen,diffusers-eager,diffusers-compiled --out ...
+        --variants jit-replay-compiled,diffusers-compiled --out ...
 """
 
 from __future__ import annotations
