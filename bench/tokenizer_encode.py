@@ -174,19 +174,13 @@ def main() -> None:
         clip = (video.to(memory_format=torch.channels_last_3d) if "channels-last" in setting
                 else video)
         for _ in range(2):
-            latent = tokenizer.encode(clip)
-        times = []
+            tokenizer.encode(clip)
         base = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
         common.reset_peak(device)
-        def encode(c: torch.Tensor = clip, t: VideoTokenizer = tokenizer) -> torch.Tensor:
-            return t.encode(c)
-
-        for _ in range(args.repeats):
-            seconds, latent = common.timed(encode, device)
-            times.append(seconds)
+        median, times, latent = timed_median(partial(tokenizer.encode, clip), device,
+                                             args.repeats)
         peak = common.peak_memory(device).get("peak_allocated_gib", 0.0) - base
-        row = {"setting": setting, "times_s": times, "median_s": common.median(times),
-               "peak_above_gib": peak}
+        row = {"setting": setting, "times_s": times, "median_s": median, "peak_above_gib": peak}
         if reference is None:
             reference = latent
         else:
