@@ -144,7 +144,7 @@ def install_tiny_base(path: Path, *, shipped: Path = SHIPPED_BASE) -> Path:
     checking its content against the sha256 of the record beside it (``base_model.json``)."""
     remake = ("reinstall ctrlpost, or make it: python -m ctrlpost.engine.pretrain_tiny "
               f"recipes/edge_tiny.toml --out {shipped}")
-    record = shipped.with_name("base_model.json")
+    record = shipped.with_name(SHIPPED_BASE_RECORD.name)
     try:
         packed = shipped.read_bytes()
         expected = json.loads(record.read_text())["sha256"]
