@@ -16,6 +16,13 @@ loads it unchanged:
 * ``mean_std.pt``: ``(mean, std)``, 16 channels × 16 latent frames (the CV8x8x8-1.0 statistics
   that diffusers ships as the class defaults).
 
+The attention blocks are computed as NVIDIA's tokenizer code computes them (``--attention
+released``, the default): the score matrix materialised by batched products and a softmax,
+with the temporal block's causal mask built from the scores. That is the graph the released
+``encoder.jit`` holds; diffusers' port calls ``scaled_dot_product_attention`` instead, which is
+cheaper, so a stand-in traced from it would under-state the released encode's time and memory
+(``--attention diffusers`` keeps it, for comparison).
+
 Both modules are traced (diffusers' code is not scriptable) in the dtype and on the device they
 will run with: tracing bakes the filter casts of the Haar patcher and, in the decoder, the
 device. ``--check`` loads the folder through ``VideoTokenizer.from_files`` and encodes a clip
@@ -108,17 +115,85 @@ class ReleasedDecoder(nn.Module):
         return self.decoder(self.post_quant_conv(latent))
 
 
+def _frames_to_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` → ``[B·T, C, H·W]``: one spatial attention per frame."""
+    batch, channels, frames, height, width = tensor.shape
+    return tensor.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height * width)
+
+
+def _positions_to_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` → ``[B·H·W, C, T]``: one temporal attention per position."""
+    batch, channels, frames, height, width = tensor.shape
+    return tensor.permute(0, 3, 4, 1, 2).reshape(batch * height * width, channels, frames)
+
+
+class ReleasedSpatialAttention:
+    """A diffusers attention processor computing the spatial attention the way the released
+    tokenizer's code does: the score matrix of each frame made by a batched product of the
+    transposed queries and the keys, scaled, soft-maxed, then multiplied into the values
+    (materialised, where diffusers calls ``scaled_dot_product_attention``)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, channels, frames, height, width = hidden_states.shape
+        normed = attn.norm(hidden_states)
+        query = _frames_to_batch(attn.to_q(normed)).permute(0, 2, 1)  # [B·T, HW, C]
+        key = _frames_to_batch(attn.to_k(normed))  # [B·T, C, HW]
+        value = _frames_to_batch(attn.to_v(normed))
+        scores = torch.bmm(query, key) * (int(channels) ** -0.5)
+        weights = torch.softmax(scores, dim=2)
+        attended = torch.bmm(value, weights.permute(0, 2, 1))  # [B·T, C, HW]
+        attended = attended.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+        return hidden_states + attn.to_out[0](attended)
+
+
+class ReleasedTemporalAttention:
+    """The temporal counterpart of :class:`ReleasedSpatialAttention`: per position, scores
+    over the frames, the causal mask made from the scores (lower triangle of ones, the rest
+    filled with -inf), soft-maxed and multiplied into the values (the mask argument diffusers
+    passes is not used: the released block builds its own)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, channels, frames, height, width = hidden_states.shape
+        normed = attn.norm(hidden_states)
+        query = _positions_to_batch(attn.to_q(normed)).permute(0, 2, 1)  # [B·H·W, T, C]
+        key = _positions_to_batch(attn.to_k(normed)).permute(0, 2, 1)
+        value = _positions_to_batch(attn.to_v(normed)).permute(0, 2, 1)
+        scores = torch.bmm(query, key.permute(0, 2, 1)) * (int(channels) ** -0.5)
+        causal = torch.tril(torch.ones_like(scores))
+        scores = scores.masked_fill(causal == 0, float("-inf"))
+        attended = torch.bmm(torch.softmax(scores, dim=2), value)  # [B·H·W, T, C]
+        attended = attended.reshape(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)
+        return hidden_states + attn.to_out[0](attended)
+
+
+ATTENTION_FORMS = ("released", "diffusers")
+"""How the stand-in computes its attention blocks: as the released files do (materialised
+scores, the default: what ``encoder.jit`` runs) or with diffusers' own processors (fused)."""
+
+
 def build_autoencoder(*, tiny: bool, seed: int, device: torch.device,
-                      dtype: torch.dtype) -> Any:
+                      dtype: torch.dtype, attention: str = "released") -> Any:
     """diffusers' ``AutoencoderKLCosmos`` at the CV8x8x8 (or tiny) config, random weights
-    (the class's own initialisation, drawn from ``seed``), frozen, in eval mode."""
+    (the class's own initialisation, drawn from ``seed``), frozen, in eval mode; its attention
+    blocks computed in the ``attention`` form (:data:`ATTENTION_FORMS`)."""
     from diffusers import AutoencoderKLCosmos
+    from diffusers.models.autoencoders import autoencoder_kl_cosmos as cosmos
     from diffusers.utils import logging as diffusers_logging
 
+    if attention not in ATTENTION_FORMS:
+        raise ValueError(f"attention form {attention!r}: one of {', '.join(ATTENTION_FORMS)}")
     # Its `.to(dtype)` warns that it keeps no module in float32 (an empty list): nothing to do.
     diffusers_logging.set_verbosity_error()
     torch.manual_seed(seed)
     model: Any = AutoencoderKLCosmos(**(TINY if tiny else CV8X8X8))
+    if attention == "released":
+        released = {cosmos.CosmosSpatialAttentionProcessor2_0: ReleasedSpatialAttention(),
+                    cosmos.CosmosTemporalAttentionProcessor2_0: ReleasedTemporalAttention()}
+        for module in model.modules():
+            if isinstance(module, cosmos.CosmosCausalAttention):
+                module.processor = released[type(module.processor)]
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
@@ -134,12 +209,14 @@ def statistics() -> tuple[torch.Tensor, torch.Tensor]:
 
 def write_tokenizer(folder: Path, *, tiny: bool = False, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                    trace_shape: tuple[int, int, int] = TRACE_SHAPE) -> dict[str, Any]:
+                    trace_shape: tuple[int, int, int] = TRACE_SHAPE,
+                    attention: str = "released") -> dict[str, Any]:
     """Write ``encoder.jit``, ``decoder.jit`` and ``mean_std.pt`` into ``folder`` (created);
     returns what was written (config, parameter counts, seconds)."""
     device = torch.device(device)
     start = time.perf_counter()
-    autoencoder = build_autoencoder(tiny=tiny, seed=seed, device=device, dtype=dtype)
+    autoencoder = build_autoencoder(tiny=tiny, seed=seed, device=device, dtype=dtype,
+                                    attention=attention)
     encoder, decoder = ReleasedEncoder(autoencoder).eval(), ReleasedDecoder(autoencoder).eval()
     frames, height, width = trace_shape
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -160,7 +237,7 @@ def write_tokenizer(folder: Path, *, tiny: bool = False, device: torch.device | 
     return {
         "folder": str(folder), "config": "tiny" if tiny else "CV8x8x8",
         "dtype": str(dtype).removeprefix("torch."), "device": str(device), "seed": seed,
-        "trace_shape": list(trace_shape),
+        "attention": attention, "trace_shape": list(trace_shape),
         "encoder_params": sum(p.numel() for p in encoder.parameters()),
         "decoder_params": sum(p.numel() for p in decoder.parameters()),
         "write_s": time.perf_counter() - start,
@@ -186,7 +263,9 @@ def check_tokenizer(folder: Path, *, tiny: bool, device: torch.device | str,
     encode_s = time.perf_counter() - start
     decoded = tokenizer.decode(latents)
     raw = latents * tokenizer.std_B_C_T_1_1 + tokenizer.mean_B_C_T_1_1
-    autoencoder = build_autoencoder(tiny=tiny, seed=seed, device=device, dtype=dtype)
+    # diffusers' own processors: the check covers the released attention form too
+    autoencoder = build_autoencoder(tiny=tiny, seed=seed, device=device, dtype=dtype,
+                                    attention="diffusers")
     with torch.no_grad():
         eager = autoencoder.encode(video.to(dtype)).latent_dist.mode().float()
     error = ((raw - eager).norm() / eager.norm()).item()
@@ -205,12 +284,15 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
                         help="the dtype the engine will run it in (its compute dtype)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", choices=ATTENTION_FORMS, default="released",
+                        help="attention as the released files compute it (materialised scores) "
+                             "or with diffusers' fused processors")
     parser.add_argument("--check", action="store_true",
                         help="load it through VideoTokenizer.from_files and encode a clip")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype]
     written = write_tokenizer(args.out, tiny=args.tiny, device=args.device, dtype=dtype,
-                              seed=args.seed)
+                              seed=args.seed, attention=args.attention)
     print(written)
     if args.check:
         check = check_tokenizer(args.out, tiny=args.tiny, device=args.device, dtype=dtype,

@@ -2,11 +2,13 @@
 that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then
 (``--variants``) the same graph or weights run other ways: the frozen, inference-optimised
 TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
-under ``torch.compile``; diffusers' eager encoder and that encoder compiled (with channels-last
-variants); and (``--profile``) where the default encode's GPU time goes, by kernel.
+under ``torch.compile``, with its materialised attention fused or not; diffusers' eager encoder
+and that encoder compiled (with channels-last variants); and (``--profile``) where the default
+encode's GPU time goes, by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
-``AutoencoderKLCosmos`` traced to the released ``encoder.jit`` interface), loaded with
+``AutoencoderKLCosmos`` with the released code's attention, traced to the released
+``encoder.jit`` interface; ``--attention diffusers`` keeps diffusers' fused one), loaded with
 ``VideoTokenizer.from_files`` as ``ctrlpost train`` loads it. Each setting: median of
 ``--repeats`` encodes after two warm-ups, its peak memory above what was allocated before, and
 the latent's relative L2 distance from the default setting's (convolution algorithms differ in
@@ -80,6 +82,42 @@ def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float
     return common.median(times), times, out
 
 
+def _replay(*, fused: bool, compiled: bool) -> Any:
+    """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention as
+    one fused attention (what ``parallel.compile_tokenizer`` runs, compiled)."""
+    def build(plain: Any, dtype: torch.dtype) -> Any:
+        module = GraphReplay(plain, fuse_attention=fused)
+        return torch.compile(module, dynamic=False, fullgraph=True) if compiled else module
+    return build
+
+
+def _diffusers(*, compiled: bool, channels_last: bool) -> Any:
+    """diffusers' own encoder (fused attention) on the same seed's weights."""
+    def build(plain: Any, dtype: torch.dtype) -> Any:
+        device = next(plain.parameters()).device
+        autoencoder = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=device,
+                                                         dtype=dtype, attention="diffusers")
+        module: Any = cosmos_tokenizer.ReleasedEncoder(autoencoder)
+        if channels_last:  # weights and input: no layout changes inside
+            module = module.to(memory_format=torch.channels_last_3d)
+        return torch.compile(module) if compiled else module
+    return build
+
+
+VARIANTS: dict[str, Any] = {
+    "jit-frozen": lambda plain, dtype: torch.jit.optimize_for_inference(torch.jit.freeze(plain)),
+    "jit-replay": _replay(fused=False, compiled=False),
+    "jit-replay-fused": _replay(fused=True, compiled=False),
+    "jit-replay-compiled": _replay(fused=True, compiled=True),
+    "jit-replay-compiled-unfused": _replay(fused=False, compiled=True),
+    "diffusers-eager": _diffusers(compiled=False, channels_last=False),
+    "diffusers-compiled": _diffusers(compiled=True, channels_last=False),
+    "diffusers-eager-channels-last": _diffusers(compiled=False, channels_last=True),
+    "diffusers-compiled-channels-last": _diffusers(compiled=True, channels_last=True),
+}
+"""``--variants``: name → builder of the encoder from the loaded ``encoder.jit`` and dtype."""
+
+
 def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats: int,
                  names: list[str]) -> list[dict[str, Any]]:
     """The raw latent of the same weights run other ways, against the loaded ``encoder.jit``."""
@@ -91,20 +129,7 @@ def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats:
     rows: list[dict[str, Any]] = []
     for name in names:
         start = time.perf_counter()
-        if name == "jit-frozen":
-            module: Any = torch.jit.optimize_for_inference(torch.jit.freeze(plain))
-        elif name.startswith("jit-replay"):  # the same graph as aten calls (ctrlpost's replay)
-            module = GraphReplay(plain)
-            if name == "jit-replay-compiled":
-                module = torch.compile(module, dynamic=False, fullgraph=True)
-        else:
-            autoencoder = cosmos_tokenizer.build_autoencoder(tiny=False, seed=0, device=device,
-                                                             dtype=dtype)
-            module = cosmos_tokenizer.ReleasedEncoder(autoencoder)
-            if name.endswith("-channels-last"):  # weights and input: no layout changes inside
-                module = module.to(memory_format=torch.channels_last_3d)
-            if "compiled" in name:
-                module = torch.compile(module)
+        module = VARIANTS[name](plain, dtype)
         # the input's layout is part of the variant: channels-last variants get one
         source = (clip.to(memory_format=torch.channels_last_3d)
                   if name.endswith("-channels-last") else clip)
@@ -144,9 +169,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default="",
-                        help="comma-separated: jit-frozen, jit-replay, jit-replay-compiled, "
-                        "diffusers-eager, diffusers-compiled, "
-                        "diffusers-eager-channels-last, diffusers-compiled-channels-last")
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--attention", choices=cosmos_tokenizer.ATTENTION_FORMS,
+                        default="released", help="the attention form of the traced stand-in")
     parser.add_argument("--profile", action="store_true",
                         help="the default encode's top GPU kernels")
     parser.add_argument("--settings", default=",".join(SETTINGS),
@@ -159,7 +184,11 @@ def main() -> None:
                               "torch": torch.__version__, "date": common.now(),
                               "command": " ".join(sys.argv), "settings": []}
     folder = Path(tempfile.mkdtemp(prefix="ctrlpost-tokenizer-")) / "cv8x8x8"
-    result["tokenizer"] = cosmos_tokenizer.write_tokenizer(folder, device=device, dtype=dtype)
+    unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+    result["tokenizer"] = cosmos_tokenizer.write_tokenizer(folder, device=device, dtype=dtype,
+                                                           attention=args.attention)
     empty_cache(device)
     tokenizer = VideoTokenizer.from_files(folder, device=device, dtype=dtype,
                                           latent_channels=cosmos_tokenizer.LATENT_CHANNELS,

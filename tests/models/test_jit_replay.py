@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,3 +119,108 @@ def test_the_replay_compiles_as_one_graph(traced: torch.jit.ScriptModule) -> Non
         expected = traced(video)[0]
         got = compiled(video)[0]
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+class MaterialisedAttention(nn.Module):
+    """Attention written as the released tokenizer's code writes it: a spatial block (values
+    channels-first, multiplied by the transposed weights) and a temporal block, causal (the mask
+    built from the scores) unless told otherwise; ``keep_scores`` also returns the spatial
+    scores, so that they are read outside the pattern. The scale is ``int(channels) ** -0.5``
+    as there: a constant of the trace."""
+
+    def __init__(self, channels: int = 8, keep_scores: bool = False,
+                 causal: bool = True) -> None:
+        super().__init__()
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.keep_scores, self.causal = keep_scores, causal
+
+    def forward(self, x: torch.Tensor) -> Any:
+        batch, channels, frames, height, width = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=1)
+        per_frame = [t.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height * width)
+                     for t in (q, k, v)]
+        scores = torch.bmm(per_frame[0].permute(0, 2, 1), per_frame[1]) * (int(channels) ** -0.5)
+        weights = torch.softmax(scores, dim=2)
+        spatial = torch.bmm(per_frame[2], weights.permute(0, 2, 1))  # [B·T, C, HW]
+        x = x + spatial.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+        q, k, v = (t.permute(0, 3, 4, 2, 1).reshape(-1, frames, channels)
+                   for t in self.qkv(x).chunk(3, dim=1))
+        temporal_scores = torch.bmm(q, k.permute(0, 2, 1)) * (int(channels) ** -0.5)
+        if self.causal:
+            lower = torch.tril(torch.ones_like(temporal_scores))
+            temporal_scores = temporal_scores.masked_fill(lower == 0, float("-inf"))
+        temporal = torch.bmm(torch.softmax(temporal_scores, dim=2), v)  # [B·H·W, T, C]
+        x = x + temporal.reshape(batch, height, width, frames, channels).permute(0, 4, 3, 1, 2)
+        return (x, scores) if self.keep_scores else x
+
+
+def _trace(module: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    with torch.no_grad(), torchscript_deprecation_silenced():
+        return torch.jit.trace(module.eval(), example, check_trace=False)
+
+
+def _calls(fn: Any, *args: torch.Tensor) -> tuple[Any, set[str]]:
+    """``fn(*args)`` and the torch functions and operators it called (the kernels each picks
+    are the device's business: on CPUs a fused attention may still run the math path)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Record(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.add(getattr(func, "__name__", str(func)).split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record() as record:
+        result = fn(*args)
+    return result, record.names
+
+
+def test_materialised_attention_runs_fused() -> None:
+    video = torch.randn(2, 8, 5, 6, 7, generator=torch.Generator().manual_seed(3))
+    traced = _trace(MaterialisedAttention(), video)
+    replay = GraphReplay(traced, fuse_attention=True)
+    assert replay.fused_attentions == 2  # the spatial block and the causal temporal one
+    expected, replayed_calls = _calls(GraphReplay(traced), video)
+    got, fused_calls = _calls(replay, video)
+    materialised = {"bmm", "softmax", "masked_fill", "tril", "ones_like"}
+    assert materialised <= replayed_calls and not materialised & fused_calls
+    assert "scaled_dot_product_attention" in fused_calls
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # The causal mask matters: without it the temporal block's output differs.
+    unmasked = _trace(MaterialisedAttention(causal=False), video)
+    assert GraphReplay(unmasked, fuse_attention=True).fused_attentions == 2
+    with torch.no_grad():
+        assert not torch.allclose(expected, unmasked(video), atol=1e-3)
+
+
+def test_attention_whose_scores_are_read_elsewhere_is_left_as_it_is() -> None:
+    video = torch.randn(1, 8, 3, 4, 5, generator=torch.Generator().manual_seed(4))
+    traced = _trace(MaterialisedAttention(keep_scores=True), video)
+    replay = GraphReplay(traced, fuse_attention=True)
+    assert replay.fused_attentions == 1  # the temporal block only
+    with torch.no_grad():
+        (expected, scores), (got, replayed_scores) = traced(video), replay(video)
+    assert torch.equal(replayed_scores, scores)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fusing_is_off_by_default() -> None:
+    video = torch.randn(1, 8, 3, 4, 5, generator=torch.Generator().manual_seed(5))
+    traced = _trace(MaterialisedAttention(), video)
+    replay = GraphReplay(traced)
+    assert replay.fused_attentions == 0
+    with torch.no_grad():
+        assert torch.equal(replay(video), traced(video))
+
+
+def test_fused_attention_compiles_as_one_graph() -> None:
+    video = torch.randn(1, 8, 3, 4, 5, generator=torch.Generator().manual_seed(6))
+    traced = _trace(MaterialisedAttention(), video)
+    compiled = torch.compile(GraphReplay(traced, fuse_attention=True), fullgraph=True,
+                             dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(video), traced(video), rtol=1e-4, atol=1e-5)

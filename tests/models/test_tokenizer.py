@@ -300,20 +300,40 @@ def test_tiny_codec_rejects_unsupported_channel_counts(tmp_path: Path) -> None:
     build_tiny_tokenizer(tmp_path / "big", latent_channels=64, spatial=16, temporal=4)
 
 
-def _write_traced(directory: Path) -> Path:
-    """The PoolEncoder codec with a traced encoder.jit, as the released files are made."""
+class AttendingPoolEncoder(PoolEncoder):
+    """PoolEncoder, then a spatial self-attention over each latent frame written as the
+    released tokenizer writes its attention blocks (materialised scores)."""
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        latent, zero = super().forward(video)
+        b, c, t, h, w = latent.shape
+        tokens = latent.permute(0, 2, 1, 3, 4).reshape(b * t, c, h * w)
+        scores = torch.bmm(tokens.permute(0, 2, 1), tokens) * (int(c) ** -0.5)
+        attended = torch.bmm(tokens, torch.softmax(scores, dim=2).permute(0, 2, 1))
+        return latent + attended.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4), zero
+
+
+def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
+    """A codec with a traced encoder.jit (PoolEncoder's unless given), as the released files
+    are made."""
+    encoder = encoder or PoolEncoder()
     _write(directory, PoolEncoder())
     with torchscript_deprecation_silenced():
-        traced = torch.jit.trace(PoolEncoder(), _video(batch=1, chunks=1), check_trace=False)
+        traced = torch.jit.trace(encoder, _video(batch=1, chunks=1), check_trace=False)
         torch.jit.save(traced, str(directory / "encoder.jit"))
     return directory
 
 
-def test_a_compiled_encoder_encodes_like_the_script_module(tmp_path: Path) -> None:
-    directory = _write_traced(tmp_path / "traced")
+@pytest.mark.parametrize("encoder", [PoolEncoder, AttendingPoolEncoder])
+def test_a_compiled_encoder_encodes_like_the_script_module(
+        tmp_path: Path, encoder: type[nn.Module]) -> None:
+    directory = _write_traced(tmp_path / "traced", encoder())
     plain, compiled = _tokenizer(directory), _tokenizer(directory, compile_encoder=True)
     assert isinstance(plain.encoder, torch.jit.ScriptModule)
     assert not isinstance(compiled.encoder, torch.jit.ScriptModule)
+    # the released form of attention runs as one fused attention
+    fused = 1 if encoder is AttendingPoolEncoder else 0
+    assert compiled.encoder._orig_mod.fused_attentions == fused
     video = _video(batch=2, chunks=2)  # another shape than the trace's
     torch.testing.assert_close(compiled.encode(video), plain.encode(video), rtol=1e-5,
                                atol=1e-5)

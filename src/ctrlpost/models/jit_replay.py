@@ -12,6 +12,14 @@ the same arguments, so eager replay computes what the TorchScript interpreter co
 parameters are the script module's own tensors (shared, not copied). Shape arithmetic stays in
 Python integers, which is what lets ``torch.compile`` trace the whole graph without a break.
 
+With ``fuse_attention``, attention the graph computes with materialised scores (a batched
+product of queries and keys, a constant scale, an optional causal mask built from the scores,
+a softmax, a batched product with the values: how the released tokenizer's code writes its
+spatial and temporal attention blocks) runs as one ``scaled_dot_product_attention``, which the
+compiler maps to a fused kernel that never writes the score matrix (``torch.compile`` does not
+find that pattern in the replayed ops by itself). The result is the same attention rounded
+differently, so the option is off by default.
+
 Only traced graphs are accepted: a scripted module's control flow (``prim::If``,
 ``prim::Loop``), method calls or Python operators raise :class:`UnsupportedGraph` naming the
 node, and the caller keeps the TorchScript module.
@@ -26,6 +34,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _NUMBER_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -101,9 +110,13 @@ def _aten(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class GraphReplay(nn.Module):
     """``module``'s inlined graph, run node by node as aten calls (see the module docstring)."""
 
-    def __init__(self, module: torch.jit.ScriptModule) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, *, fuse_attention: bool = False) -> None:
         super().__init__()
         graph = module.inlined_graph
+        attentions = _materialised_attentions(graph) if fuse_attention else []
+        fused_at = {attention.output_node: attention for attention in attentions}
+        replaced = {node for attention in attentions for node in attention.nodes}
+        self.fused_attentions = len(attentions)
         index: dict[Any, int] = {}
         static: dict[Any, Any] = {}  # modules reached by prim::GetAttr, resolved once here
         inputs = list(graph.inputs())
@@ -122,6 +135,8 @@ class GraphReplay(nn.Module):
             return _Ref(index[value])
 
         for node in graph.nodes():
+            if node in replaced and node not in fused_at:
+                continue  # a step of a materialised attention, run fused at its last node
             kind = node.kind()
             outputs = list(node.outputs())
             if kind == "prim::GetAttr":
@@ -137,6 +152,14 @@ class GraphReplay(nn.Module):
             out = tuple(index[value] for value in outputs)
             if kind == "prim::GetAttr":  # read at run time: .to() moves the buffers
                 self._steps.append(_Step(partial(getattr, self, name), (), (), out))
+                continue
+            if node in fused_at:
+                attention = fused_at[node]
+                operands = [arg(v) for v in (attention.query, attention.key_t, attention.value)]
+                self._steps.append(_Step(partial(_fused_attention, scale=attention.scale,
+                                                 causal=attention.causal,
+                                                 channels_first=attention.channels_first),
+                                         tuple(operands), (), out))
                 continue
             operands = [arg(v) for v in node.inputs()]
             if kind == "prim::Constant":
@@ -210,3 +233,135 @@ def _bind(node: Any, args: Sequence[Any]) -> tuple[Callable[..., Any], tuple[Any
         else:
             positional.append(value)
     return op, tuple(positional), tuple(keywords)
+
+
+@dataclass(frozen=True)
+class _MaterialisedAttention:
+    """Attention a graph computes with materialised scores (see the module docstring).
+
+    ``query`` is ``[B, L, C]`` and ``key_t`` ``[B, C, S]`` (the two operands of the scores'
+    product); ``value`` is ``[B, S, C]``, or ``[B, C, S]`` when ``channels_first`` (the graph
+    then multiplies the values by the transposed weights and its result is ``[B, C, L]``).
+    """
+
+    query: Any
+    key_t: Any
+    value: Any
+    scale: float
+    causal: bool
+    channels_first: bool
+    nodes: frozenset[Any]
+    output_node: Any
+
+
+def _fused_attention(query: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor, *,
+                     scale: float, causal: bool, channels_first: bool) -> torch.Tensor:
+    """What a :class:`_MaterialisedAttention` computes, as one fused attention (one head)."""
+    if channels_first:
+        value = value.transpose(1, 2)
+    attended = F.scaled_dot_product_attention(
+        query.unsqueeze(1), key_t.transpose(1, 2).unsqueeze(1), value.unsqueeze(1),
+        is_causal=causal, scale=scale).squeeze(1)
+    return attended.transpose(1, 2) if channels_first else attended
+
+
+def _constant(value: Any) -> Any:
+    """The constant ``value`` holds (a list built of constants included), or
+    ``_NOT_CONSTANT``."""
+    node = value.node()
+    if node.kind() == "prim::ListConstruct":
+        items = [_constant(item) for item in node.inputs()]
+        return _NOT_CONSTANT if any(i is _NOT_CONSTANT for i in items) else items
+    if node.kind() != "prim::Constant":
+        return _NOT_CONSTANT
+    constant = value.toIValue()
+    if isinstance(constant, torch.Tensor):
+        return constant.item() if constant.dim() == 0 else _NOT_CONSTANT
+    return constant
+
+
+_NOT_CONSTANT = object()
+
+
+def _only_user(value: Any) -> Any:
+    """The node that reads ``value``, if exactly one node reads it (else None)."""
+    users = {use.user for use in value.uses()}
+    return users.pop() if len(users) == 1 else None
+
+
+def _materialised_attentions(graph: Any) -> list[_MaterialisedAttention]:
+    """Every materialised attention in ``graph`` whose intermediate tensors nothing else
+    reads (so that dropping them is safe)."""
+    found = []
+    for softmax in graph.nodes():
+        if softmax.kind() == "aten::softmax":
+            attention = _match_attention(softmax)
+            if attention is not None:
+                found.append(attention)
+    return found
+
+
+def _match_attention(softmax: Any) -> _MaterialisedAttention | None:
+    """The attention around ``softmax``, matched backwards to the scores' product and forwards
+    to the product with the values; None where any step differs from that pattern."""
+    scores, dim, dtype = list(softmax.inputs())
+    if _constant(dim) not in (2, -1) or _constant(dtype) is not None:
+        return None
+    nodes = {softmax}
+    causal = scores.node().kind() == "aten::masked_fill"
+    if causal:  # scores.masked_fill(tril(ones_like(scores)) == 0, -inf)
+        fill = scores.node()
+        scores, condition, value = list(fill.inputs())
+        if _constant(value) != float("-inf"):
+            return None
+        equal = condition.node()
+        if equal.kind() != "aten::eq" or _constant(equal.inputsAt(1)) != 0:
+            return None
+        lower = equal.inputsAt(0).node()
+        if lower.kind() != "aten::tril" or _constant(lower.inputsAt(1)) != 0:
+            return None
+        ones = lower.inputsAt(0).node()
+        if ones.kind() != "aten::ones_like" or ones.inputsAt(0) is not scores:
+            return None
+        _, dtype, layout, device, pin_memory, memory_format = list(ones.inputs())
+        if any(_constant(v) is not None for v in (dtype, layout, device, memory_format)) \
+                or _constant(pin_memory) not in (None, False):
+            return None  # ones of another dtype or layout than the scores
+        nodes |= {fill, equal, lower, ones}
+        if {use.user for use in scores.uses()} != {fill, ones}:
+            return None
+    elif _only_user(scores) is not softmax:
+        return None
+    scaling = scores.node()
+    if scaling.kind() != "aten::mul":
+        return None
+    product, factor = list(scaling.inputs())
+    scale = _constant(factor)
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        return None
+    scores_product = product.node()
+    if scores_product.kind() != "aten::bmm" or _only_user(product) is not scaling:
+        return None
+    nodes |= {scaling, scores_product}
+    weights = softmax.output()
+    user = _only_user(weights)
+    if user is None:
+        return None
+    channels_first = user.kind() == "aten::permute"
+    if channels_first:  # bmm(values [B, C, S], weights.permute(0, 2, 1))
+        if _constant(user.inputsAt(1)) != [0, 2, 1]:
+            return None
+        nodes.add(user)
+        weights, user = user.output(), _only_user(user.output())
+        if user is None or user.kind() != "aten::bmm" or user.inputsAt(1) is not weights:
+            return None
+        value = user.inputsAt(0)
+    else:  # bmm(weights, values [B, S, C])
+        if user.kind() != "aten::bmm" or user.inputsAt(0) is not weights:
+            return None
+        value = user.inputsAt(1)
+    nodes.add(user)
+    return _MaterialisedAttention(
+        query=scores_product.inputsAt(0), key_t=scores_product.inputsAt(1), value=value,
+        scale=float(scale), causal=causal, channels_first=channels_first,
+        nodes=frozenset(nodes), output_node=user)

@@ -144,8 +144,8 @@ class VideoTokenizer:
         """Load ``encoder.jit``, ``decoder.jit`` and ``mean_std.pt`` from ``directory``
         (or from explicit ``files``), frozen, in eval mode and cast to ``dtype``;
         ``compile_encoder``: the encoder's traced graph replayed as aten calls under
-        ``torch.compile`` (:mod:`ctrlpost.models.jit_replay`; compiled on first use, once per
-        clip shape)."""
+        ``torch.compile``, its materialised attention fused (:mod:`ctrlpost.models.jit_replay`;
+        compiled on first use, once per clip shape)."""
         if (directory is None) == (files is None):
             raise ValueError("pass exactly one of directory and files=")
         if files is None:
@@ -277,7 +277,11 @@ def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
     from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 
     try:
-        return GraphReplay(encoder)
+        # The released encoder's spatial attention materialises the score matrices of all
+        # latent frames (5.9 GiB in bf16 for a 121-frame 720p clip, two copies alive at
+        # once); fused, they are never written. Compiled kernels round differently anyway,
+        # which is why the whole replay is opt-in.
+        return GraphReplay(encoder, fuse_attention=True)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
                            hint=COMPILE_HINT) from None
