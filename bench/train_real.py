@@ -11,8 +11,9 @@ tokenizer. This script times the step a post-training run takes, at the recipe's
 * text: random T5 embedding pickles in the reference's format at the flavor's text width,
   written with ``ctrlpost.data.text.write_embedding`` (T5-11B itself is not run);
 * tokenizer: diffusers' ``AutoencoderKLCosmos`` at the CV8x8x8 configuration with random
-  weights, traced into ``encoder.jit``/``decoder.jit`` (``bench/cosmos_tokenizer.py``) and loaded
-  by the engine through ``VideoTokenizer.from_files``;
+  weights and the released code's attention (materialised scores), traced into
+  ``encoder.jit``/``decoder.jit`` (``bench/cosmos_tokenizer.py``) and loaded by the engine
+  through ``VideoTokenizer.from_files``;
 * model: the recipe's flavor with random weights: the job is ``ctrlpost.engine.build.build_job``
   itself (loader batches, tokenizer, FSDP2, optimizer, EMA), except that its ``build_model`` is
   called with ``random_weights=True``, the path ``train --synthetic`` uses;
