@@ -130,7 +130,9 @@ def test_more_gpus_less_memory_per_gpu() -> None:
 
 def test_more_recomputation_fewer_activations_and_fewer_frames_less_memory() -> None:
     def activations(mode: str = "selective", frames: int = 121) -> float:
-        found = estimate(DIMS_7B, Job(num_frames=frames, height=704, width=1280, ac_mode=mode))
+        # no tokenizer: its encode would be the peak moment of the recomputing modes
+        found = estimate(DIMS_7B, Job(num_frames=frames, height=704, width=1280, ac_mode=mode,
+                                      tokenizer=False))
         return found.terms["activations_saved"] + found.terms["activations_working"]
 
     assert activations("none") > activations("selective") > activations("full")
@@ -139,7 +141,9 @@ def test_more_recomputation_fewer_activations_and_fewer_frames_less_memory() -> 
 
 
 def test_hdvila_job_fits_8_gpus_one_80gb_gpu_and_needs_auto_on_a_smaller_one() -> None:
-    job = Job(num_frames=121, height=960, width=960, world_size=8)  # the largest 720 bucket
+    # the largest 720 bucket; a fused tokenizer encode (below the activations: see
+    # test_the_released_encoders_scores_are_a_floor_that_compile_tokenizer_lifts)
+    job = Job(num_frames=121, height=960, width=960, world_size=8, tokenizer_attention_fused=True)
     verdict = check(DIMS_7B, job)
     assert verdict.fits and verdict.changes == ()
     assert 45 < verdict.estimate.total_gib < 55  # 49.8 GiB (46.3 allocated)
@@ -161,7 +165,8 @@ def test_hdvila_job_fits_8_gpus_one_80gb_gpu_and_needs_auto_on_a_smaller_one() -
 
 
 def test_fix_searches_gpus_then_frames() -> None:
-    job = Job(num_frames=121, height=704, width=1280, world_size=1)
+    job = Job(num_frames=121, height=704, width=1280, world_size=1,
+              tokenizer_attention_fused=True)
     gpus = check(DIMS_7B, job, gpu_memory_gib=60)
     assert gpus.changes[0] == ("parallel.activation_checkpointing", "auto")
     key, fewest = gpus.changes[1]
@@ -184,6 +189,37 @@ def test_tokenizer_encode_is_the_peak_of_a_small_model_on_big_clips() -> None:
     found = estimate(DIMS_TINY, Job(num_frames=121, height=704, width=1280, ac_mode="full"))
     assert found.moment == "tokenizer encode" and found.terms["tokenizer_encode"] > 3 * GIB
     assert found.terms["activations_saved"] == 0
+
+
+def test_the_released_encoders_scores_are_a_floor_that_compile_tokenizer_lifts() -> None:
+    def encode(fused: bool, height: int = 704, width: int = 1280) -> float:
+        job = Job(num_frames=121, height=height, width=width, ac_mode="full",
+                  tokenizer_attention_fused=fused)
+        return estimate(DIMS_7B, job).terms["tokenizer_encode"]
+
+    # Two bf16 copies of 16 latent frames' 14,080 x 14,080 score matrices: 11.8 GiB at 720p.
+    scores = 2 * 2 * 16 * (88 * 160) ** 2
+    assert encode(False) - encode(True) == pytest.approx(scores)
+    # The per-pixel part grows with the pixels, the scores with the square of a frame's area.
+    assert encode(True, 1408, 2560) == pytest.approx(4 * encode(True))
+    assert encode(False, 1408, 2560) - encode(True, 1408, 2560) == pytest.approx(16 * scores)
+    # On 8 GPUs of 40 GB the encode is the peak: no GPU count helps, compiling does.
+    job = Job(num_frames=121, height=704, width=1280, world_size=8, ac_mode="auto")
+    verdict = check(DIMS_7B, job, gpu_memory_gib=40)
+    assert not verdict.fits and verdict.estimate.moment == "tokenizer encode"
+    assert verdict.changes == (("parallel.compile_tokenizer", True),)
+    assert verdict.fix() == "parallel.compile_tokenizer = true"
+    assert verdict.fixed is not None and verdict.fixed.total_gib <= verdict.budget_gib
+
+
+def test_the_recipes_compile_tokenizer_marks_the_encode_fused() -> None:
+    from ctrlpost.engine.memory import training_job
+    from ctrlpost.recipe import load
+
+    for value in (False, True):
+        recipe = load(HDVILA, [f"parallel.compile_tokenizer={str(value).lower()}"])
+        job = training_job(recipe.data, recipe.train, recipe.model, recipe.parallel, world_size=1)
+        assert job.tokenizer_attention_fused is value
 
 
 def test_unknown_checkpointing_mode() -> None:
@@ -220,15 +256,19 @@ def test_verify_layout_names_the_change() -> None:
     code, report = verify("--gpu-memory", "40", "--set", selective)
     assert code == 2
     (problem,) = report["problems"]
-    assert problem["stage"] == "layout" and problem["path"] == "parallel.activation_checkpointing"
-    assert 'set parallel.activation_checkpointing = "auto" (~' in problem["message"]
+    # The recipe's encoder runs as TorchScript: its attention scores (13.3 GiB at 960x960) are a
+    # floor on every GPU, which compiling the tokenizer lifts.
+    assert problem["stage"] == "layout" and problem["path"] == "parallel.compile_tokenizer"
+    assert ('set parallel.activation_checkpointing = "auto" and parallel.compile_tokenizer = '
+            'true (~') in problem["message"]
     assert "(selective checkpointing: selective on all 31 blocks; 8 GPU(s)" in problem["message"]
     assert problem["message"].endswith("selective on 4 of 31 blocks (base 24-27), full on 27 "
                                        "(base 0-23, control 0-2))")
     code, report = verify("--gpu-memory", "48", "--gpus", "1")
     (problem,) = report["problems"]
     assert problem["path"] == "parallel.nproc_per_node"
-    assert "set 3 GPUs (parallel.nnodes × parallel.nproc_per_node = 3)" in problem["message"]
+    assert ("set parallel.compile_tokenizer = true and 3 GPUs (parallel.nnodes × "
+            "parallel.nproc_per_node = 3)") in problem["message"]
     code, report = verify("--gpu-memory", "10")
     assert code == 2
     (problem,) = report["problems"]
@@ -237,7 +277,8 @@ def test_verify_layout_names_the_change() -> None:
 
 # --- "auto": selective on as many blocks as the budget holds ------------------------------------
 
-AUTO_1GPU = Job(num_frames=121, height=960, width=960, ac_mode="auto")
+AUTO_1GPU = Job(num_frames=121, height=960, width=960, ac_mode="auto",
+                tokenizer_attention_fused=True)
 
 
 def total_with(selective: int, job: Job = AUTO_1GPU) -> float:
@@ -315,7 +356,9 @@ def test_verify_layout_reports_the_auto_plan() -> None:
     code, report = verify("--gpus", "1")
     assert code == 0, report["problems"]
     summary = report["stages"][-1]["summary"]
-    expected = check(DIMS_7B, AUTO_1GPU).estimate
+    # the recipe's encoder runs as TorchScript: its encode (75.0 GiB) is the peak, still fits
+    expected = check(DIMS_7B, replace(AUTO_1GPU, tokenizer_attention_fused=False)).estimate
+    assert expected.moment == "tokenizer encode"
     assert summary["checkpointing"] == "auto" and summary["selective_blocks"] == 31
     assert summary["checkpointing_plan"] == expected.plan.describe()
     assert summary["total_gib"] == round(expected.total_gib, 1) <= summary["budget_gib"]

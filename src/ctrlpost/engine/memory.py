@@ -19,8 +19,11 @@ unit). The estimate is a sum of terms, in bytes:
   block has its own mode (:class:`CheckpointPlan`): the recipe's
   ``parallel.activation_checkpointing`` picks them through :data:`POLICIES`, ``"auto"`` by
   fitting as many ``selective`` blocks as the budget holds (:func:`planned`);
-* ``tokenizer_encode``: the encoder's own peak before the step, assumed per pixel-frame; it
-  counts only when larger than the training activations;
+* ``tokenizer_encode``: the encoder's own peak before the step: a calibrated amount per
+  pixel-frame, plus, unless the encoder runs with its attention fused
+  (``parallel.compile_tokenizer``), the score matrices the released encoder's spatial attention
+  materialises (two copies of latent frames × (positions per latent frame)² at once); it counts
+  only when larger than the training activations;
 * ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
   buffers when ``W > 1``.
 
@@ -49,7 +52,8 @@ GIB = 1024**3
 AC_MODES: tuple[str, ...] = ("none", "selective", "full")
 DEFAULT_GPU_MEMORY_GIB = 80.0  # what `verify` assumes, and `train` off CUDA
 TOKENIZER_WEIGHT_BYTES = 200e6  # assumed: the catalog's bound for encoder.jit
-TOKENIZER_BYTES_PER_PIXEL = 40.0  # assumed: bf16 input, 3-D convs, cuDNN workspace
+TOKENIZER_BYTES_PER_PIXEL = 290.0  # calibrated on an H100, CV8x8x8, attention fused (NOTES)
+TOKENIZER_SCORE_COPIES = 2  # the scores and their scaled copy, then that copy and the softmax
 FRAGMENTATION = 0.05  # reserved over allocated, calibrated on an H100 (bench/NOTES.md)
 CONTEXT_BYTES = 0.75 * GIB
 NCCL_BYTES = 0.5 * GIB
@@ -162,6 +166,7 @@ class Job:
     tokenizer: bool = True
     fp8_attention: bool = False
     compiled: bool = True
+    tokenizer_attention_fused: bool = False
 
     def tokens(self, dims: ModelDims) -> int:
         """Tokens per clip: latent frames × latent rows/2 × latent columns/2."""
@@ -185,7 +190,7 @@ def training_job(data: DataSection, train: TrainSection, model: ModelSection,
                batch_size=train.batch_size, world_size=world_size,
                ac_mode=parallel.activation_checkpointing, precision=model.precision,
                fp8_attention=model.base_precision == "fp8-attention",
-               compiled=parallel.compile)
+               compiled=parallel.compile, tokenizer_attention_fused=parallel.compile_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -452,8 +457,7 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
         "activations_saved": 0.0, "activations_working": 0.0, "tokenizer_encode": 0.0,
     }
     saved, working, control = _activations(dims, job, a, plan)
-    encode = (TOKENIZER_BYTES_PER_PIXEL * job.num_frames * job.height * job.width
-              * job.batch_size if job.tokenizer else 0.0)
+    encode = _tokenizer_encode(job, a) if job.tokenizer else 0.0
     # The control branch's gradients exist from its own backward (the last of the step) until
     # the optimizer step: not during the encodes or the base's backward.
     grads = terms["control_grads"]
@@ -469,6 +473,16 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
     nccl = NCCL_BYTES if job.world_size > 1 else 0.0
     terms["overhead"] = FRAGMENTATION * allocated + CONTEXT_BYTES + nccl
     return Estimate(terms=terms, moment=moment, tokens=job.tokens(dims), plan=plan)
+
+
+def _tokenizer_encode(job: Job, dtype_bytes: int) -> float:
+    """The encoder's peak above what the step holds before it (see the module docstring)."""
+    pixels = job.num_frames * job.height * job.width * job.batch_size
+    if job.tokenizer_attention_fused:
+        return TOKENIZER_BYTES_PER_PIXEL * pixels
+    positions = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)
+    scores = dtype_bytes * job.batch_size * latent_frames(job.num_frames) * positions**2
+    return TOKENIZER_BYTES_PER_PIXEL * pixels + TOKENIZER_SCORE_COPIES * scores
 
 
 @dataclass(frozen=True)
@@ -493,6 +507,8 @@ class Verdict:
 def _assignment(key: str, value: object) -> str:
     if key == "gpus":
         return f"{value} GPUs (parallel.nnodes × parallel.nproc_per_node = {value})"
+    if isinstance(value, bool):
+        return f"{key} = {str(value).lower()}"
     return f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
 
 
@@ -500,8 +516,9 @@ def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMO
           margin: float = 0.05) -> Verdict:
     """Estimate ``job``, :func:`planned` for ``gpu_memory_gib`` less ``margin``. When it does
     not fit, search in order: more recomputation (its policy's ``stronger`` values; the last is
-    kept for what follows), the fewest GPUs that fit, the most frames (8k + 1) that fit; the
-    first change that fits is the fix. Every candidate is planned for the budget itself."""
+    kept for what follows), the tokenizer's attention fused (kept when it lowers the peak), the
+    fewest GPUs that fit, the most frames (8k + 1) that fit; the first change that fits is the
+    fix. Every candidate is planned for the budget itself."""
     budget = gpu_memory_gib * (1 - margin)
 
     def estimated(candidate: Job) -> Estimate:
@@ -526,6 +543,14 @@ def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMO
         return verdict
     if stronger:
         job, changes = replace(job, ac_mode=stronger[-1]), ((key, stronger[-1]),)
+    if job.tokenizer and not job.tokenizer_attention_fused:
+        # The encode's score matrices are a per-GPU floor that no GPU count lowers.
+        fused = replace(job, tokenizer_attention_fused=True)
+        verdict = first_fit("parallel.compile_tokenizer", [(True, fused)])
+        if verdict is not None:
+            return verdict
+        if estimated(fused).total_gib < estimated(job).total_gib:
+            job, changes = fused, (*changes, ("parallel.compile_tokenizer", True))
     gpus = range(job.world_size + 1, MAX_GPUS + 1)
     frames = range(job.num_frames - TEMPORAL_COMPRESSION, 0, -TEMPORAL_COMPRESSION)
     verdict = (first_fit("gpus", ((w, replace(job, world_size=w)) for w in gpus))
