@@ -20,10 +20,10 @@ unit). The estimate is a sum of terms, in bytes:
   ``parallel.activation_checkpointing`` picks them through :data:`POLICIES`, ``"auto"`` by
   fitting as many ``selective`` blocks as the budget holds (:func:`planned`);
 * ``tokenizer_encode``: the encoder's own peak before the step: a calibrated amount per
-  pixel-frame, plus, unless the encoder runs with its attention fused
-  (``parallel.compile_tokenizer``), the score matrices the released encoder's spatial attention
-  materialises (two copies of latent frames × (positions per latent frame)² at once); it counts
-  only when larger than the training activations;
+  pixel-frame, smaller when the encoder is compiled (``parallel.compile_tokenizer``: its graph
+  replayed, its attention fused); as TorchScript, plus the score matrices the released
+  encoder's spatial attention materialises (two copies of latent frames × (positions per latent
+  frame)² at once); it counts only when larger than the training activations;
 * ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
   buffers when ``W > 1``.
 
@@ -52,7 +52,10 @@ GIB = 1024**3
 AC_MODES: tuple[str, ...] = ("none", "selective", "full")
 DEFAULT_GPU_MEMORY_GIB = 80.0  # what `verify` assumes, and `train` off CUDA
 TOKENIZER_WEIGHT_BYTES = 200e6  # assumed: the catalog's bound for encoder.jit
-TOKENIZER_BYTES_PER_PIXEL = 290.0  # calibrated on an H100, CV8x8x8, attention fused (NOTES)
+# Both calibrated on an H100 at 121×704×1280 (bench/NOTES.md): TorchScript, its attention fused
+# (29.2 GiB), and the compiled replay (parallel.compile_tokenizer, 13.5 GiB).
+TOKENIZER_BYTES_PER_PIXEL = 290.0
+TOKENIZER_COMPILED_BYTES_PER_PIXEL = 135.0
 TOKENIZER_SCORE_COPIES = 2  # the scores and their scaled copy, then that copy and the softmax
 FRAGMENTATION = 0.05  # reserved over allocated, calibrated on an H100 (bench/NOTES.md)
 CONTEXT_BYTES = 0.75 * GIB
@@ -166,7 +169,7 @@ class Job:
     tokenizer: bool = True
     fp8_attention: bool = False
     compiled: bool = True
-    tokenizer_attention_fused: bool = False
+    tokenizer_compiled: bool = False
 
     def tokens(self, dims: ModelDims) -> int:
         """Tokens per clip: latent frames × latent rows/2 × latent columns/2."""
@@ -190,7 +193,7 @@ def training_job(data: DataSection, train: TrainSection, model: ModelSection,
                batch_size=train.batch_size, world_size=world_size,
                ac_mode=parallel.activation_checkpointing, precision=model.precision,
                fp8_attention=model.base_precision == "fp8-attention",
-               compiled=parallel.compile, tokenizer_attention_fused=parallel.compile_tokenizer)
+               compiled=parallel.compile, tokenizer_compiled=parallel.compile_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -478,8 +481,8 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
 def _tokenizer_encode(job: Job, dtype_bytes: int) -> float:
     """The encoder's peak above what the step holds before it (see the module docstring)."""
     pixels = job.num_frames * job.height * job.width * job.batch_size
-    if job.tokenizer_attention_fused:
-        return TOKENIZER_BYTES_PER_PIXEL * pixels
+    if job.tokenizer_compiled:  # replayed, compiled, its attention fused
+        return TOKENIZER_COMPILED_BYTES_PER_PIXEL * pixels
     positions = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)
     scores = dtype_bytes * job.batch_size * latent_frames(job.num_frames) * positions**2
     return TOKENIZER_BYTES_PER_PIXEL * pixels + TOKENIZER_SCORE_COPIES * scores
@@ -516,7 +519,7 @@ def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMO
           margin: float = 0.05) -> Verdict:
     """Estimate ``job``, :func:`planned` for ``gpu_memory_gib`` less ``margin``. When it does
     not fit, search in order: more recomputation (its policy's ``stronger`` values; the last is
-    kept for what follows), the tokenizer's attention fused (kept when it lowers the peak), the
+    kept for what follows), the tokenizer compiled (kept when it lowers the peak), the
     fewest GPUs that fit, the most frames (8k + 1) that fit; the first change that fits is the
     fix. Every candidate is planned for the budget itself."""
     budget = gpu_memory_gib * (1 - margin)
@@ -543,14 +546,14 @@ def check(dims: ModelDims, job: Job, *, gpu_memory_gib: float = DEFAULT_GPU_MEMO
         return verdict
     if stronger:
         job, changes = replace(job, ac_mode=stronger[-1]), ((key, stronger[-1]),)
-    if job.tokenizer and not job.tokenizer_attention_fused:
+    if job.tokenizer and not job.tokenizer_compiled:
         # The encode's score matrices are a per-GPU floor that no GPU count lowers.
-        fused = replace(job, tokenizer_attention_fused=True)
-        verdict = first_fit("parallel.compile_tokenizer", [(True, fused)])
+        compiled = replace(job, tokenizer_compiled=True)
+        verdict = first_fit("parallel.compile_tokenizer", [(True, compiled)])
         if verdict is not None:
             return verdict
-        if estimated(fused).total_gib < estimated(job).total_gib:
-            job, changes = fused, (*changes, ("parallel.compile_tokenizer", True))
+        if estimated(compiled).total_gib < estimated(job).total_gib:
+            job, changes = compiled, (*changes, ("parallel.compile_tokenizer", True))
     gpus = range(job.world_size + 1, MAX_GPUS + 1)
     frames = range(job.num_frames - TEMPORAL_COMPRESSION, 0, -TEMPORAL_COMPRESSION)
     verdict = (first_fit("gpus", ((w, replace(job, world_size=w)) for w in gpus))
