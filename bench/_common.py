@@ -146,6 +146,70 @@ def live_allocations(device: torch.device, *, top: int = 25) -> list[dict[str, A
              "sizes_mib": sorted(v["sizes_mib"])[-5:]} for k, v in rows]
 
 
+# What a kernel (or, on the CPU, an aten op) is, by its name: the first pattern that matches.
+# Inductor names its generated kernels after the ops they fuse (``triton_poi_fused_convolution_0``
+# is elementwise work), so those come first; attention before convolution and products (cuDNN's
+# attention kernels say "fprop", cutlass's say "gemm").
+KERNEL_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern, re.IGNORECASE)) for kind, pattern in (
+        ("matmul", r"^triton_tem"),
+        ("compiled (triton)", r"^triton_"),
+        ("attention", r"flash|fmha|sdpa|attention|mha"),
+        ("convolution", r"conv(?!ert)|fprop|dgrad|wgrad|implicit_gemm|winograd"),
+        ("matmul", r"gemm|nvjet|cutlass|xmma|wgmma|cublas|_scaled_mm|f8f8"
+                   r"|^aten::(mm|addmm|bmm|matmul|linear|baddbmm)$"),
+        ("copy", r"memcpy|memset|copy_|^aten::(to|_to_copy|contiguous|clone|cat)$"),
+        ("collective", r"nccl|gloo|all_?reduce|all_?gather|reduce_?scatter"),
+        ("elementwise / reduction (aten)", r"elementwise|reduce_kernel|vectorized|unrolled"
+                                           r"|at::native|^aten::"),
+    ))
+
+
+def kernel_kind(name: str) -> str:
+    """The :data:`KERNEL_KINDS` class of a kernel or op name; ``"other"`` when none matches."""
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+def kernel_profile(fn: Callable[[], Any], device: torch.device, *, top: int = 20
+                   ) -> dict[str, Any]:
+    """One call of ``fn`` under torch's profiler: on CUDA its GPU kernels, on the CPU its aten
+    ops, by self time: the total, each :func:`kernel_kind`'s time and share, and the ``top``
+    names with their calls and share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        fn()
+        synchronize(device)
+
+    def self_us(event: Any) -> float:
+        return float(event.self_device_time_total if cuda else event.self_cpu_time_total)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0
+              and (cuda or e.key.startswith("aten::"))]
+    total = sum(self_us(e) for e in events) or 1.0
+    kinds: dict[str, float] = {}
+    for event in events:
+        kind = kernel_kind(event.key)
+        kinds[kind] = kinds.get(kind, 0.0) + self_us(event)
+    rows = sorted(events, key=self_us, reverse=True)[:top]
+    return {
+        "unit": "GPU kernels" if cuda else "aten ops (CPU)", "kernel_ms": total / 1e3,
+        "kinds": {kind: {"ms": us / 1e3, "share": us / total}
+                  for kind, us in sorted(kinds.items(), key=lambda item: -item[1])},
+        "top": [{"kernel": e.key[:120], "kind": kernel_kind(e.key), "calls": e.count,
+                 "ms": self_us(e) / 1e3, "share": self_us(e) / total} for e in rows]}
+
+
+def print_profile(profile: dict[str, Any], *, top: int = 8) -> None:
+    """The kinds' shares, then the ``top`` kernels."""
+    print(f"{profile['unit']}: {profile['kernel_ms']:.1f} ms")
+    for kind, row in profile["kinds"].items():
+        print(f"  {row['share']:6.1%} {row['ms']:9.1f} ms  {kind}")
+    for row in profile["top"][:top]:
+        print(f"  {row['share']:6.1%} {row['ms']:9.1f} ms x{row['calls']:<5} {row['kernel']}")
+
+
 def write_json(record: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

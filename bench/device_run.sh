@@ -43,7 +43,7 @@ for stage in "$@"; do
       # shellcheck disable=SC2086  # REAL_ARGS: extra options, e.g. "--warmup 1 --steps 3"
       python3 bench/train_real.py recipes/edge_hdvila.toml --ac auto --tokenizer "$tok" \
         "${extra[@]}" ${REAL_ARGS:-} \
-        --out "$OUT/train_real-$stage${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -40 ;;
+        --out "$OUT/train_real-$stage${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -60 ;;
     pretrain-tiny)
       # the tiny base of the embedded default, pre-trained on the GPU (issue 25)
       mkdir -p "$OUT/tiny_base"
@@ -81,7 +81,7 @@ for stage in "$@"; do
       # one tokenizer encode of a 121-frame 720p clip under cuDNN autotuning / channels-last
       # shellcheck disable=SC2086  # ENCODE_ARGS: e.g. "--settings default --profile --variants ..."
       python3 bench/tokenizer_encode.py ${ENCODE_ARGS:-} \
-        --out "$OUT/tokenizer_encode${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -24 ;;
+        --out "$OUT/tokenizer_encode${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -60 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;

@@ -4,7 +4,8 @@ that could make it cheaper: cuDNN's convolution autotuner and channels-last inpu
 TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
 under ``torch.compile``, with its materialised attention fused or not; diffusers' eager encoder
 and that encoder compiled (with channels-last variants); and (``--profile``) where the default
-encode's GPU time goes, by kernel.
+encode's and each variant's GPU time goes, by kind of kernel (convolution, attention, products,
+compiled elementwise, ...) and by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
 ``AutoencoderKLCosmos`` with the released code's attention, traced to the released
@@ -57,22 +58,6 @@ def encode_flops(video: torch.Tensor, dtype: torch.dtype) -> float:
     return float(counter.get_total_flops())
 
 
-def kernel_profile(encode: Any, *, top: int = 15) -> dict[str, Any]:
-    """One call of ``encode`` under torch's profiler: the ``top`` GPU kernels by total time,
-    each with its share of the call's kernel time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        encode()
-        torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    total = sum(e.self_device_time_total for e in events)
-    rows = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:top]
-    return {"kernel_ms": total / 1e3, "top": [
-        {"kernel": e.key[:120], "calls": e.count, "ms": e.self_device_time_total / 1e3,
-         "share": e.self_device_time_total / total} for e in rows]}
-
-
 def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float, list[float],
                                                                              Any]:
     times, out = [], None
@@ -119,8 +104,9 @@ VARIANTS: dict[str, Any] = {
 
 
 def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats: int,
-                 names: list[str]) -> list[dict[str, Any]]:
-    """The raw latent of the same weights run other ways, against the loaded ``encoder.jit``."""
+                 names: list[str], *, profile: bool = False) -> list[dict[str, Any]]:
+    """The raw latent of the same weights run other ways, against the loaded ``encoder.jit``
+    (``profile``: with each one's kernels by kind, :func:`_common.kernel_profile`)."""
     device = video.device
     clip = video.to(dtype)
     plain = torch.jit.load(str(folder / "encoder.jit"), map_location=device).eval()
@@ -150,6 +136,9 @@ def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats:
                "rel_l2_vs_jit": ((latent.float() - reference).norm() / reference.norm()).item()}
         print(f"{name}: {median:.3f} s (setup {setup:.0f} s), rel L2 vs the jit "
               f"{row['rel_l2_vs_jit']:.1e}", flush=True)
+        if profile:
+            row["profile"] = common.kernel_profile(encode, device)
+            common.print_profile(row["profile"])
         rows.append(row)
         del module, latent
         empty_cache(device)
@@ -173,7 +162,7 @@ def main() -> None:
     parser.add_argument("--attention", choices=cosmos_tokenizer.ATTENTION_FORMS,
                         default="released", help="the attention form of the traced stand-in")
     parser.add_argument("--profile", action="store_true",
-                        help="the default encode's top GPU kernels")
+                        help="the default encode's and each variant's GPU kernels by kind")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="TorchScript settings to time (default: all)")
     parser.add_argument("--out", type=Path, required=True)
@@ -220,16 +209,15 @@ def main() -> None:
                  if "rel_l2_vs_default" in row else ""), flush=True)
         common.write_json(result, args.out)
     torch.backends.cudnn.benchmark = False
-    if args.profile and device.type == "cuda":
-        result["profile"] = kernel_profile(partial(tokenizer.encode, video))
-        for row in result["profile"]["top"][:8]:
-            print(f"  {row['share']:5.1%} {row['ms']:7.1f} ms x{row['calls']:<4} {row['kernel']}")
+    if args.profile:
+        result["profile"] = common.kernel_profile(partial(tokenizer.encode, video), device)
+        common.print_profile(result["profile"])
         common.write_json(result, args.out)
     del tokenizer
     empty_cache(device)
     if args.variants:
         result["variants"] = variant_rows(folder, video, dtype, args.repeats,
-                                          args.variants.split(","))
+                                          args.variants.split(","), profile=args.profile)
         common.write_json(result, args.out)
     empty_cache(device)
     result["flops"] = flops = encode_flops(video, dtype)

@@ -396,6 +396,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-history", action="store_true",
                         help="record where CUDA memory is allocated; on running out of memory, "
                              "and after the warm-up, write the live tensors by origin")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more step, not timed, under torch's profiler: its GPU kernels "
+                        "by kind (convolution, attention, products, compiled elementwise, ...)")
     parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args()
 
@@ -420,7 +423,7 @@ def main() -> None:
         f"weights.dir='{tokenizer_dir.parent}'", f"weights.tokenizer='{tokenizer_dir.name}'",
         "parallel.nproc_per_node=1", "parallel.nnodes=1",
         f"parallel.activation_checkpointing='{args.ac}'",
-        f"train.steps={warmup + plain + marked}", "logging.every_steps=1",
+        f"train.steps={warmup + plain + marked + args.profile}", "logging.every_steps=1",
         "logging.tensorboard=false", "validation.every_steps=0", "checkpoint.resume='never'",
         f"job.output_root='{scratch / 'runs'}'",
         *(["parallel.backend='gloo'"] if device.type == "cpu" else []),
@@ -477,7 +480,7 @@ def main() -> None:
                 torch.cuda.empty_cache()  # the eager copy is gone: leave the GPU to the job
             save("tokenizer")
         run(recipe, result, device=device, warmup=warmup, plain=plain, marked=marked, save=save,
-            memory_history=args.memory_history)
+            memory_history=args.memory_history, profile=args.profile)
         save("done")
     except BaseException:
         result["error"] = traceback.format_exc()
@@ -494,8 +497,9 @@ def main() -> None:
 
 def run(recipe: recipes.Recipe, result: dict[str, Any], *, device: torch.device, warmup: int,
         plain: int, marked: int, save: Callable[[str], None],
-        memory_history: bool = False) -> None:
-    """Build the job, run the steps, fill ``result``."""
+        memory_history: bool = False, profile: bool = False) -> None:
+    """Build the job, run the steps, fill ``result`` (``profile``: and one more step's kernels
+    by kind, after the timed ones, so the profiler's overhead is in none of them)."""
     runtime = init_distributed(recipe.parallel.backend)
     start = time.perf_counter()
     job = build_random_weight_job(recipe, runtime)
@@ -555,6 +559,10 @@ def run(recipe: recipes.Recipe, result: dict[str, Any], *, device: torch.device,
             one_step("plain")
         for _ in range(marked):
             one_step("marked")
+        if profile:
+            result["profile"] = common.kernel_profile(trainer.train_step, device)
+            common.print_profile(result["profile"], top=12)
+            save("profiled")
     except torch.OutOfMemoryError:
         if memory_history:
             result["live_at_oom"] = live = common.live_allocations(device)
