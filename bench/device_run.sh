@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: encode, fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: encode, encode-kernels, fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -82,6 +82,9 @@ for stage in "$@"; do
       # shellcheck disable=SC2086  # ENCODE_ARGS: e.g. "--settings default --profile --variants ..."
       python3 bench/tokenizer_encode.py ${ENCODE_ARGS:-} \
         --out "$OUT/tokenizer_encode${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -60 ;;
+    encode-kernels)
+      # the encode's heaviest operations alone, each several ways (layouts, attention forms)
+      python3 bench/encode_kernels.py --out "$OUT/encode_kernels-$gpu.json" 2>&1 | tail -30 ;;
     embed)
       python3 bench/embed.py --networks "" --out "$OUT/embed-$gpu.json" 2>&1 | tail -40 ;;
     *) echo "unknown stage $stage"; exit 2 ;;
