@@ -224,3 +224,80 @@ def test_fused_attention_compiles_as_one_graph() -> None:
                              dynamic=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(video), traced(video), rtol=1e-4, atol=1e-5)
+
+
+class WaveletSteps(nn.Module):
+    """The released encoder's Haar steps, small: depthwise 3-D convolutions whose kernel tiles
+    the input (pairs of frames, of rows and of columns, low and high pass, with a bias on one),
+    a depthwise one that does not tile (stride 1, padded) and a dense one."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.channels = channels
+        pair = torch.tensor([1.0, 1.0]) * 2 ** -0.5
+        self.register_buffer("low", pair.repeat(channels, 1))
+        self.register_buffer("high", (pair * torch.tensor([1.0, -1.0])).repeat(channels, 1))
+        self.bias = nn.Parameter(torch.randn(channels))
+        self.smooth = nn.Conv3d(2 * channels, 2 * channels, 3, padding=1, groups=2 * channels)
+        self.mix = nn.Conv3d(8 * channels, 4, 1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        c = self.channels
+        time = (self.low.view(c, 1, 2, 1, 1), self.high.view(c, 1, 2, 1, 1))
+        x = torch.cat([F.conv3d(video, time[0], self.bias, stride=(2, 1, 1), groups=c),
+                       F.conv3d(video, time[1], stride=(2, 1, 1), groups=c)], dim=1)
+        x = self.smooth(x)
+        rows = (w.repeat(2, 1).view(2 * c, 1, 1, 2, 1) for w in (self.low, self.high))
+        x = torch.cat([F.conv3d(x, w, stride=(1, 2, 1), groups=2 * c) for w in rows], dim=1)
+        columns = (w.repeat(4, 1).view(4 * c, 1, 1, 1, 2) for w in (self.low, self.high))
+        x = torch.cat([F.conv3d(x, w, stride=(1, 1, 2), groups=4 * c) for w in columns], dim=1)
+        return self.mix(x)
+
+
+def _convolution_groups(fn: Any, *args: torch.Tensor) -> tuple[Any, list[int]]:
+    """``fn(*args)`` and the ``groups`` of every ``aten::_convolution`` it ran."""
+    from torch.overrides import TorchFunctionMode
+
+    class Record(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.groups: list[int] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.ops.aten._convolution.default:
+                self.groups.append(int(args[8]))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record() as record:
+        result = fn(*args)
+    return result, record.groups
+
+
+def test_depthwise_convolutions_that_tile_run_as_sums() -> None:
+    video = torch.randn(2, 3, 6, 8, 10, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(7)
+    traced = _trace(WaveletSteps(), video)
+    expected, traced_groups = _convolution_groups(GraphReplay(traced), video)
+    got, summed_groups = _convolution_groups(GraphReplay(traced, depthwise_as_sums=True), video)
+    assert sorted(traced_groups) == [1, 3, 3, 6, 6, 6, 12, 12]
+    # Left as convolutions: the padded depthwise one (stride 1) and the dense one.
+    assert sorted(summed_groups) == [1, 6]
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    # An odd size: the last frame is dropped by the convolution and by the sum alike.
+    odd = torch.randn(1, 3, 7, 8, 10, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(GraphReplay(traced, depthwise_as_sums=True)(odd),
+                                   traced(odd), rtol=1e-6, atol=1e-6)
+
+
+def test_depthwise_sums_keep_the_dtype_and_compile_as_one_graph() -> None:
+    video = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(9)
+    traced = _trace(WaveletSteps(), video)
+    half = GraphReplay(traced, depthwise_as_sums=True).to(torch.bfloat16)
+    with torch.no_grad():
+        assert half(video.to(torch.bfloat16)).dtype == torch.bfloat16
+    compiled = torch.compile(GraphReplay(traced, depthwise_as_sums=True), fullgraph=True,
+                             dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(video), traced(video), rtol=1e-5, atol=1e-5)

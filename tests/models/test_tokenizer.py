@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctrlpost.errors import WeightsError
@@ -313,6 +315,42 @@ class AttendingPoolEncoder(PoolEncoder):
         return latent + attended.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4), zero
 
 
+class WaveletPoolEncoder(PoolEncoder):
+    """A Haar-like step first, as the released encoder opens: each column pair averaged by a
+    depthwise convolution whose kernel tiles the frame (what PoolEncoder's pooling then
+    averages anyway, so the codec is unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pair", torch.full((3, 1, 1, 1, 2), 0.5))
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = F.conv3d(video, self.pair, stride=(1, 1, 2), groups=3)
+        return super().forward(pairs.repeat_interleave(2, dim=4))
+
+
+def _grouped_convolutions(encoder: Any, video: torch.Tensor) -> list[int]:
+    """The ``groups`` of each grouped convolution ``encoder(video)`` dispatches (TorchScript's
+    interpreter included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.groups: list[int] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            convolutions = (torch.ops.aten.convolution.default,
+                            torch.ops.aten._convolution.default)
+            if func in convolutions and int(args[8]) > 1:
+                self.groups.append(int(args[8]))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Record() as record:
+        encoder(video)
+    return record.groups
+
+
 def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
     """A codec with a traced encoder.jit (PoolEncoder's unless given), as the released files
     are made."""
@@ -324,7 +362,7 @@ def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("encoder", [PoolEncoder, AttendingPoolEncoder])
+@pytest.mark.parametrize("encoder", [PoolEncoder, AttendingPoolEncoder, WaveletPoolEncoder])
 def test_a_compiled_encoder_encodes_like_the_script_module(
         tmp_path: Path, encoder: type[nn.Module]) -> None:
     directory = _write_traced(tmp_path / "traced", encoder())
@@ -335,6 +373,11 @@ def test_a_compiled_encoder_encodes_like_the_script_module(
     fused = 1 if encoder is AttendingPoolEncoder else 0
     assert compiled.encoder._orig_mod.fused_attentions == fused
     video = _video(batch=2, chunks=2)  # another shape than the trace's
+    # the Haar-like step runs as a sum of slices, not as a depthwise convolution
+    clip = _video(batch=1, chunks=1)
+    assert _grouped_convolutions(plain.encoder, clip) == (
+        [3] if encoder is WaveletPoolEncoder else [])
+    assert _grouped_convolutions(compiled.encoder._orig_mod, clip) == []
     torch.testing.assert_close(compiled.encode(video), plain.encode(video), rtol=1e-5,
                                atol=1e-5)
 

@@ -20,6 +20,13 @@ compiler maps to a fused kernel that never writes the score matrix (``torch.comp
 find that pattern in the replayed ops by itself). The result is the same attention rounded
 differently, so the option is off by default.
 
+With ``depthwise_as_sums``, a depthwise convolution whose kernel tiles its input (stride equal
+to the kernel, no padding or dilation: the Haar wavelet steps that open the released encoder)
+runs as the weighted sum of strided slices it is, accumulated in float32: each input element is
+read once, and the compiler fuses the sum with what reads it, where a depthwise 3-D convolution
+runs as a kernel of its own over the whole activation. Also rounded differently, also off by
+default.
+
 Only traced graphs are accepted: a scripted module's control flow (``prim::If``,
 ``prim::Loop``), method calls or Python operators raise :class:`UnsupportedGraph` naming the
 node, and the caller keeps the TorchScript module.
@@ -27,6 +34,7 @@ node, and the caller keeps the TorchScript module.
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,7 +118,8 @@ def _aten(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 class GraphReplay(nn.Module):
     """``module``'s inlined graph, run node by node as aten calls (see the module docstring)."""
 
-    def __init__(self, module: torch.jit.ScriptModule, *, fuse_attention: bool = False) -> None:
+    def __init__(self, module: torch.jit.ScriptModule, *, fuse_attention: bool = False,
+                 depthwise_as_sums: bool = False) -> None:
         super().__init__()
         graph = module.inlined_graph
         attentions = _materialised_attentions(graph) if fuse_attention else []
@@ -178,7 +187,9 @@ class GraphReplay(nn.Module):
                     numbers.add(out[0])
             elif kind.startswith("aten::"):
                 op, args, kwargs = _bind(node, operands)
-                self._steps.append(_Step(partial(_aten, op), args, kwargs, out))
+                run = (partial(_convolution, op) if depthwise_as_sums
+                       and kind == "aten::_convolution" else partial(_aten, op))
+                self._steps.append(_Step(run, args, kwargs, out))
             else:
                 raise UnsupportedGraph(f"node {kind} (only traced graphs replay): {node}".strip())
         self._returns = tuple(arg(v) for v in graph.return_node().inputs())
@@ -205,6 +216,33 @@ class GraphReplay(nn.Module):
                     env[position] = value
         returned = [get(r) for r in self._returns]
         return returned[0] if len(returned) == 1 else tuple(returned)
+
+
+def _convolution(op: Callable[..., Any], input: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None, stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int], transposed: bool, *rest: Any) -> torch.Tensor:
+    """``aten::_convolution``; a depthwise one whose kernel tiles its input as a sum of strided
+    slices (see the module docstring)."""
+    groups, kernel = rest[1], weight.shape[2:]
+    tiles = (not transposed and weight.shape[1] == 1 and groups == input.shape[1] == weight.shape[0]
+             and list(stride) == list(kernel) and not any(padding)
+             and all(d == 1 for d in dilation))
+    if not tiles:
+        return _aten(op, input, weight, bias, stride, padding, dilation, transposed, *rest)
+    channel = (-1,) + (1,) * len(kernel)  # a per-channel weight against [B, C, *spatial]
+    counts = [size // step for size, step in zip(input.shape[2:], stride, strict=True)]
+    total = None
+    for offsets in itertools.product(*(range(size) for size in kernel)):
+        strided = (slice(offset, offset + step * count, step)
+                   for offset, step, count in zip(offsets, stride, counts, strict=True))
+        window: tuple[Any, ...] = (slice(None), slice(None), *strided)
+        tap: tuple[Any, ...] = (slice(None), 0, *offsets)
+        term = input[window].float() * weight[tap].float().view(channel)
+        total = term if total is None else total + term
+    assert total is not None
+    if bias is not None:
+        total = total + bias.float().view(channel)
+    return total.to(input.dtype)
 
 
 def _number_constant(constant: Any, reference: _Ref) -> Any:

@@ -279,9 +279,11 @@ def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
     try:
         # The released encoder's spatial attention materialises the score matrices of all
         # latent frames (5.9 GiB in bf16 for a 121-frame 720p clip, two copies alive at
-        # once); fused, they are never written. Compiled kernels round differently anyway,
-        # which is why the whole replay is opt-in.
-        return GraphReplay(encoder, fuse_attention=True)
+        # once); fused, they are never written. Its Haar steps are depthwise 3-D convolutions,
+        # each a kernel of its own over the whole activation; as sums of slices they fuse
+        # with their neighbours. Compiled kernels round differently anyway, which is why the whole
+        # replay is opt-in.
+        return GraphReplay(encoder, fuse_attention=True, depthwise_as_sums=True)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
                            hint=COMPILE_HINT) from None
