@@ -12,6 +12,8 @@ from torch import nn
 from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 from ctrlpost.models.tokenizer import torchscript_deprecation_silenced
 
+from .conftest import grouped_convolutions
+
 
 class CausalBlock(nn.Module):
     """The op mix of the released tokenizer's encoder, small: a causal time padding by
@@ -254,34 +256,15 @@ class WaveletSteps(nn.Module):
         return self.mix(x)
 
 
-def _convolution_groups(fn: Any, *args: torch.Tensor) -> tuple[Any, list[int]]:
-    """``fn(*args)`` and the ``groups`` of every ``aten::_convolution`` it ran."""
-    from torch.overrides import TorchFunctionMode
-
-    class Record(TorchFunctionMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.groups: list[int] = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            if func is torch.ops.aten._convolution.default:
-                self.groups.append(int(args[8]))
-            return func(*args, **(kwargs or {}))
-
-    with torch.no_grad(), Record() as record:
-        result = fn(*args)
-    return result, record.groups
-
-
 def test_depthwise_convolutions_that_tile_run_as_sums() -> None:
     video = torch.randn(2, 3, 6, 8, 10, generator=torch.Generator().manual_seed(7))
     torch.manual_seed(7)
     traced = _trace(WaveletSteps(), video)
-    expected, traced_groups = _convolution_groups(GraphReplay(traced), video)
-    got, summed_groups = _convolution_groups(GraphReplay(traced, depthwise_as_sums=True), video)
-    assert sorted(traced_groups) == [1, 3, 3, 6, 6, 6, 12, 12]
-    # Left as convolutions: the padded depthwise one (stride 1) and the dense one.
-    assert sorted(summed_groups) == [1, 6]
+    expected, traced_groups = grouped_convolutions(GraphReplay(traced), video)
+    got, summed_groups = grouped_convolutions(GraphReplay(traced, depthwise_as_sums=True), video)
+    assert traced_groups == [3, 3, 6, 6, 6, 12, 12]  # time, the padded one, rows, columns
+    # Left as a convolution: the padded depthwise one (stride 1).
+    assert summed_groups == [6]
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     # An odd size: the last frame is dropped by the convolution and by the sum alike.
     odd = torch.randn(1, 3, 7, 8, 10, generator=torch.Generator().manual_seed(8))

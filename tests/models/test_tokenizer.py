@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -17,6 +16,8 @@ from ctrlpost.models.tokenizer import (
     VideoTokenizer,
     torchscript_deprecation_silenced,
 )
+
+from .conftest import grouped_convolutions
 
 PIXEL_CHUNK = 9  # 1 + 8: causal 8x in time gives 2 latent frames per chunk
 LATENT_CHUNK = 2
@@ -329,28 +330,6 @@ class WaveletPoolEncoder(PoolEncoder):
         return super().forward(pairs.repeat_interleave(2, dim=4))
 
 
-def _grouped_convolutions(encoder: Any, video: torch.Tensor) -> list[int]:
-    """The ``groups`` of each grouped convolution ``encoder(video)`` dispatches (TorchScript's
-    interpreter included)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Record(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.groups: list[int] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            convolutions = (torch.ops.aten.convolution.default,
-                            torch.ops.aten._convolution.default)
-            if func in convolutions and int(args[8]) > 1:
-                self.groups.append(int(args[8]))
-            return func(*args, **(kwargs or {}))
-
-    with torch.no_grad(), Record() as record:
-        encoder(video)
-    return record.groups
-
-
 def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
     """A codec with a traced encoder.jit (PoolEncoder's unless given), as the released files
     are made."""
@@ -375,9 +354,9 @@ def test_a_compiled_encoder_encodes_like_the_script_module(
     video = _video(batch=2, chunks=2)  # another shape than the trace's
     # the Haar-like step runs as a sum of slices, not as a depthwise convolution
     clip = _video(batch=1, chunks=1)
-    assert _grouped_convolutions(plain.encoder, clip) == (
+    assert grouped_convolutions(plain.encoder, clip)[1] == (
         [3] if encoder is WaveletPoolEncoder else [])
-    assert _grouped_convolutions(compiled.encoder._orig_mod, clip) == []
+    assert grouped_convolutions(compiled.encoder._orig_mod, clip)[1] == []
     torch.testing.assert_close(compiled.encode(video), plain.encode(video), rtol=1e-5,
                                atol=1e-5)
 
