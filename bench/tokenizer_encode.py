@@ -2,8 +2,9 @@
 that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then
 (``--variants``) the same graph or weights run other ways: the frozen, inference-optimised
 TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
-under ``torch.compile``, with its materialised attention fused or not and its Haar steps as
-sums of slices or as depthwise convolutions; diffusers' eager encoder
+under ``torch.compile``, with its materialised attention fused or not, its Haar steps as sums
+of slices or as depthwise convolutions, its factorised convolutions as 2-D or 3-D ones;
+diffusers' eager encoder
 and that encoder compiled (with channels-last variants); and (``--profile``) where the default
 encode's and each variant's GPU time goes, by kind of kernel (convolution, attention, products,
 compiled elementwise, ...) and by kernel.
@@ -68,12 +69,13 @@ def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float
     return common.median(times), times, out
 
 
-def _replay(*, fused: bool, compiled: bool, sums: bool = False) -> Any:
+def _replay(*, fused: bool, compiled: bool, sums: bool = False, as_2d: bool = False) -> Any:
     """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention as
-    one fused attention; ``sums``: its Haar steps as sums of slices (both: what
-    ``parallel.compile_tokenizer`` runs, compiled)."""
+    one fused attention; ``sums``: its Haar steps as sums of slices; ``as_2d``: its factorised
+    convolutions as 2-D ones (all three: what ``parallel.compile_tokenizer`` runs, compiled)."""
     def build(plain: Any, dtype: torch.dtype) -> Any:
-        module = GraphReplay(plain, fuse_attention=fused, depthwise_as_sums=sums)
+        module = GraphReplay(plain, fuse_attention=fused, depthwise_as_sums=sums,
+                             convolutions_as_2d=as_2d)
         return torch.compile(module, dynamic=False, fullgraph=True) if compiled else module
     return build
 
@@ -95,9 +97,10 @@ VARIANTS: dict[str, Any] = {
     "jit-frozen": lambda plain, dtype: torch.jit.optimize_for_inference(torch.jit.freeze(plain)),
     "jit-replay": _replay(fused=False, compiled=False),
     "jit-replay-fused": _replay(fused=True, compiled=False),
-    "jit-replay-compiled": _replay(fused=True, compiled=True, sums=True),
-    "jit-replay-compiled-depthwise-convs": _replay(fused=True, compiled=True),
-    "jit-replay-compiled-unfused": _replay(fused=False, compiled=True, sums=True),
+    "jit-replay-compiled": _replay(fused=True, compiled=True, sums=True, as_2d=True),
+    "jit-replay-compiled-depthwise-convs": _replay(fused=True, compiled=True, as_2d=True),
+    "jit-replay-compiled-3d-convs": _replay(fused=True, compiled=True, sums=True),
+    "jit-replay-compiled-unfused": _replay(fused=False, compiled=True, sums=True, as_2d=True),
     "diffusers-eager": _diffusers(compiled=False, channels_last=False),
     "diffusers-compiled": _diffusers(compiled=True, channels_last=False),
     "diffusers-eager-channels-last": _diffusers(compiled=False, channels_last=True),

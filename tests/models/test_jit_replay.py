@@ -12,7 +12,7 @@ from torch import nn
 from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 from ctrlpost.models.tokenizer import torchscript_deprecation_silenced
 
-from .conftest import grouped_convolutions
+from .conftest import convolutions, grouped_convolutions
 
 
 class CausalBlock(nn.Module):
@@ -284,3 +284,44 @@ def test_depthwise_sums_keep_the_dtype_and_compile_as_one_graph() -> None:
                              dynamic=False)
     with torch.no_grad():
         torch.testing.assert_close(compiled(video), traced(video), rtol=1e-5, atol=1e-5)
+
+
+class FactorisedConvolutions(nn.Module):
+    """The released encoder's factorised causal convolutions, small: (1, 3, 3) kernels (one
+    padded, one strided), (3, 1, 1) kernels (one strided and padded in time), a pointwise one,
+    with and without bias; and a full (3, 3, 3) kernel, which stays 3-D."""
+
+    def __init__(self, channels: int = 4) -> None:
+        super().__init__()
+        self.spatial = nn.Conv3d(3, channels, (1, 3, 3), padding=(0, 1, 1))
+        self.spatial_down = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2),
+                                      bias=False)
+        self.temporal = nn.Conv3d(channels, channels, (3, 1, 1))
+        self.temporal_down = nn.Conv3d(channels, channels, (3, 1, 1), stride=(2, 1, 1),
+                                       padding=(1, 0, 0))
+        self.pointwise = nn.Conv3d(channels, 2 * channels, 1)
+        self.full = nn.Conv3d(2 * channels, channels, 3, padding=1)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self.spatial(video))
+        x = self.spatial_down(x)
+        x = self.temporal(torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2))
+        x = self.temporal_down(F.silu(x))
+        return self.full(self.pointwise(x))
+
+
+def test_factorised_3d_convolutions_run_as_2d_ones() -> None:
+    video = torch.randn(2, 3, 5, 9, 11, generator=torch.Generator().manual_seed(10))
+    torch.manual_seed(10)
+    traced = _trace(FactorisedConvolutions(), video)
+    expected, as_traced = convolutions(GraphReplay(traced), video)
+    got, folded = convolutions(GraphReplay(traced, convolutions_as_2d=True), video)
+    assert [c.dims for c in as_traced] == [3, 3, 3, 3, 3, 3]
+    assert [c.dims for c in folded] == [2, 2, 2, 2, 2, 3]  # the (3, 3, 3) kernel stays 3-D
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # Another shape than the trace's, and a compiled replay: one graph.
+    other = torch.randn(1, 3, 7, 6, 8, generator=torch.Generator().manual_seed(11))
+    compiled = torch.compile(GraphReplay(traced, convolutions_as_2d=True), fullgraph=True,
+                             dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(other), traced(other), rtol=1e-5, atol=1e-5)

@@ -17,7 +17,7 @@ from ctrlpost.models.tokenizer import (
     torchscript_deprecation_silenced,
 )
 
-from .conftest import grouped_convolutions
+from .conftest import convolutions, grouped_convolutions
 
 PIXEL_CHUNK = 9  # 1 + 8: causal 8x in time gives 2 latent frames per chunk
 LATENT_CHUNK = 2
@@ -330,6 +330,25 @@ class WaveletPoolEncoder(PoolEncoder):
         return super().forward(pairs.repeat_interleave(2, dim=4))
 
 
+class FactorisedPoolEncoder(PoolEncoder):
+    """The released encoder's factorised causal convolutions first: a (1, 3, 3) one over each
+    frame and a (3, 1, 1) one over time after repeating the first frame, both the identity
+    (a centre or last tap of one), so the codec is unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        spatial, temporal = torch.zeros(3, 3, 1, 3, 3), torch.zeros(3, 3, 3, 1, 1)
+        for channel in range(3):
+            spatial[channel, channel, 0, 1, 1] = temporal[channel, channel, 2, 0, 0] = 1.0
+        self.register_buffer("spatial", spatial)
+        self.register_buffer("temporal", temporal)
+
+    def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.conv3d(video, self.spatial, padding=(0, 1, 1))
+        x = F.conv3d(torch.cat([x[:, :, :1], x[:, :, :1], x], dim=2), self.temporal)
+        return super().forward(x)
+
+
 def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
     """A codec with a traced encoder.jit (PoolEncoder's unless given), as the released files
     are made."""
@@ -341,7 +360,8 @@ def _write_traced(directory: Path, encoder: nn.Module | None = None) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("encoder", [PoolEncoder, AttendingPoolEncoder, WaveletPoolEncoder])
+@pytest.mark.parametrize("encoder", [PoolEncoder, AttendingPoolEncoder, WaveletPoolEncoder,
+                                     FactorisedPoolEncoder])
 def test_a_compiled_encoder_encodes_like_the_script_module(
         tmp_path: Path, encoder: type[nn.Module]) -> None:
     directory = _write_traced(tmp_path / "traced", encoder())
@@ -352,11 +372,16 @@ def test_a_compiled_encoder_encodes_like_the_script_module(
     fused = 1 if encoder is AttendingPoolEncoder else 0
     assert compiled.encoder._orig_mod.fused_attentions == fused
     video = _video(batch=2, chunks=2)  # another shape than the trace's
-    # the Haar-like step runs as a sum of slices, not as a depthwise convolution
+    # the Haar-like step runs as a sum of slices, not as a depthwise convolution; the
+    # factorised convolutions as 2-D ones
     clip = _video(batch=1, chunks=1)
     assert grouped_convolutions(plain.encoder, clip)[1] == (
         [3] if encoder is WaveletPoolEncoder else [])
     assert grouped_convolutions(compiled.encoder._orig_mod, clip)[1] == []
+    traced_dims = {WaveletPoolEncoder: [3], FactorisedPoolEncoder: [3, 3]}.get(encoder, [])
+    replayed_dims = [2, 2] if encoder is FactorisedPoolEncoder else []
+    assert [c.dims for c in convolutions(plain.encoder, clip)[1]] == traced_dims
+    assert [c.dims for c in convolutions(compiled.encoder._orig_mod, clip)[1]] == replayed_dims
     torch.testing.assert_close(compiled.encode(video), plain.encode(video), rtol=1e-5,
                                atol=1e-5)
 

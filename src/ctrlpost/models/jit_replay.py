@@ -27,6 +27,14 @@ read once, and the compiler fuses the sum with what reads it, where a depthwise 
 runs as a kernel of its own over the whole activation. Also rounded differently, also off by
 default.
 
+With ``convolutions_as_2d``, the factorised causal convolutions of the released encoder (3-D
+kernels of depth 1, ``(1, k, k)``, and 1 × 1 in space, ``(k, 1, 1)``) run as 2-D convolutions:
+frames folded into the batch, or each frame's positions into the width. ``torch.compile``
+lays out the tensors around 2-D convolutions channels-last, the layout cuDNN's fastest kernels
+take, but leaves 3-D ones as the graph has them (channels-first); folded, every convolution of
+the encoder reads and writes channels-last tensors, and the folds are views of them. Rounded
+differently, off by default.
+
 Only traced graphs are accepted: a scripted module's control flow (``prim::If``,
 ``prim::Loop``), method calls or Python operators raise :class:`UnsupportedGraph` naming the
 node, and the caller keeps the TorchScript module.
@@ -119,7 +127,7 @@ class GraphReplay(nn.Module):
     """``module``'s inlined graph, run node by node as aten calls (see the module docstring)."""
 
     def __init__(self, module: torch.jit.ScriptModule, *, fuse_attention: bool = False,
-                 depthwise_as_sums: bool = False) -> None:
+                 depthwise_as_sums: bool = False, convolutions_as_2d: bool = False) -> None:
         super().__init__()
         graph = module.inlined_graph
         attentions = _materialised_attentions(graph) if fuse_attention else []
@@ -187,8 +195,11 @@ class GraphReplay(nn.Module):
                     numbers.add(out[0])
             elif kind.startswith("aten::"):
                 op, args, kwargs = _bind(node, operands)
-                run = (partial(_convolution, op) if depthwise_as_sums
-                       and kind == "aten::_convolution" else partial(_aten, op))
+                run = (partial(_convolution, op, sums=depthwise_as_sums,
+                               as_2d=convolutions_as_2d)
+                       if kind == "aten::_convolution" and (depthwise_as_sums
+                                                            or convolutions_as_2d)
+                       else partial(_aten, op))
                 self._steps.append(_Step(run, args, kwargs, out))
             else:
                 raise UnsupportedGraph(f"node {kind} (only traced graphs replay): {node}".strip())
@@ -220,15 +231,36 @@ class GraphReplay(nn.Module):
 
 def _convolution(op: Callable[..., Any], input: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None, stride: Sequence[int], padding: Sequence[int],
-                 dilation: Sequence[int], transposed: bool, *rest: Any) -> torch.Tensor:
-    """``aten::_convolution``; a depthwise one whose kernel tiles its input as a sum of strided
-    slices (see the module docstring)."""
-    groups, kernel = rest[1], weight.shape[2:]
-    tiles = (not transposed and weight.shape[1] == 1 and groups == input.shape[1] == weight.shape[0]
-             and list(stride) == list(kernel) and not any(padding)
-             and all(d == 1 for d in dilation))
-    if not tiles:
-        return _aten(op, input, weight, bias, stride, padding, dilation, transposed, *rest)
+                 dilation: Sequence[int], transposed: bool, output_padding: Sequence[int],
+                 groups: int, *backend: Any, sums: bool, as_2d: bool) -> torch.Tensor:
+    """``aten::_convolution``, a depthwise one whose kernel tiles its input as a sum of strided
+    slices (``sums``) and a factorised 3-D one as a 2-D one (``as_2d``): see the module
+    docstring."""
+    if sums and _tiles(input, weight, stride, padding, dilation, transposed, groups):
+        return _depthwise_sum(input, weight, bias, stride)
+    if as_2d and not transposed and input.dim() == 5:
+        folded = _as_2d(input, weight, stride, padding, dilation)
+        if folded is not None:
+            x, w, stride_2d, padding_2d, dilation_2d, unfold = folded
+            return unfold(torch.ops.aten.convolution.default(
+                x, w, bias, stride_2d, padding_2d, dilation_2d, False, [0, 0], groups))
+    return _aten(op, input, weight, bias, stride, padding, dilation, transposed, output_padding,
+                 groups, *backend)
+
+
+def _tiles(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+           padding: Sequence[int], dilation: Sequence[int], transposed: bool,
+           groups: int) -> bool:
+    """Whether a convolution is depthwise with a kernel that tiles its input."""
+    return (not transposed and weight.shape[1] == 1
+            and groups == input.shape[1] == weight.shape[0]
+            and list(stride) == list(weight.shape[2:]) and not any(padding)
+            and all(d == 1 for d in dilation))
+
+
+def _depthwise_sum(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   stride: Sequence[int]) -> torch.Tensor:
+    kernel = weight.shape[2:]
     channel = (-1,) + (1,) * len(kernel)  # a per-channel weight against [B, C, *spatial]
     counts = [size // step for size, step in zip(input.shape[2:], stride, strict=True)]
     total = None
@@ -243,6 +275,34 @@ def _convolution(op: Callable[..., Any], input: torch.Tensor, weight: torch.Tens
     if bias is not None:
         total = total + bias.float().view(channel)
     return total.to(input.dtype)
+
+
+def _as_2d(input: torch.Tensor, weight: torch.Tensor, stride: Sequence[int],
+           padding: Sequence[int], dilation: Sequence[int]) -> tuple[Any, ...] | None:
+    """A 3-D convolution over ``[B, C, T, H, W]`` that is one over each frame (kernel depth 1)
+    or one over time at each position (kernel 1 × 1 in space) as a 2-D convolution: the input
+    and weight it takes, its stride, padding and dilation, and the function that turns its
+    output back into ``[B, C', T', H', W']``; None for other kernels. Frames go into the
+    batch, positions into the width: views, when the tensors are laid out channels-last."""
+    batch, _, frames, height, width = input.shape
+    if weight.shape[2] == 1 and stride[0] == 1 and padding[0] == 0:
+        x = input.permute(0, 2, 1, 3, 4).flatten(0, 1)  # [B·T, C, H, W]
+
+        def frames_back(out: torch.Tensor) -> torch.Tensor:
+            return out.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+
+        return (x, weight[:, :, 0], list(stride[1:]), list(padding[1:]), list(dilation[1:]),
+                frames_back)
+    if (weight.shape[3] == weight.shape[4] == 1 and list(stride[1:]) == [1, 1]
+            and not any(padding[1:])):
+        x = input.flatten(3, 4)  # [B, C, T, H·W]
+
+        def positions_back(out: torch.Tensor) -> torch.Tensor:
+            return out.unflatten(3, (height, width))
+
+        return (x, weight[..., 0], [stride[0], 1], [padding[0], 0], [dilation[0], 1],
+                positions_back)
+    return None
 
 
 def _number_constant(constant: Any, reference: _Ref) -> Any:

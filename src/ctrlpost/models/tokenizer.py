@@ -281,9 +281,11 @@ def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
         # latent frames (5.9 GiB in bf16 for a 121-frame 720p clip, two copies alive at
         # once); fused, they are never written. Its Haar steps are depthwise 3-D convolutions,
         # each a kernel of its own over the whole activation; as sums of slices they fuse
-        # with their neighbours. Compiled kernels round differently anyway, which is why the whole
-        # replay is opt-in.
-        return GraphReplay(encoder, fuse_attention=True, depthwise_as_sums=True)
+        # with their neighbours. Its other convolutions are factorised 3-D ones, which the
+        # compiler leaves channels-first; as 2-D ones they run channels-last. Compiled
+        # kernels round differently anyway, which is why the whole replay is opt-in.
+        return GraphReplay(encoder, fuse_attention=True, depthwise_as_sums=True,
+                           convolutions_as_2d=True)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
                            hint=COMPILE_HINT) from None
