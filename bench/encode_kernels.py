@@ -5,7 +5,7 @@ which way the encode should run them.
 shapes are those of the CV8x8x8 encoder (diffusers' ``AutoencoderKLCosmos`` at the released
 configuration, listed with a dispatch trace over a 121-frame 720p clip):
 
-* the factorised causal convolutions: a spatial (1, 3, 3) kernel (29 % and 17 % of the
+* the factorised causal convolutions: a spatial (1, 3, 3) kernel (33 % and 17 % of the
   encode's 35.7 TFLOP at 512 channels on 16 × 90 × 162 and 256 channels on 31 × 178 × 322) and a
   temporal (3, 1, 1) kernel (12 % at 512 channels on 18 × 88 × 160), each as the traced graph
   runs it (a 3-D convolution of a contiguous tensor), on channels-last-3d tensors, and as a 2-D
