@@ -2,12 +2,12 @@
 that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then
 (``--variants``) the same graph or weights run other ways: the frozen, inference-optimised
 TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
-under ``torch.compile``, with its materialised attention fused or not, its Haar steps as sums
-of slices or as depthwise convolutions, its factorised convolutions as 2-D or 3-D ones;
-diffusers' eager encoder
-and that encoder compiled (with channels-last variants); and (``--profile``) where the default
-encode's and each variant's GPU time goes, by kind of kernel (convolution, attention, products,
-compiled elementwise, ...) and by kernel.
+under ``torch.compile``, with its materialised attention fused, as it is, or as it is a few
+frames at a time, its Haar steps as sums of slices or as depthwise convolutions, its factorised
+convolutions as 2-D or 3-D ones; diffusers' eager encoder and that encoder compiled (with
+channels-last variants); and (``--profile``) where the default encode's and each variant's GPU
+time goes, by kind of kernel (convolution, attention, products, compiled elementwise, ...) and
+by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
 ``AutoencoderKLCosmos`` with the released code's attention, traced to the released
@@ -69,15 +69,21 @@ def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float
     return common.median(times), times, out
 
 
-def _replay(*, fused: bool, compiled: bool, sums: bool = False, as_2d: bool = False) -> Any:
+def _replay(*, fused: bool, compiled: bool, sums: bool = False, as_2d: bool = False,
+            score_budget: int | None = None) -> Any:
     """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention as
-    one fused attention; ``sums``: its Haar steps as sums of slices; ``as_2d``: its factorised
-    convolutions as 2-D ones (all three: what ``parallel.compile_tokenizer`` runs, compiled)."""
+    one fused attention (or, with ``score_budget``, materialised a few frames at a time);
+    ``sums``: its Haar steps as sums of slices; ``as_2d``: its factorised convolutions as 2-D
+    ones (fused, sums and 2-D: what ``parallel.compile_tokenizer`` runs, compiled)."""
     def build(plain: Any, dtype: torch.dtype) -> Any:
-        module = GraphReplay(plain, fuse_attention=fused, depthwise_as_sums=sums,
-                             convolutions_as_2d=as_2d)
+        module = GraphReplay(plain, fuse_attention=fused, attention_score_budget=score_budget,
+                             depthwise_as_sums=sums, convolutions_as_2d=as_2d)
         return torch.compile(module, dynamic=False, fullgraph=True) if compiled else module
     return build
+
+
+SCORE_BUDGET = 2**30
+"""Scores per slice of the ``-sliced`` variant: 5 latent frames of a 720p clip (2 GiB bf16)."""
 
 
 def _diffusers(*, compiled: bool, channels_last: bool) -> Any:
@@ -101,6 +107,8 @@ VARIANTS: dict[str, Any] = {
     "jit-replay-compiled-depthwise-convs": _replay(fused=True, compiled=True, as_2d=True),
     "jit-replay-compiled-3d-convs": _replay(fused=True, compiled=True, sums=True),
     "jit-replay-compiled-unfused": _replay(fused=False, compiled=True, sums=True, as_2d=True),
+    "jit-replay-compiled-sliced": _replay(fused=True, compiled=True, sums=True, as_2d=True,
+                                          score_budget=SCORE_BUDGET),
     "diffusers-eager": _diffusers(compiled=False, channels_last=False),
     "diffusers-compiled": _diffusers(compiled=True, channels_last=False),
     "diffusers-eager-channels-last": _diffusers(compiled=False, channels_last=True),

@@ -12,7 +12,7 @@ from torch import nn
 from ctrlpost.models.jit_replay import GraphReplay, UnsupportedGraph
 from ctrlpost.models.tokenizer import torchscript_deprecation_silenced
 
-from .conftest import convolutions, grouped_convolutions
+from .conftest import convolutions, grouped_convolutions, softmax_sizes
 
 
 class CausalBlock(nn.Module):
@@ -197,6 +197,27 @@ def test_materialised_attention_runs_fused() -> None:
     assert GraphReplay(unmasked, fuse_attention=True).fused_attentions == 2
     with torch.no_grad():
         assert not torch.allclose(expected, unmasked(video), atol=1e-3)
+
+
+def test_matched_attention_runs_materialised_in_slices_under_a_score_budget() -> None:
+    video = torch.randn(2, 8, 5, 6, 7, generator=torch.Generator().manual_seed(12))
+    traced = _trace(MaterialisedAttention(), video)
+    expected, whole = softmax_sizes(GraphReplay(traced), video)
+    # the spatial block: 10 frames of 42 x 42 scores; the temporal one: 84 positions of 5 x 5
+    assert whole == [10 * 42 * 42, 84 * 5 * 5]
+    budget = 3 * 42 * 42  # three frames' spatial scores at a time
+    replay = GraphReplay(traced, fuse_attention=True, attention_score_budget=budget)
+    assert replay.fused_attentions == 2
+    got, sliced = softmax_sizes(replay, video)
+    assert sliced == [3 * 42 * 42] * 3 + [42 * 42] + [2100]  # 10 frames as 3 + 3 + 3 + 1
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    _, calls = _calls(replay, video)
+    assert "scaled_dot_product_attention" not in calls and {"bmm", "softmax"} <= calls
+    # A budget below one item's scores still slices one item at a time.
+    tight = GraphReplay(traced, fuse_attention=True, attention_score_budget=1)
+    got, sliced = softmax_sizes(tight, video)
+    assert sliced == [42 * 42] * 10 + [5 * 5] * 84
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_attention_whose_scores_are_read_elsewhere_is_left_as_it_is() -> None:

@@ -18,7 +18,11 @@ a softmax, a batched product with the values: how the released tokenizer's code 
 spatial and temporal attention blocks) runs as one ``scaled_dot_product_attention``, which the
 compiler maps to a fused kernel that never writes the score matrix (``torch.compile`` does not
 find that pattern in the replayed ops by itself). The result is the same attention rounded
-differently, so the option is off by default.
+differently, so the option is off by default. With ``attention_score_budget`` as well, the
+matched attention runs as the graph computes it (products and a softmax, the scores
+materialised) but a slice of its batch at a time, no slice holding more than that many scores:
+bounded memory, with the released form's kernels (products and a softmax), for head widths the
+fast fused kernels do not take (512 in the released encoder).
 
 With ``depthwise_as_sums``, a depthwise convolution whose kernel tiles its input (stride equal
 to the kernel, no padding or dilation: the Haar wavelet steps that open the released encoder)
@@ -127,7 +131,8 @@ class GraphReplay(nn.Module):
     """``module``'s inlined graph, run node by node as aten calls (see the module docstring)."""
 
     def __init__(self, module: torch.jit.ScriptModule, *, fuse_attention: bool = False,
-                 depthwise_as_sums: bool = False, convolutions_as_2d: bool = False) -> None:
+                 attention_score_budget: int | None = None, depthwise_as_sums: bool = False,
+                 convolutions_as_2d: bool = False) -> None:
         super().__init__()
         graph = module.inlined_graph
         attentions = _materialised_attentions(graph) if fuse_attention else []
@@ -173,7 +178,10 @@ class GraphReplay(nn.Module):
             if node in fused_at:
                 attention = fused_at[node]
                 operands = [arg(v) for v in (attention.query, attention.key_t, attention.value)]
-                self._steps.append(_Step(partial(_fused_attention, scale=attention.scale,
+                run: Callable[..., Any] = (
+                    _fused_attention if attention_score_budget is None
+                    else partial(_sliced_attention, score_budget=attention_score_budget))
+                self._steps.append(_Step(partial(run, scale=attention.scale,
                                                  causal=attention.causal,
                                                  channels_first=attention.channels_first),
                                          tuple(operands), (), out))
@@ -361,6 +369,26 @@ def _fused_attention(query: torch.Tensor, key_t: torch.Tensor, value: torch.Tens
         query.unsqueeze(1), key_t.transpose(1, 2).unsqueeze(1), value.unsqueeze(1),
         is_causal=causal, scale=scale).squeeze(1)
     return attended.transpose(1, 2) if channels_first else attended
+
+
+def _sliced_attention(query: torch.Tensor, key_t: torch.Tensor, value: torch.Tensor, *,
+                      scale: float, causal: bool, channels_first: bool,
+                      score_budget: int) -> torch.Tensor:
+    """What a :class:`_MaterialisedAttention` computes, computed the same way (products and a
+    softmax), a slice of the batch at a time: no slice holds more than ``score_budget`` scores
+    (at least one batch item per slice)."""
+    batch, length, _ = query.shape
+    step = max(1, score_budget // (length * key_t.shape[2]))
+    outputs = []
+    for start in range(0, batch, step):
+        rows = slice(start, start + step)
+        scores = torch.bmm(query[rows], key_t[rows]) * scale
+        if causal:
+            scores = scores.masked_fill(torch.ones_like(scores).tril() == 0, float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        outputs.append(torch.bmm(value[rows], weights.transpose(1, 2)) if channels_first
+                       else torch.bmm(weights, value[rows]))
+    return torch.cat(outputs)
 
 
 def _constant(value: Any) -> Any:
