@@ -62,6 +62,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def timed_median(fn: Callable[[], Any], device: torch.device,
+                 repeats: int) -> tuple[float, list[float], Any]:
+    """``repeats`` calls of ``fn`` under :func:`timed`: the median seconds, every call's seconds
+    and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        seconds, out = timed(fn, device)
+        times.append(seconds)
+    return median(times), times, out
+
+
 def matmul_ceiling(device: torch.device, *, n: int = 8192, repeats: int = 20) -> dict[str, Any]:
     """bf16 ``n×n×n`` matrix-product rate (TFLOP/s) through torch on random data, rotating two
     input sets; CUDA events around each product, median and max over ``repeats``."""

@@ -151,12 +151,7 @@ def time_ways(name: str, flops: float, ways: dict[str, Way], *, device: torch.de
                 fn()
             common.reset_peak(device)
             before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-            times, out = [], None
-            for _ in range(repeats):
-                seconds, out = common.timed(fn, device)
-                times.append(seconds)
-        assert out is not None
-        median = common.median(times)
+            median, times, out = common.timed_median(fn, device, repeats)
         row: dict[str, Any] = {"way": way, "times_s": times, "median_ms": median * 1e3,
                                "tflops": flops / median / 1e12}
         if device.type == "cuda":

@@ -60,15 +60,6 @@ def encode_flops(video: torch.Tensor, dtype: torch.dtype) -> float:
     return float(counter.get_total_flops())
 
 
-def timed_median(encode: Any, device: torch.device, repeats: int) -> tuple[float, list[float],
-                                                                             Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        seconds, out = common.timed(encode, device)
-        times.append(seconds)
-    return common.median(times), times, out
-
-
 def _replay(*, fused: bool, compiled: bool, sums: bool = False, as_2d: bool = False,
             score_budget: int | None = None) -> Any:
     """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention as
@@ -144,7 +135,7 @@ def variant_rows(folder: Path, video: torch.Tensor, dtype: torch.dtype, repeats:
         setup = time.perf_counter() - start
         common.reset_peak(device)
         base = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-        median, times, latent = timed_median(encode, device, repeats)
+        median, times, latent = common.timed_median(encode, device, repeats)
         row = {"setting": name, "times_s": times, "median_s": median, "setup_s": setup,
                "peak_above_gib": common.peak_memory(device).get("peak_allocated_gib", 0.0) - base,
                "rel_l2_vs_jit": ((latent.float() - reference).norm() / reference.norm()).item()}
@@ -209,7 +200,7 @@ def main() -> None:
             tokenizer.encode(clip)
         base = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
         common.reset_peak(device)
-        median, times, latent = timed_median(partial(tokenizer.encode, clip), device,
+        median, times, latent = common.timed_median(partial(tokenizer.encode, clip), device,
                                              args.repeats)
         peak = common.peak_memory(device).get("peak_allocated_gib", 0.0) - base
         row = {"setting": setting, "times_s": times, "median_s": median, "peak_above_gib": peak}
