@@ -66,7 +66,8 @@ for stage in "$@"; do
         --out "$OUT/annotate_seg-$gpu.json" 2>&1 | tail -40 ;;
     fp8-14k|fp8-56k)
       tokens=$([ "$stage" = fp8-14k ] && echo 14080 || echo 56320)
-      python3 bench/train_step.py --sizes "$tokens" --parts ceiling,base --repeats 3 \
+      # shellcheck disable=SC2086  # STEP_ARGS: extra options, e.g. "--profile"
+      python3 bench/train_step.py --sizes "$tokens" --parts ceiling,base --repeats 3 ${STEP_ARGS:-} \
         --deadline "${DEADLINE:-400}" --base-variants \
         "${VARIANTS:-ctrlpost/selective/compile/cudnn,ctrlpost/selective/compile/cudnn/fp8,diffusers/compile,diffusers}" \
         --out "$OUT/train_step-fp8-$tokens-$gpu.json" 2>&1 | tail -30 ;;

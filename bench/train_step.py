@@ -572,6 +572,8 @@ class Bench:
                 t, result = common.timed(step, self.device)
                 times.append(t)
                 del result
+            # one more step, after the timed ones, so the profiler's overhead is in none of them
+            profile = common.kernel_profile(step, self.device) if self.args.profile else None
         s = common.median(times)
         row = {
             "part": part, "variant": str(variant), "tokens": tokens,
@@ -581,6 +583,9 @@ class Bench:
             "ratio_to_matmul": work / s / 1e12 / self.ceiling_rate(),
             **common.peak_memory(self.device),
         }
+        if profile is not None:
+            row["profile"] = profile
+            common.print_profile(profile)
         if part == "base" and first is not None:
             out, grad = first[0].float().cpu(), first[1].float().cpu()
             if tokens in self.truth:
@@ -667,6 +672,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=0.0,
                         help="seconds after which remaining measurements are skipped")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more step of each variant, not timed, under torch's profiler: "
+                             "its GPU kernels by kind (the wall time minus their sum is idle)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.dtype is None:
