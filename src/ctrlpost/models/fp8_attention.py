@@ -346,7 +346,10 @@ def fp8_attention_backward_op(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8
     inputs = {"q": q8, "k": k8, "v": v8, "o": out8, "stats": stats, "dO": d_o8}
     grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
     fused = cudnn_available(device)
-    had_scales = bool((backward_scales > 0).all())  # zeros: the site's first call
+    # Zeros: the site's first call. Read with the run's maxima, after the kernel: one host sync
+    # per run instead of a second one before the kernel, which left the GPU idle while the
+    # kernel's scalars were built.
+    had_scales: Tensor | bool = (backward_scales > 0).all()
     # Without history the score gradient first runs at scale 1 and may vanish in e4m3, and dQ
     # and dK with it: their maxima are known only from the run after; hence up to three.
     for _attempt in range(3):
@@ -358,7 +361,7 @@ def fp8_attention_backward_op(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8
             amax = torch.cat([amax_out[f"amax_{n}"].reshape(1) for n in _BACKWARD_SCALES])
         else:
             amax = _reference_backward(inputs, grads, scalars)
-        fits = had_scales and bool((amax * scale <= FP8_MAX).all())
+        fits = bool((amax * scale <= FP8_MAX).all() & had_scales)
         backward_scales.copy_(power_of_two_scale(amax, HEADROOM))
         had_scales = True  # from here on the scales come from a run's maxima
         if fits:
