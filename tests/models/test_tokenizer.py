@@ -16,8 +16,9 @@ from ctrlpost.models.tokenizer import (
     VideoTokenizer,
     torchscript_deprecation_silenced,
 )
+from ctrlpost.tokenizer_geometry import COMPILED_ENCODE_SCORE_BUDGET
 
-from .conftest import convolutions, grouped_convolutions
+from .conftest import convolutions, grouped_convolutions, softmax_sizes
 
 PIXEL_CHUNK = 9  # 1 + 8: causal 8x in time gives 2 latent frames per chunk
 LATENT_CHUNK = 2
@@ -368,13 +369,16 @@ def test_a_compiled_encoder_encodes_like_the_script_module(
     plain, compiled = _tokenizer(directory), _tokenizer(directory, compile_encoder=True)
     assert isinstance(plain.encoder, torch.jit.ScriptModule)
     assert not isinstance(compiled.encoder, torch.jit.ScriptModule)
-    # the released form of attention runs as one fused attention
-    fused = 1 if encoder is AttendingPoolEncoder else 0
-    assert compiled.encoder._orig_mod.fused_attentions == fused
+    # the released form of attention is matched and runs as products and a softmax, a slice
+    # of frames at a time (this clip's few scores fit one slice)
+    replay = compiled.encoder._orig_mod
+    assert replay.fused_attentions == (1 if encoder is AttendingPoolEncoder else 0)
+    assert replay.attention_score_budget == COMPILED_ENCODE_SCORE_BUDGET
     video = _video(batch=2, chunks=2)  # another shape than the trace's
+    clip = _video(batch=1, chunks=1)
+    assert softmax_sizes(replay, clip)[1] == softmax_sizes(plain.encoder, clip)[1]
     # the Haar-like step runs as a sum of slices, not as a depthwise convolution; the
     # factorised convolutions as 2-D ones
-    clip = _video(batch=1, chunks=1)
     assert grouped_convolutions(plain.encoder, clip)[1] == (
         [3] if encoder is WaveletPoolEncoder else [])
     assert grouped_convolutions(compiled.encoder._orig_mod, clip)[1] == []

@@ -20,10 +20,10 @@ unit). The estimate is a sum of terms, in bytes:
   ``parallel.activation_checkpointing`` picks them through :data:`POLICIES`, ``"auto"`` by
   fitting as many ``selective`` blocks as the budget holds (:func:`planned`);
 * ``tokenizer_encode``: the encoder's own peak before the step: a calibrated amount per
-  pixel-frame, smaller when the encoder is compiled (``parallel.compile_tokenizer``: its graph
-  replayed, its attention fused); as TorchScript, plus the score matrices the released
-  encoder's spatial attention materialises (two copies of latent frames × (positions per latent
-  frame)² at once); it counts only when larger than the training activations;
+  pixel-frame plus the score matrices the released encoder's spatial attention materialises:
+  two copies of latent frames × (positions per latent frame)² at once as TorchScript, of a
+  slice of the frames when the encoder is compiled (``parallel.compile_tokenizer``: its graph
+  replayed, its attention sliced); it counts only when larger than the training activations;
 * ``overhead``: allocator fragmentation, the CUDA context and library handles, and NCCL's
   buffers when ``W > 1``.
 
@@ -41,7 +41,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from ctrlpost.data.buckets import FAMILIES
-from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, latent_frames
+from ctrlpost.tokenizer_geometry import (
+    COMPILED_ENCODE_SCORE_BUDGET,
+    SPATIAL_COMPRESSION,
+    TEMPORAL_COMPRESSION,
+    latent_frames,
+)
 
 if TYPE_CHECKING:
     from ctrlpost.models.args import Flavor
@@ -52,10 +57,11 @@ GIB = 1024**3
 AC_MODES: tuple[str, ...] = ("none", "selective", "full")
 DEFAULT_GPU_MEMORY_GIB = 80.0  # what `verify` assumes, and `train` off CUDA
 TOKENIZER_WEIGHT_BYTES = 200e6  # assumed: the catalog's bound for encoder.jit
-# Both calibrated on an H100 at 121×704×1280 (bench/NOTES.md): TorchScript, its attention fused
-# (29.2 GiB), and the compiled replay (parallel.compile_tokenizer, 13.5 GiB).
-TOKENIZER_BYTES_PER_PIXEL = 290.0
-TOKENIZER_COMPILED_BYTES_PER_PIXEL = 135.0
+# The encode's peak besides its attention scores, both calibrated on an H100 at 121×704×1280
+# (bench/NOTES.md): TorchScript 12.9 GiB (11.8 of them the scores), the compiled replay
+# (parallel.compile_tokenizer, its attention sliced) 4.7 GiB (3.7 the scores).
+TOKENIZER_BYTES_PER_PIXEL = 10.3
+TOKENIZER_COMPILED_BYTES_PER_PIXEL = 9.5
 TOKENIZER_SCORE_COPIES = 2  # the scores and their scaled copy, then that copy and the softmax
 FRAGMENTATION = 0.05  # reserved over allocated, calibrated on an H100 (bench/NOTES.md)
 CONTEXT_BYTES = 0.75 * GIB
@@ -481,11 +487,16 @@ def estimate(dims: ModelDims, job: Job) -> Estimate:
 def _tokenizer_encode(job: Job, dtype_bytes: int) -> float:
     """The encoder's peak above what the step holds before it (see the module docstring)."""
     pixels = job.num_frames * job.height * job.width * job.batch_size
-    if job.tokenizer_compiled:  # replayed, compiled, its attention fused
-        return TOKENIZER_COMPILED_BYTES_PER_PIXEL * pixels
     positions = (job.height // SPATIAL_COMPRESSION) * (job.width // SPATIAL_COMPRESSION)
-    scores = dtype_bytes * job.batch_size * latent_frames(job.num_frames) * positions**2
-    return TOKENIZER_BYTES_PER_PIXEL * pixels + TOKENIZER_SCORE_COPIES * scores
+    # The spatial attention's score matrices, one per latent frame of each clip: all of them
+    # at once as released, a slice of them under the compiled replay.
+    matrices = job.batch_size * latent_frames(job.num_frames)
+    per_pixel = TOKENIZER_BYTES_PER_PIXEL
+    if job.tokenizer_compiled:
+        matrices = min(matrices, max(1, COMPILED_ENCODE_SCORE_BUDGET // positions**2))
+        per_pixel = TOKENIZER_COMPILED_BYTES_PER_PIXEL
+    scores = dtype_bytes * matrices * positions**2
+    return per_pixel * pixels + TOKENIZER_SCORE_COPIES * scores
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,7 @@ class GraphReplay(nn.Module):
         fused_at = {attention.output_node: attention for attention in attentions}
         replaced = {node for attention in attentions for node in attention.nodes}
         self.fused_attentions = len(attentions)
+        self.attention_score_budget = attention_score_budget
         index: dict[Any, int] = {}
         static: dict[Any, Any] = {}  # modules reached by prim::GetAttr, resolved once here
         inputs = list(graph.inputs())

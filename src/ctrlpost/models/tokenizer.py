@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 
 from ctrlpost.errors import WeightsError
-from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION
+from ctrlpost.tokenizer_geometry import COMPILED_ENCODE_SCORE_BUDGET, SPATIAL_COMPRESSION
 
 ENCODER_FILE = "encoder.jit"
 DECODER_FILE = "decoder.jit"
@@ -279,13 +279,16 @@ def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
     try:
         # The released encoder's spatial attention materialises the score matrices of all
         # latent frames (5.9 GiB in bf16 for a 121-frame 720p clip, two copies alive at
-        # once); fused, they are never written. Its Haar steps are depthwise 3-D convolutions,
-        # each a kernel of its own over the whole activation; as sums of slices they fuse
-        # with their neighbours. Its other convolutions are factorised 3-D ones, which the
-        # compiler leaves channels-first; as 2-D ones they run channels-last. Compiled
-        # kernels round differently anyway, which is why the whole replay is opt-in.
-        return GraphReplay(encoder, fuse_attention=True, depthwise_as_sums=True,
-                           convolutions_as_2d=True)
+        # once); sliced, a few frames' at a time. Not fused: at its head width (512) only
+        # torch's memory-efficient kernel applies, twice as slow as products and a softmax on
+        # an H100 (bench/NOTES.md). Its Haar steps are depthwise 3-D convolutions, each a
+        # kernel of its own over the whole activation; as sums of slices they fuse with their
+        # neighbours. Its other convolutions are factorised 3-D ones, which the compiler
+        # leaves channels-first; as 2-D ones they run channels-last. Compiled kernels round
+        # differently anyway, which is why the whole replay is opt-in.
+        return GraphReplay(encoder, fuse_attention=True,
+                           attention_score_budget=COMPILED_ENCODE_SCORE_BUDGET,
+                           depthwise_as_sums=True, convolutions_as_2d=True)
     except UnsupportedGraph as exc:
         raise WeightsError(f"{path}: its graph cannot be compiled: {exc}",
                            hint=COMPILE_HINT) from None
