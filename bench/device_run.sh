@@ -21,6 +21,17 @@ fi
 export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH" PYTHONUNBUFFERED=1
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().lower().replace(' ', '-'))")
 echo "device: $gpu"
+# The GPU's clocks, power and temperature every second of the call: a matmul rate measured on a
+# cool GPU says nothing of one that slows under a sustained load (bench/NOTES.md, 2026-12-07).
+clocks="$OUT/gpu-clocks-$(date +%H%M%S).csv"
+if command -v nvidia-smi >/dev/null; then
+  fields=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.gpu,clocks_event_reasons.active
+  nvidia-smi --query-gpu="$fields" --format=csv,noheader >/dev/null 2>&1 \
+    || fields=timestamp,clocks.sm,clocks.max.sm,power.draw,temperature.gpu
+  nvidia-smi --query-gpu="$fields" --format=csv -l 1 >"$clocks" 2>/dev/null &
+  sampler=$!
+  trap 'kill $sampler 2>/dev/null; python3 bench/gpu_clocks.py "$clocks"' EXIT
+fi
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in

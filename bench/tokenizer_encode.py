@@ -2,12 +2,12 @@
 that could make it cheaper: cuDNN's convolution autotuner and channels-last input; then
 (``--variants``) the same graph or weights run other ways: the frozen, inference-optimised
 TorchScript graph; the graph replayed as aten calls (``ctrlpost.models.jit_replay``), eager and
-under ``torch.compile``, with its materialised attention fused, as it is, or as it is a few
-frames at a time, its Haar steps as sums of slices or as depthwise convolutions, its factorised
-convolutions as 2-D or 3-D ones; diffusers' eager encoder and that encoder compiled (with
-channels-last variants); and (``--profile``) where the default encode's and each variant's GPU
-time goes, by kind of kernel (convolution, attention, products, compiled elementwise, ...) and
-by kernel.
+under ``torch.compile``, with its materialised attention as it is a few frames at a time (what
+``parallel.compile_tokenizer`` runs), fused, or all frames at once, its Haar steps as sums of
+slices or as depthwise convolutions, its factorised convolutions as 2-D or 3-D ones; diffusers'
+eager encoder and that encoder compiled (with channels-last variants); and (``--profile``)
+where the default encode's and each variant's GPU time goes, by kind of kernel (convolution,
+attention, products, compiled elementwise, ...) and by kernel.
 
 The tokenizer is the random-weight CV8x8x8 of ``cosmos_tokenizer.py`` (diffusers'
 ``AutoencoderKLCosmos`` with the released code's attention, traced to the released
@@ -44,6 +44,7 @@ common.ensure_ctrlpost_importable()
 
 from ctrlpost.models.jit_replay import GraphReplay  # noqa: E402
 from ctrlpost.models.tokenizer import VideoTokenizer  # noqa: E402
+from ctrlpost.tokenizer_geometry import COMPILED_ENCODE_SCORE_BUDGET  # noqa: E402
 
 SETTINGS = ("default", "cudnn-benchmark", "channels-last", "cudnn-benchmark+channels-last")
 
@@ -61,20 +62,17 @@ def encode_flops(video: torch.Tensor, dtype: torch.dtype) -> float:
 
 
 def _replay(*, fused: bool, compiled: bool, sums: bool = False, as_2d: bool = False,
-            score_budget: int | None = None) -> Any:
-    """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention as
-    one fused attention (or, with ``score_budget``, materialised a few frames at a time);
-    ``sums``: its Haar steps as sums of slices; ``as_2d``: its factorised convolutions as 2-D
-    ones (fused, sums and 2-D: what ``parallel.compile_tokenizer`` runs, compiled)."""
+            score_budget: int | None = COMPILED_ENCODE_SCORE_BUDGET) -> Any:
+    """The graph as aten calls (ctrlpost's replay); ``fused``: its materialised attention
+    matched, run a slice of frames at a time (at most ``score_budget`` scores) or, with
+    ``score_budget=None``, as one fused attention; ``sums``: its Haar steps as sums of slices;
+    ``as_2d``: its factorised convolutions as 2-D ones (all three, sliced, compiled: what
+    ``parallel.compile_tokenizer`` runs)."""
     def build(plain: Any, dtype: torch.dtype) -> Any:
         module = GraphReplay(plain, fuse_attention=fused, attention_score_budget=score_budget,
                              depthwise_as_sums=sums, convolutions_as_2d=as_2d)
         return torch.compile(module, dynamic=False, fullgraph=True) if compiled else module
     return build
-
-
-SCORE_BUDGET = 2**30
-"""Scores per slice of the ``-sliced`` variant: 5 latent frames of a 720p clip (2 GiB bf16)."""
 
 
 def _diffusers(*, compiled: bool, channels_last: bool) -> Any:
@@ -93,13 +91,14 @@ def _diffusers(*, compiled: bool, channels_last: bool) -> Any:
 VARIANTS: dict[str, Any] = {
     "jit-frozen": lambda plain, dtype: torch.jit.optimize_for_inference(torch.jit.freeze(plain)),
     "jit-replay": _replay(fused=False, compiled=False),
-    "jit-replay-fused": _replay(fused=True, compiled=False),
+    "jit-replay-fused": _replay(fused=True, compiled=False, score_budget=None),
+    # parallel.compile_tokenizer's setting, then each rewrite undone alone
     "jit-replay-compiled": _replay(fused=True, compiled=True, sums=True, as_2d=True),
+    "jit-replay-compiled-fused": _replay(fused=True, compiled=True, sums=True, as_2d=True,
+                                         score_budget=None),
+    "jit-replay-compiled-unsliced": _replay(fused=False, compiled=True, sums=True, as_2d=True),
     "jit-replay-compiled-depthwise-convs": _replay(fused=True, compiled=True, as_2d=True),
     "jit-replay-compiled-3d-convs": _replay(fused=True, compiled=True, sums=True),
-    "jit-replay-compiled-unfused": _replay(fused=False, compiled=True, sums=True, as_2d=True),
-    "jit-replay-compiled-sliced": _replay(fused=True, compiled=True, sums=True, as_2d=True,
-                                          score_budget=SCORE_BUDGET),
     "diffusers-eager": _diffusers(compiled=False, channels_last=False),
     "diffusers-compiled": _diffusers(compiled=True, channels_last=False),
     "diffusers-eager-channels-last": _diffusers(compiled=False, channels_last=True),

@@ -279,13 +279,14 @@ def _replayed(encoder: torch.jit.ScriptModule, path: Path) -> torch.nn.Module:
     try:
         # The released encoder's spatial attention materialises the score matrices of all
         # latent frames (5.9 GiB in bf16 for a 121-frame 720p clip, two copies alive at
-        # once); sliced, a few frames' at a time. Not fused: at its head width (512) only
-        # torch's memory-efficient kernel applies, twice as slow as products and a softmax on
-        # an H100 (bench/NOTES.md). Its Haar steps are depthwise 3-D convolutions, each a
-        # kernel of its own over the whole activation; as sums of slices they fuse with their
-        # neighbours. Its other convolutions are factorised 3-D ones, which the compiler
-        # leaves channels-first; as 2-D ones they run channels-last. Compiled kernels round
-        # differently anyway, which is why the whole replay is opt-in.
+        # once); sliced, a few frames' at a time. Not fused: at its head width (512) no fast
+        # fused kernel applies, and the compiled fused form ran float32 products, twice as
+        # slow as the slices' bf16 ones on an H100 (bench/NOTES.md). Its Haar steps are
+        # depthwise 3-D convolutions, each a kernel of its own over the whole activation; as
+        # sums of slices they fuse with their neighbours. Its other convolutions are
+        # factorised 3-D ones, which the compiler leaves channels-first; as 2-D ones they run
+        # channels-last. Compiled kernels round differently anyway, which is why the whole
+        # replay is opt-in.
         return GraphReplay(encoder, fuse_attention=True,
                            attention_score_budget=COMPILED_ENCODE_SCORE_BUDGET,
                            depthwise_as_sums=True, convolutions_as_2d=True)
