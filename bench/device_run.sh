@@ -2,7 +2,7 @@
 # One device-tool call: install the project (and carried wheels) into /tmp/site, then run the
 # named benchmarks, each writing its JSON and log under $OUT (bench/results/ copies are made here
 # from what comes back). Usage: bash bench/device_run.sh STAGE...
-# Stages: encode, encode-kernels, fp8-attn, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
+# Stages: encode, encode-kernels, fp8-attn, fp8-quantize, gpu-tests, depth-online, train-7b, train-7b-auto, real, real-fp8, real-fp8attn, pretrain-tiny, tiny-demo, embed, seg, depth, fp8-14k, fp8-56k.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site
@@ -86,6 +86,9 @@ for stage in "$@"; do
       # FP8 self-attention kernels (cuDNN, nvidia-cudnn-frontend carried in .whl) against bf16
       python3 bench/fp8_attention.py --lengths "${LENGTHS:-56320,14080}" \
         --out "$OUT/fp8_attention-$gpu.json" 2>&1 | tail -30 ;;
+    fp8-quantize)
+      # the FP8 MLP's GELU quantization, as shipped and two cheaper ways (one compiled op each)
+      python3 bench/fp8_quantize.py --out "$OUT/fp8_quantize-$gpu.json" 2>&1 | tail -10 ;;
     gpu-tests)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py \
         tests/models/test_fp8.py tests/engine/test_gpu.py 2>&1 | tail -30 ;;
