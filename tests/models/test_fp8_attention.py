@@ -155,8 +155,11 @@ def test_fused_kernels_match_the_reference_on_a_gpu(monkeypatch: pytest.MonkeyPa
         pytest.fail("needs a Hopper GPU and nvidia-cudnn-frontend (pip install 'ctrlpost[fp8]')")
     q, k, v, d_o = qkv(length=1024, heads=4, head_dim=128, device="cuda")
     results = []
-    for fused in (True, False):
+    # cuDNN's first-ranked plans, every plan timed and the fastest kept, the reference
+    tuned_graphs = fa._CudnnGraphs(autotune=True)
+    for fused, graphs in ((True, fa._CudnnGraphs()), (True, tuned_graphs), (False, None)):
         monkeypatch.setattr(fa, "cudnn_available", lambda _device, fused=fused: fused)
+        monkeypatch.setattr(fa, "_GRAPHS", graphs)
         scales = torch.zeros(4, device="cuda")
         for _ in range(2):
             for x in (q, k, v):
@@ -166,5 +169,68 @@ def test_fused_kernels_match_the_reference_on_a_gpu(monkeypatch: pytest.MonkeyPa
         results.append((out.detach(), q.grad, k.grad, v.grad))
     # Two FP8 implementations rounding differently (an H100 at 2,048 tokens: output 4.9 %,
     # gradients 1.3-2.4 %); a wrong scale or layout would be off by 100 % or more.
-    for fused_value, reference_value in zip(*results, strict=True):
-        assert rel(fused_value, reference_value) < 0.08
+    for first, tuned, reference_value in zip(*results, strict=True):
+        assert rel(first, reference_value) < 0.08 and rel(tuned, reference_value) < 0.08
+    # the forward and the backward graph each timed, their plans by name
+    assert sorted(key[0] for key in tuned_graphs.plan_times) == ["bwd", "fwd"]
+    assert all(any("ms" in row for row in rows) for rows in tuned_graphs.plan_times.values())
+
+
+class PlannedGraph:
+    """What :func:`fa.fastest_plan` reads of a cuDNN graph: ranked plans, one selected at a
+    time, each taking its own time to run (``costs``, seconds; None: declines this graph)."""
+
+    def __init__(self, costs: list[float | None]) -> None:
+        self.costs, self.selected, self.runs = costs, 0, [0] * len(costs)
+
+    def get_execution_plan_count(self) -> int:
+        return len(self.costs)
+
+    def build_plan_at_index(self, index: int) -> None:
+        if self.costs[index] is None:
+            raise RuntimeError(f"plan {index} does not support this graph")
+        self.selected = index
+
+    def get_plan_name_at_index(self, index: int) -> str:
+        return f"engine{index}"
+
+    def get_workspace_size(self) -> int:
+        return 16
+
+    def execute(self, pack: dict[str, torch.Tensor], workspace: torch.Tensor,
+                handle: object = None) -> None:
+        import time
+
+        cost = self.costs[self.selected]
+        assert cost is not None
+        time.sleep(cost)
+        self.runs[self.selected] += 1
+        pack["out"].fill_(self.selected)
+
+
+def test_autotuning_times_every_plan_that_builds_and_keeps_the_fastest() -> None:
+    graph = PlannedGraph([0.03, None, 0.002, 0.01])
+    pack = {"out": torch.zeros(2)}
+    rows = fa.fastest_plan(graph, pack, None, torch.device("cpu"), repeats=3)
+    assert graph.selected == 2  # the fastest, selected for the calls after
+    assert [row["index"] for row in rows] == [0, 1, 2, 3]
+    assert "does not support" in rows[1]["error"] and "ms" not in rows[1]
+    assert [row["plan"] for row in rows if "ms" in row] == ["engine0", "engine2", "engine3"]
+    assert rows[2]["ms"] < rows[3]["ms"] < rows[0]["ms"]
+    assert graph.runs == [4, 0, 4, 4]  # a warm-up and three timed runs each
+    with pytest.raises(RuntimeError, match="no plan of the cuDNN graph builds"):
+        fa.fastest_plan(PlannedGraph([None, None]), pack, None, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_a_graph_is_tuned_on_its_first_call_only_and_only_when_asked(autotune: bool) -> None:
+    graphs = fa._CudnnGraphs(autotune=autotune)
+    graph, key = PlannedGraph([0.01, 0.001]), ("bwd", "shape")
+    graphs._untuned.add(key)  # as a new graph's build marks it
+    for _ in range(2):
+        graphs._tune_once(graph, {"out": torch.zeros(1)}, None, torch.device("cpu"), key)
+    # tuned: both plans timed once (4 runs each), the faster selected; else the first, untouched
+    assert graph.runs == ([4, 4] if autotune else [0, 0])
+    assert graph.selected == (1 if autotune else 0)
+    assert (key in graphs.plan_times) == autotune
+    assert fa._GRAPHS.autotune is False  # the model's graphs run cuDNN's first choice

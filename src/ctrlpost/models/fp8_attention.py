@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any
 
 import torch
@@ -56,12 +57,19 @@ def cudnn_available(device: torch.device) -> bool:
 
 
 class _CudnnGraphs:
-    """cuDNN's FP8 attention graphs, built once per shape and layout, and a handle per device."""
+    """cuDNN's FP8 attention graphs, built once per shape and layout, and a handle per device.
 
-    def __init__(self) -> None:
+    Each graph runs the plan cuDNN's heuristics rank first; with ``autotune``, the first call
+    of each graph times every plan that builds on that call's tensors and keeps the fastest
+    (:func:`fastest_plan`; the timings in ``plan_times``, by graph)."""
+
+    def __init__(self, *, autotune: bool = False) -> None:
         self._lock = threading.Lock()
         self._graphs: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
         self._handles: dict[int, Any] = {}
+        self.autotune = autotune
+        self._untuned: set[tuple[Any, ...]] = set()
+        self.plan_times: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
     def _handle(self, cudnn: Any, device: torch.device) -> Any:
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -122,11 +130,12 @@ class _CudnnGraphs:
                 t |= {"o": o, "stats": st, "amax_s": amax_s, "amax_o": amax_o}
                 self._finish(graph, cudnn)
                 self._graphs[key] = (graph, t)
+                self._untuned.add(key)
             graph, t = self._graphs[key]
         pack = {t["q"]: q, t["k"]: k, t["v"]: v, t["o"]: out, t["stats"]: stats}
         pack |= {t[name]: value for name, value in scalars.items()}
         pack |= {t[name]: value for name, value in amax.items()}
-        self._execute(cudnn, graph, pack, q.device)
+        self._execute(cudnn, graph, pack, q.device, key)
 
     def backward(self, saved: dict[str, Tensor], grads: dict[str, Tensor],
                  scalars: dict[str, Tensor], amax: dict[str, Tensor]) -> None:
@@ -161,16 +170,60 @@ class _CudnnGraphs:
                     t[name] = tensor
                 self._finish(graph, cudnn)
                 self._graphs[key] = (graph, t)
+                self._untuned.add(key)
             graph, t = self._graphs[key]
         pack = {t[name]: value for name, value in (saved | grads | scalars | amax).items()}
-        self._execute(cudnn, graph, pack, q.device)
+        self._execute(cudnn, graph, pack, q.device, key)
 
     def _execute(self, cudnn: Any, graph: Any, pack: dict[Any, Tensor],
-                 device: torch.device) -> None:
+                 device: torch.device, key: tuple[Any, ...]) -> None:
         handle = self._handle(cudnn, device)
         cudnn.set_stream(handle, torch.cuda.current_stream(device).cuda_stream)
+        self._tune_once(graph, pack, handle, device, key)
         workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
         graph.execute(pack, workspace, handle=handle)
+
+    def _tune_once(self, graph: Any, pack: dict[Any, Tensor], handle: Any,
+                   device: torch.device, key: tuple[Any, ...]) -> None:
+        """With ``autotune``, select ``graph``'s fastest plan on its first call's tensors."""
+        if self.autotune and key in self._untuned:
+            self.plan_times[key] = fastest_plan(graph, pack, handle, device)
+        self._untuned.discard(key)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fastest_plan(graph: Any, pack: dict[Any, Tensor], handle: Any, device: torch.device,
+                 repeats: int = 3) -> list[dict[str, Any]]:
+    """Time every plan of a cuDNN ``graph`` (its heuristics' ranked list) on ``pack``'s tensors
+    and select the fastest; returns each plan's index, name and median milliseconds (or why it
+    did not build). The outputs in ``pack`` are overwritten by every run."""
+    rows: list[dict[str, Any]] = []
+    for index in range(graph.get_execution_plan_count()):
+        try:
+            graph.build_plan_at_index(index)  # selects it
+        except Exception as exc:  # a plan that declines this graph is skipped
+            rows.append({"index": index, "error": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        workspace = torch.empty(graph.get_workspace_size(), device=device, dtype=torch.uint8)
+        times = []
+        for _ in range(repeats + 1):  # the first run warms up
+            _synchronize(device)
+            start = time.perf_counter()
+            graph.execute(pack, workspace, handle=handle)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+        times = times[1:]
+        rows.append({"index": index, "plan": graph.get_plan_name_at_index(index),
+                     "ms": 1e3 * sorted(times)[len(times) // 2]})
+    timed = [row for row in rows if "ms" in row]
+    if not timed:
+        raise RuntimeError(f"no plan of the cuDNN graph builds: {rows}")
+    graph.build_plan_at_index(min(timed, key=lambda row: row["ms"])["index"])
+    return rows
 
 
 _GRAPHS = _CudnnGraphs()
