@@ -18,6 +18,13 @@ Each: median of ``--repeats`` calls, and the relative L2 distance of the dequant
 the bf16 one (e4m3 keeps 3 mantissa bits: ~2-3 % for every variant; a variant that lost range
 would show more).
 
+Then the weights: one block's token-wise linear weights at the ``--flavor``'s sizes, quantized
+as every FP8 product does at each call (forward: per output feature; input gradient: the
+transposed copy per input feature, for the eight layers whose input needs a gradient), one
+compiled op each way, each once per block (the backward's recomputation quantizes some forward
+weights again): what caching them across calls (the base is frozen) would save at least,
+against the e4m3 bytes the cache would hold.
+
 Usage (on the GPU): ``python bench/fp8_quantize.py --out bench/results/fp8_quantize-<gpu>.json``;
 on the CPU, small: ``python bench/fp8_quantize.py --device cpu --tokens 256 --hidden 512``.
 """
@@ -94,6 +101,28 @@ VARIANTS: dict[str, tuple[Quantizer, Quantizer]] = {
 """name → (forward quantizer of GELU(h), backward quantizer of GELU'(h)·grad)."""
 
 
+def block_weights(flavor: str, device: torch.device) -> dict[str, Tensor]:
+    """One DiT block's token-wise linear weights (``[out, in]``, bf16) at ``flavor``'s sizes."""
+    from ctrlpost.models.args import get_flavor
+
+    base = get_flavor(flavor).base
+    d, hidden, text = base.model_channels, base.mlp_hidden, base.text_dim
+    shapes = {"self_q": (d, d), "self_k": (d, d), "self_v": (d, d), "self_out": (d, d),
+              "cross_q": (d, d), "cross_k": (d, text), "cross_v": (d, text),
+              "cross_out": (d, d), "mlp_in": (hidden, d), "mlp_out": (d, hidden)}
+    generator = torch.Generator(device=device).manual_seed(1)
+    return {name: torch.randn(*shape, device=device, dtype=torch.bfloat16,
+                              generator=generator) * 0.02 for name, shape in shapes.items()}
+
+
+def quantize_weights(weights: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    return [quantize_rows(w) for w in weights]
+
+
+def quantize_weights_transposed(weights: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    return [quantize_rows(w.t().contiguous()) for w in weights]
+
+
 def _rel_l2(quantized: tuple[Tensor, Tensor], exact: Tensor) -> float:
     x_fp8, scale = quantized
     diff = x_fp8.float() * scale - exact.float()
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=16_384)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--flavor", default="7b", help="the block whose weights are quantized")
+    parser.add_argument("--blocks", type=int, default=28, help="blocks per step (the 7b base)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -136,6 +167,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:12s} {direction:8s} {row['median_ms']:8.3f} ms  "
                   f"rel L2 {row['rel_l2_vs_bf16']:.2e}  max |e4m3| {row['max_abs_fp8']:.0f}",
                   flush=True)
+    weights = block_weights(args.flavor, device)
+    needs_gradient = [w for name, w in weights.items() if name not in ("cross_k", "cross_v")]
+    record["weights"] = {"flavor": args.flavor, "blocks": args.blocks,
+                         "cache_bytes_per_block": sum(2 * w.numel() for w in needs_gradient)
+                         + sum(w.numel() for name, w in weights.items()
+                               if name in ("cross_k", "cross_v"))}
+    for direction, fn, group in (("forward", quantize_weights, list(weights.values())),
+                                 ("input gradient", quantize_weights_transposed, needs_gradient)):
+        compiled = torch.compile(fn, dynamic=False)
+        compiled(group)
+        seconds, _, _ = common.timed_median(lambda: compiled(group), device,  # noqa: B023
+                                            repeats=args.repeats)
+        record["weights"][direction] = {"layers": len(group), "median_ms": seconds * 1e3,
+                                        "per_step_ms": seconds * 1e3 * args.blocks}
+        print(f"weights {direction:14s} {len(group):2d} layers {seconds * 1e3:8.3f} ms a block, "
+              f"{seconds * args.blocks:.3f} s a step of {args.blocks} blocks", flush=True)
+    print(f"a cache of both: {record['weights']['cache_bytes_per_block'] * args.blocks / 1e9:.1f}"
+          f" GB of e4m3 for {args.blocks} blocks")
     if args.out:
         common.write_json(record, args.out)
         print(f"wrote {args.out}")
