@@ -45,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 
 common.ensure_ctrlpost_importable()
-from ctrlpost.models.fp8 import FP8, FP8_MAX, quantize_rows  # noqa: E402
+from ctrlpost.models.fp8 import FP8, quantize_rows  # noqa: E402
+from ctrlpost.models.fp8_attention import power_of_two_scale  # noqa: E402
 
 GELU_NEGATIVE_BOUND = 0.17  # |GELU(x)| < 0.17 for x < 0 (its minimum is -0.16997 at x ≈ -0.75)
 GELU_SLOPE_BOUND = 1.13  # |GELU'(x)| ≤ 1.1289 (its maximum, at x ≈ 1.41)
@@ -56,9 +57,8 @@ Quantizer = Callable[..., tuple[Tensor, Tensor]]
 def _pow2_rows(x_M_K: Tensor, amax_M_1: Tensor) -> tuple[Tensor, Tensor]:
     """``x`` in e4m3 with power-of-two row scales covering ``amax`` (a bound on each row's
     largest magnitude), and the scales (``x ≈ x_fp8 · scale``)."""
-    amax_M_1 = amax_M_1.float().clamp_min(2.0**-60)
-    scale_M_1 = torch.exp2(torch.ceil(torch.log2(amax_M_1 / FP8_MAX)))
-    return (x_M_K.float() * scale_M_1.reciprocal()).to(FP8), scale_M_1
+    multiplier_M_1 = power_of_two_scale(amax_M_1)  # the FP8 attention's per-tensor rule, by row
+    return (x_M_K.float() * multiplier_M_1).to(FP8), multiplier_M_1.reciprocal()
 
 
 def gelu_shipped(h: Tensor) -> tuple[Tensor, Tensor]:

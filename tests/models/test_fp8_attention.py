@@ -226,7 +226,6 @@ def test_autotuning_times_every_plan_that_builds_and_keeps_the_fastest() -> None
 def test_a_graph_is_tuned_on_its_first_call_only_and_only_when_asked(autotune: bool) -> None:
     graphs = fa._CudnnGraphs(autotune=autotune)
     graph, key = PlannedGraph([0.01, 0.001]), ("bwd", "shape")
-    graphs._untuned.add(key)  # as a new graph's build marks it
     for _ in range(2):
         graphs._tune_once(graph, {"out": torch.zeros(1)}, None, torch.device("cpu"), key)
     # tuned: both plans timed once (4 runs each), the faster selected; else the first, untouched

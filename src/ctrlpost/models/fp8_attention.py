@@ -68,7 +68,6 @@ class _CudnnGraphs:
         self._graphs: dict[tuple[Any, ...], tuple[Any, dict[str, Any]]] = {}
         self._handles: dict[int, Any] = {}
         self.autotune = autotune
-        self._untuned: set[tuple[Any, ...]] = set()
         self.plan_times: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
 
     def _handle(self, cudnn: Any, device: torch.device) -> Any:
@@ -130,7 +129,6 @@ class _CudnnGraphs:
                 t |= {"o": o, "stats": st, "amax_s": amax_s, "amax_o": amax_o}
                 self._finish(graph, cudnn)
                 self._graphs[key] = (graph, t)
-                self._untuned.add(key)
             graph, t = self._graphs[key]
         pack = {t["q"]: q, t["k"]: k, t["v"]: v, t["o"]: out, t["stats"]: stats}
         pack |= {t[name]: value for name, value in scalars.items()}
@@ -170,7 +168,6 @@ class _CudnnGraphs:
                     t[name] = tensor
                 self._finish(graph, cudnn)
                 self._graphs[key] = (graph, t)
-                self._untuned.add(key)
             graph, t = self._graphs[key]
         pack = {t[name]: value for name, value in (saved | grads | scalars | amax).items()}
         self._execute(cudnn, graph, pack, q.device, key)
@@ -186,9 +183,8 @@ class _CudnnGraphs:
     def _tune_once(self, graph: Any, pack: dict[Any, Tensor], handle: Any,
                    device: torch.device, key: tuple[Any, ...]) -> None:
         """With ``autotune``, select ``graph``'s fastest plan on its first call's tensors."""
-        if self.autotune and key in self._untuned:
+        if self.autotune and key not in self.plan_times:
             self.plan_times[key] = fastest_plan(graph, pack, handle, device)
-        self._untuned.discard(key)
 
 
 def _synchronize(device: torch.device) -> None:
