@@ -88,7 +88,8 @@ for stage in "$@"; do
         --out "$OUT/fp8_attention-$gpu.json" 2>&1 | tail -30 ;;
     fp8-quantize)
       # the FP8 MLP's GELU quantization, as shipped and two cheaper ways (one compiled op each)
-      python3 bench/fp8_quantize.py --out "$OUT/fp8_quantize-$gpu.json" 2>&1 | tail -10 ;;
+      # (TORCHINDUCTOR_MULTI_KERNEL=1 TAG=multikernel: inductor also tries persistent reductions)
+      python3 bench/fp8_quantize.py --out "$OUT/fp8_quantize${TAG:+-$TAG}-$gpu.json" 2>&1 | tail -10 ;;
     gpu-tests)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_fp8_attention.py \
         tests/models/test_fp8.py tests/engine/test_gpu.py 2>&1 | tail -30 ;;

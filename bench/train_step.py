@@ -55,6 +55,7 @@ from ctrlpost.models import (  # noqa: E402
     ControlledDiT,
     DiT,
     Flavor,
+    base_precision,
     build_controlled_dit,
     fp8,
     get_flavor,
@@ -271,9 +272,9 @@ class Configurator:
             block._compiled_call_impl = None  # type: ignore[attr-defined]
         if variant.compile or (self.state is not None and self.state[1]):
             _fresh_dynamo()
-        for layer in fp8.token_linears(self.model.base):
+        for layer in base_precision.token_linears(self.model.base):
             layer.__class__ = fp8.Fp8FrozenLinear if variant.fp8 else torch.nn.Linear
-        for attention in fp8.self_attentions(self.model.base):
+        for attention in base_precision.self_attentions(self.model.base):
             if variant.fp8_attention:
                 attention.use_fp8()  # type: ignore[operator]
             else:

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from ctrlpost.models import DiT, get_flavor
-from ctrlpost.models.fp8 import (
-    FP8_MAX,
-    Fp8FrozenLinear,
-    quantize_rows,
-    to_fp8,
-    to_fp8_attention,
-    token_linears,
-)
+from ctrlpost.models.base_precision import to_fp8, to_fp8_attention, token_linears
+from ctrlpost.models.fp8 import FP8_MAX, Fp8FrozenLinear, quantize_rows
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

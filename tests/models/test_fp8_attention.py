@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
 from ctrlpost.engine import parallel
+from ctrlpost.models import blocks
 from ctrlpost.models import fp8_attention as fa
-from ctrlpost.models.fp8 import self_attentions, to_fp8_attention
+from ctrlpost.models.base_precision import self_attentions, to_fp8_attention
+from ctrlpost.models.fp8 import Fp8FrozenLinear, quantize_rows
 
 from .test_fp8 import frozen_tiny_base
 
@@ -112,6 +114,69 @@ def test_selective_checkpointing_keeps_the_fp8_attention_and_compile_changes_not
     eager = step(branch)
     compiled = step(torch.compile(branch))
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
+
+
+def projected_inputs() -> tuple[torch.Tensor, ...]:
+    q, k, v, _ = qkv()
+    g = torch.Generator().manual_seed(1)
+    weight = (torch.randn(48, 64, generator=g) / 8).to(torch.bfloat16)  # [N, H·Dh]
+    d_y = (torch.randn(1, q.shape[2], 48, generator=g) * 1e-3).to(torch.bfloat16)
+    return q, k, v, weight, d_y
+
+
+def test_the_projection_reads_the_e4m3_output_without_rounding_it_again() -> None:
+    q, k, v, weight, _ = projected_inputs()
+    q8, k8, v8, descales = fa.quantize_inputs(q, k, v)
+    out8, _ = fa.fp8_attention_op(q8, k8, v8, descales)
+    y = fa.fp8_self_attention_projected(q, k, v, torch.zeros(4), weight)
+    # What the product must equal: the kernel's output exactly as written (e4m3 times its
+    # power-of-two scale) against the row-quantized weight, in float32, rounded once to bf16.
+    weight8, weight_scale = quantize_rows(weight)
+    o = out8.float().transpose(1, 2).flatten(2) * descales[3]
+    want = o @ (weight8.float() * weight_scale).t()
+    assert y.shape == (1, q.shape[2], 48) and y.dtype == torch.bfloat16
+    assert rel(y, want) < 4e-3  # bf16's rounding of the result, nothing more
+    # Widening O to bf16 and quantizing it per row again (the unfused path) moves it off the
+    # grid it was written on: measurably further from the same truth.
+    widened = fa.fp8_self_attention(q, k, v, torch.zeros(4)).transpose(1, 2).flatten(2)
+    twice_rounded = Fp8FrozenLinear(64, 48, bias=False)
+    twice_rounded.weight = torch.nn.Parameter(weight, requires_grad=False)
+    assert rel(twice_rounded(widened), want) > 2 * rel(y, want)
+
+
+def test_the_projected_attention_has_the_unfused_paths_input_gradients() -> None:
+    q, k, v, weight, d_y = projected_inputs()
+    fa.fp8_self_attention_projected(q, k, v, torch.zeros(4), weight).backward(d_y)
+    fused = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    layer = Fp8FrozenLinear(64, 48, bias=False)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    out = fa.fp8_self_attention(q, k, v, torch.zeros(4))
+    layer(out.transpose(1, 2).flatten(2)).backward(d_y)
+    # The backward does not read the forward's product: the same FP8 steps, bit for bit.
+    assert all(torch.equal(a, x.grad) for a, x in zip(fused, (q, k, v), strict=True))
+    assert all(bool(g.abs().sum() > 0) for g in fused)
+
+
+def test_the_projection_refuses_a_trainable_weight() -> None:
+    q, k, v, weight, _ = projected_inputs()
+    with pytest.raises(RuntimeError, match="frozen"):
+        fa.fp8_self_attention_projected(q, k, v, torch.zeros(4), weight.requires_grad_())
+
+
+def test_an_fp8_attention_block_projects_its_output_in_the_fused_op(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = frozen_tiny_base()
+    to_fp8_attention(base)
+    calls = []
+    monkeypatch.setattr(blocks, "fp8_self_attention_projected",
+                        lambda *a: calls.append(1) or fa.fp8_self_attention_projected(*a))
+    attention = self_attentions(base)[0]
+    x = torch.randn(1, 24, attention.to_q[0].in_features, dtype=torch.bfloat16)
+    rope = torch.stack([torch.ones(24, attention.head_dim), torch.zeros(24, attention.head_dim)])
+    y = attention(x, None, rope)
+    assert calls == [1] and y.shape == x.shape and bool(y.abs().sum() > 0)
 
 
 def test_fp8_attention_base_keeps_its_state_dict_and_resets_its_scales() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,7 @@ from ctrlpost.models import (
     load_control_checkpoint,
     with_control_blocks,
 )
-from ctrlpost.models.fp8 import self_attentions, to_fp8, to_fp8_attention
+from ctrlpost.models.base_precision import BASE_PRECISIONS, self_attentions
 from ctrlpost.models.tokenizer import VideoTokenizer
 from ctrlpost.recipe import Recipe, dump_toml
 from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
@@ -77,14 +77,6 @@ def flavor_of(recipe: Recipe) -> Flavor:
 def edm_config(recipe: Recipe) -> EDMConfig:
     """The EDM objective's constants, all from ``[diffusion]``."""
     return EDMConfig(**recipe.diffusion.model_dump())
-
-
-BASE_PRECISIONS: dict[str, Callable[[torch.nn.Module], int]] = {
-    "bf16": lambda base: 0,  # the released layers as they are
-    "fp8": to_fp8,  # token-wise linears as FP8 products (ctrlpost.models.fp8)
-    "fp8-attention": to_fp8_attention,  # and self-attention in FP8 (models.fp8_attention)
-}
-"""``model.base_precision`` → what it does to the frozen base before sharding."""
 
 
 def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = False) -> ModelParts:

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from ctrlpost.models.args import DiTArgs
 from ctrlpost.models.embeddings import RMSNorm, apply_rope
-from ctrlpost.models.fp8_attention import fp8_self_attention
+from ctrlpost.models.fp8 import Fp8FrozenLinear
+from ctrlpost.models.fp8_attention import fp8_self_attention, fp8_self_attention_projected
 
 
 class Attention(nn.Module):
@@ -79,6 +80,11 @@ class Attention(nn.Module):
         q_B_H_L_Dh, k_B_H_M_Dh = q_B_L_H_Dh.transpose(1, 2), k_B_M_H_Dh.transpose(1, 2)
         v_B_H_M_Dh = v_B_M_H_Dh.transpose(1, 2)
         if context_B_M_C is None and self.fp8_backward_scales is not None:
+            if isinstance(self.to_out[0], Fp8FrozenLinear):
+                # The projection reads the kernel's e4m3 output: no bf16 copy, no re-rounding.
+                return fp8_self_attention_projected(
+                    q_B_H_L_Dh, k_B_H_M_Dh, v_B_H_M_Dh, self.fp8_backward_scales,
+                    self.to_out[0].weight)
             out_B_H_L_Dh = fp8_self_attention(
                 q_B_H_L_Dh, k_B_H_M_Dh, v_B_H_M_Dh, self.fp8_backward_scales
             )

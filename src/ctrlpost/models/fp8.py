@@ -76,11 +76,15 @@ def _save_weight(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.save_for_backward(inputs[3])
 
 
+def input_gradient(grad_y_M_N: Tensor, weight_N_K: Tensor) -> Tensor:
+    """``dx = dy W`` of a frozen ``y = x Wᵀ`` through FP8, in ``dy``'s dtype."""
+    # W's rows become columns, so it is quantized per input feature (per K).
+    return fp8_matmul(grad_y_M_N, weight_N_K.t().contiguous(), grad_y_M_N.dtype)
+
+
 def _input_gradient(ctx: Any, grad_y_M_N: Tensor) -> tuple[Tensor | None, ...]:
     (weight_N_K,) = ctx.saved_tensors
-    # dx = dy W: W's rows become columns, so it is quantized per input feature (per K).
-    grad_x_M_K = fp8_matmul(grad_y_M_N, weight_N_K.t().contiguous(), grad_y_M_N.dtype)
-    return grad_x_M_K, None, None, None, None, None
+    return input_gradient(grad_y_M_N, weight_N_K), None, None, None, None, None
 
 
 fp8_frozen_linear_op.register_autograd(_input_gradient, setup_context=_save_weight)
@@ -98,46 +102,3 @@ class Fp8FrozenLinear(nn.Linear):
         y_M_N = fp8_frozen_linear_op(x_M_K, x_fp8, x_scale, self.weight, weight_fp8,
                                      weight_scale)
         return y_M_N.reshape(*x.shape[:-1], self.weight.shape[0])
-
-
-def token_linears(module: nn.Module) -> list[nn.Linear]:
-    """The linear layers of ``module``'s DiT blocks that act on every token: attention's q, k, v
-    and output projections and the MLP's two layers (not the AdaLN-LoRA modulation, which acts
-    on one vector per sample and frame, nor the embedders and the final layer)."""
-    from ctrlpost.models.blocks import Attention, FeedForward
-
-    found: list[nn.Module] = []
-    for child in module.modules():
-        if isinstance(child, Attention):
-            found += [child.to_q[0], child.to_k[0], child.to_v[0], child.to_out[0]]
-        elif isinstance(child, FeedForward):
-            found += [child.layer1, child.layer2]
-    assert all(isinstance(layer, nn.Linear) for layer in found)
-    return found  # type: ignore[return-value]
-
-
-def self_attentions(module: nn.Module) -> list[nn.Module]:
-    """The self-attention modules of ``module``'s DiT blocks (cross-attention stays bf16: its
-    512 text slots make it a small share of a block)."""
-    from ctrlpost.models.blocks import SubBlock
-
-    return [child.block.attn for child in module.modules()  # type: ignore[misc]
-            if isinstance(child, SubBlock) and child.kind == "fa"]
-
-
-def to_fp8_attention(module: nn.Module) -> int:
-    """``to_fp8``, and the self-attention of a frozen ``module`` in FP8 as well
-    (:mod:`ctrlpost.models.fp8_attention`); returns how many layers and attentions changed."""
-    attentions = self_attentions(module)
-    for attention in attentions:
-        attention.use_fp8()  # type: ignore[operator]
-    return to_fp8(module) + len(attentions)
-
-
-def to_fp8(module: nn.Module) -> int:
-    """Make the token-wise linear layers of a frozen ``module`` compute in FP8, in place (their
-    parameters stay as they are); returns how many were converted."""
-    layers = token_linears(module)
-    for layer in layers:
-        layer.__class__ = Fp8FrozenLinear
-    return len(layers)

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = float(torch.finfo(FP8).max)  # 448
+from ctrlpost.models.fp8 import FP8, FP8_MAX, input_gradient, quantize_rows, scaled_product
+
 PROBABILITY_SCALE = 256.0  # P ≤ 1 is stored as 256·P: the largest power of two under 448
 O_HEADROOM = 1.0625  # the quantized P's row sums exceed 1 by at most e4m3's rounding
 HEADROOM = 2.0  # a delayed scale leaves the last reported maximum this far below 448
@@ -436,20 +436,74 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
     ctx.save_for_backward(q8, k8, v8, out8, stats, descales, backward_scales)
 
 
-def _backward(ctx: Any, grad_out: Tensor, *unused: Any) -> tuple[Tensor | None, ...]:
-    q8, k8, v8, out8, stats, descales, backward_scales = ctx.saved_tensors
-    # dO's quantization and the gradients' widening are tensor code around the kernel's op:
-    # compiled with the block's backward.
+def _attention_input_gradients(grad_out: Tensor, saved: tuple[Tensor, ...]
+                               ) -> tuple[Tensor, Tensor, Tensor]:
+    """``dq, dk, dv`` in ``grad_out``'s dtype from the output's gradient ``[B, H, L, Dh]`` and
+    the forward's ``q8, k8, v8, out8, stats, descales, backward_scales``.
+
+    dO's quantization and the gradients' widening are tensor code around the kernel's op:
+    compiled with the block's backward."""
+    q8, k8, v8, out8, stats, descales, backward_scales = saved
     scale_do = power_of_two_scale(grad_out.abs().amax())
     d_o8 = _scaled_to_fp8(grad_out, scale_do)
     *grads, scale = fp8_attention_backward_op(d_o8, scale_do.reciprocal(), out8, q8, k8, v8,
                                               stats, descales, backward_scales)
     dtype = grad_out.dtype
     dq, dk, dv = (g.to(dtype) * scale[i + 1].reciprocal().to(dtype) for i, g in enumerate(grads))
-    return dq, dk, dv, *(None,) * 7
+    return dq, dk, dv
+
+
+def _backward(ctx: Any, grad_out: Tensor, *unused: Any) -> tuple[Tensor | None, ...]:
+    return *_attention_input_gradients(grad_out, ctx.saved_tensors), *(None,) * 7
 
 
 fp8_attention_output_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("ctrlpost::fp8_attention_projected", mutates_args=())
+def fp8_attention_projected_op(q: Tensor, k: Tensor, v: Tensor, out8: Tensor, stats: Tensor,
+                               q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor,
+                               backward_scales: Tensor, weight_N_K: Tensor,
+                               weight_fp8_N_K: Tensor, weight_scale_N_1: Tensor) -> Tensor:
+    """The output projection ``O Wᵀ`` (``[B, L, N]``, ``q``'s dtype) straight from the e4m3
+    output: its per-tensor scale serves as every token's row scale, so the product reads the
+    kernel's bytes as they are — no bf16 copy of ``O`` is written, and none is rounded to e4m3
+    a second time (per-row scales of a widened copy would move it off its grid). ``W`` is
+    quantized per output feature (:func:`ctrlpost.models.fp8.quantize_rows`).
+
+    Differentiable in ``q, k, v``: the backward is the FP8 input gradient of the projection
+    (``dO = dy W``), then the fused FP8 attention backward."""
+    del k, v, stats, q8, k8, v8, backward_scales
+    batch, heads, length, head_dim = out8.shape
+    out8_M_K = out8.transpose(1, 2).reshape(batch * length, heads * head_dim)  # stored so: a view
+    scale_M_1 = descales[3].reshape(1, 1).expand(batch * length, 1).contiguous()
+    y_M_N = scaled_product(out8_M_K, scale_M_1, weight_fp8_N_K, weight_scale_N_1, q.dtype)
+    return y_M_N.view(batch, length, weight_N_K.shape[0])
+
+
+@fp8_attention_projected_op.register_fake
+def _fp8_attention_projected_fake(q: Tensor, k: Tensor, v: Tensor, out8: Tensor,
+                                  stats: Tensor, q8: Tensor, k8: Tensor, v8: Tensor,
+                                  descales: Tensor, backward_scales: Tensor, weight_N_K: Tensor,
+                                  weight_fp8_N_K: Tensor, weight_scale_N_1: Tensor) -> Tensor:
+    return q.new_empty(q.shape[0], q.shape[2], weight_N_K.shape[0])
+
+
+def _setup_projected_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    _q, _k, _v, out8, stats, q8, k8, v8, descales, backward_scales, weight, *_ = inputs
+    ctx.save_for_backward(q8, k8, v8, out8, stats, descales, backward_scales, weight)
+
+
+def _projected_backward(ctx: Any, grad_y_B_L_N: Tensor) -> tuple[Tensor | None, ...]:
+    *saved, weight_N_K = ctx.saved_tensors
+    batch, heads, length, head_dim = saved[3].shape  # out8
+    grad_out_M_K = input_gradient(grad_y_B_L_N.reshape(batch * length, -1), weight_N_K)
+    grad_out = grad_out_M_K.view(batch, length, heads, head_dim).transpose(1, 2)
+    return *_attention_input_gradients(grad_out, tuple(saved)), *(None,) * 10
+
+
+fp8_attention_projected_op.register_autograd(_projected_backward,
+                                             setup_context=_setup_projected_context)
 
 
 def fp8_self_attention(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor) -> Tensor:
@@ -458,3 +512,16 @@ def fp8_self_attention(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor)
     q8, k8, v8, descales = quantize_inputs(q, k, v)
     out8, stats = fp8_attention_op(q8, k8, v8, descales)
     return fp8_attention_output_op(q, k, v, out8, stats, q8, k8, v8, descales, backward_scales)
+
+
+def fp8_self_attention_projected(q: Tensor, k: Tensor, v: Tensor, backward_scales: Tensor,
+                                 weight_N_K: Tensor) -> Tensor:
+    """:func:`fp8_self_attention` followed by the frozen output projection ``weight`` (``[N,
+    H·Dh]``, no bias) as one FP8 product on the kernel's e4m3 output: ``[B, L, N]``."""
+    if weight_N_K.requires_grad:
+        raise RuntimeError("the FP8 output projection is for a frozen weight")
+    q8, k8, v8, descales = quantize_inputs(q, k, v)
+    out8, stats = fp8_attention_op(q8, k8, v8, descales)
+    weight_fp8, weight_scale = quantize_rows(weight_N_K.detach())
+    return fp8_attention_projected_op(q, k, v, out8, stats, q8, k8, v8, descales,
+                                      backward_scales, weight_N_K, weight_fp8, weight_scale)
