@@ -58,6 +58,7 @@ from ctrlpost.models import (  # noqa: E402
     base_precision,
     build_controlled_dit,
     fp8,
+    fp8_attention,
     get_flavor,
 )
 
@@ -187,7 +188,11 @@ class Variant:
     (``nn.Module.compile``, what ``ModelMixin.compile_repeated_blocks`` does where a model
     declares its repeated blocks). ``fp8``: ctrlpost's base with ``model.base_precision =
     "fp8"`` (token-wise linears as FP8 products, :mod:`ctrlpost.models.fp8`); ``fp8attn``:
-    those and the self-attention in FP8 too (:mod:`ctrlpost.models.fp8_attention`).
+    those and the self-attention in FP8 too (:mod:`ctrlpost.models.fp8_attention`);
+    ``autotune``: the FP8 attention's cuDNN graphs time every plan on their first call and keep
+    the fastest (fresh graphs whenever this changes); ``multikernel``: the blocks compiled with
+    inductor's multi-kernel option (reductions up to 16x wider tried persistent, the faster
+    kept at the first run).
     """
 
     impl: str
@@ -196,6 +201,8 @@ class Variant:
     attention: str
     fp8: bool = False
     fp8_attention: bool = False
+    autotune: bool = False
+    multi_kernel: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -205,6 +212,7 @@ class Variant:
             raise ValueError(f"unknown implementation in {text!r}")
         ac = "diffusers" if impl == "diffusers" else "selective"
         compiled, attention, fp8, fp8_attention = False, "default", False, False
+        autotune = multi_kernel = False
         for token in tokens[1:]:
             if token in ("full", "selective", "selective-all", "none"):
                 ac = token
@@ -214,19 +222,27 @@ class Variant:
                 fp8 = True
             elif token == "fp8attn":
                 fp8 = fp8_attention = True
+            elif token == "autotune":
+                autotune = True
+            elif token == "multikernel":
+                multi_kernel = True
             elif token in ("default", "cudnn", "flash", "efficient", "best"):
                 attention = token
             else:
                 raise ValueError(f"unknown option {token!r} in {text!r}")
         if impl == "diffusers" and (ac != "diffusers" or fp8):
             raise ValueError("diffusers runs with its own checkpointing and bf16 weights")
-        return cls(impl, ac, compiled, attention, fp8, fp8_attention)
+        if (autotune and not fp8_attention) or (multi_kernel and not compiled):
+            raise ValueError(f"{text!r}: autotune needs fp8attn, multikernel needs compile")
+        return cls(impl, ac, compiled, attention, fp8, fp8_attention, autotune, multi_kernel)
 
     def __str__(self) -> str:
         parts = [self.impl] + ([] if self.impl == "diffusers" else [self.ac])
         parts += ["compile"] if self.compile else []
         parts += [] if self.attention == "default" else [self.attention]
         parts += ["fp8attn"] if self.fp8_attention else ["fp8"] if self.fp8 else []
+        parts += ["autotune"] if self.autotune else []
+        parts += ["multikernel"] if self.multi_kernel else []
         return "/".join(parts)
 
 
@@ -257,14 +273,17 @@ class Configurator:
 
     def __init__(self, model: ControlledDiT) -> None:
         self.model = model
-        self.state: tuple[str, bool, str, bool, bool] | None = None
+        self.state: tuple[Any, ...] | None = None
         self.diffusers_compiled: bool | None = None
 
     def apply(self, variant: Variant) -> None:
         state = (variant.ac, variant.compile, variant.attention, variant.fp8,
-                 variant.fp8_attention)
+                 variant.fp8_attention, variant.autotune, variant.multi_kernel)
         if state == self.state:
             return
+        if fp8_attention._GRAPHS.autotune != variant.autotune:
+            # Fresh graphs: a tuned graph keeps its chosen plan.
+            fp8_attention._GRAPHS = fp8_attention._CudnnGraphs(autotune=variant.autotune)
         blocks = [m for m in self.model.modules() if isinstance(m, parallel.DiTBlock)]
         for block in blocks:
             block.__dict__.pop("forward", None)
@@ -285,7 +304,8 @@ class Configurator:
         parallel._is_self_attention = (  # type: ignore[attr-defined]
             (lambda args: True) if variant.ac == "selective-all" else _IS_SELF_ATTENTION)
         if variant.compile:
-            parallel.apply_compile(self.model)
+            options = {"triton.multi_kernel": 1} if variant.multi_kernel else None
+            parallel.apply_compile(self.model, options=options)
         self.state = state
         self.diffusers_compiled = None  # a reset graph cache drops diffusers' graphs too
 
@@ -584,6 +604,9 @@ class Bench:
             "ratio_to_matmul": work / s / 1e12 / self.ceiling_rate(),
             **common.peak_memory(self.device),
         }
+        if variant.autotune:
+            row["cudnn_plans"] = [{"graph": str(key[0]), "plans": plans} for key, plans
+                                  in fp8_attention._GRAPHS.plan_times.items()]
         if profile is not None:
             row["profile"] = profile
             common.print_profile(profile)

@@ -143,12 +143,13 @@ def apply_activation_checkpointing(model: nn.Module, plan: ACMode | CheckpointPl
     return wrapped
 
 
-def apply_compile(model: nn.Module) -> int:
-    """``torch.compile`` every DiT block in place (one compiled graph reused by all blocks)."""
+def apply_compile(model: nn.Module, options: dict[str, Any] | None = None) -> int:
+    """``torch.compile`` every DiT block in place (one compiled graph reused by all blocks),
+    with inductor ``options`` if given."""
     compiled = 0
     for module in model.modules():
         if isinstance(module, DiTBlock):
-            module.compile()
+            module.compile(options=options)
             compiled += 1
     return compiled
 
