@@ -18,7 +18,8 @@ Every FP8 tensor has one float32 scale (per tensor, a power of two, so scaling i
   the maxima it just reported, so nothing saturates.
 
 Gradients leave the kernel as FP8 (on Hopper cuDNN writes no bf16 ``dQ/dK/dV`` for FP8
-attention) and are widened to bf16 for the layers before it.
+attention) and are widened to bf16 for the layers before it. A block whose output projection is
+an FP8 product (:func:`fp8_self_attention_projected`) feeds it the e4m3 output as it is.
 """
 
 from __future__ import annotations
