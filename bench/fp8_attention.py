@@ -6,8 +6,10 @@ At each length, one process, one GPU, medians of ``--repeats``:
   forward + backward, on q/k/v in the model's ``[B, L, H, Dh]`` storage;
 * FP8: :mod:`ctrlpost.models.fp8_attention` — the fused cuDNN kernels alone (inputs already
   quantized; cuDNN's first-ranked plans, then every plan timed and the fastest kept, with each
-  plan's time), and the whole function as the model calls it (quantizing q/k/v/dO, widening the
-  output and the gradients, the delayed-scale check);
+  plan's time), and the whole attention function with a bf16 output (``fp8_self_attention``:
+  quantizing q/k/v/dO, widening the output and the gradients, the delayed-scale check; the
+  model's blocks run ``fp8_self_attention_projected``, which hands the e4m3 output to the FP8
+  output projection instead of widening it);
 * error of the FP8 output and gradients against the bf16 cuDNN ones (relative L2); and, at
   2,048 tokens, the fused kernels against ctrlpost's float32 reference of the same FP8 steps.
 
@@ -94,7 +96,7 @@ def measure(length: int, args: argparse.Namespace, device: torch.device) -> dict
             reference = {"out": out.detach(), "dq": leaves[0].grad, "dk": leaves[1].grad,
                          "dv": leaves[2].grad}
 
-    # FP8, the whole function as the model calls it.
+    # FP8, the whole attention function (the output widened to bf16).
     scales = torch.zeros(4, device=device)
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
 
