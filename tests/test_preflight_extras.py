@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -118,4 +119,23 @@ def test_fp8_attention_at_video_length_without_the_extra_names_key_and_fix(recip
     # the tiny recipe's clips (17 frames at 128p): the reference computation runs them
     code, report = verify(recipe, *fp8, "--set", "data.num_frames=17", "--set",
                           'data.resolution="128"')
+    assert (code, report["problems"]) == (0, [])
+
+
+def test_fp8_attention_at_video_length_with_heads_cudnn_does_not_take_says_so(
+        recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's FP8 attention takes heads of 128 channels only: with the frontend installed, a
+    flavor of other heads (the tiny one: 32) at video length is refused under its key."""
+    monkeypatch.setitem(sys.modules, "cudnn", types.ModuleType("cudnn"))  # importable
+    fp8 = ["--set", "logging.tensorboard=false", "--set", 'model.base_precision="fp8-attention"',
+           "--set", 'model.precision="bf16"']
+    code, report = verify(recipe, *fp8, "--set", "data.num_frames=121", "--set",
+                          'data.resolution="720"')
+    assert code == 2
+    [problem] = report["problems"]
+    assert problem["path"] == "model.base_precision"
+    assert 'takes heads of 128 channels; flavor "tiny" has 32' in problem["message"]
+    assert 'set model.base_precision = "fp8"' in problem["message"]
+    # the 7b flavor's heads are 128 channels: nothing to refuse once the frontend is there
+    code, report = verify(recipe, *fp8, "--set", 'model.flavor="7b"')
     assert (code, report["problems"]) == (0, [])

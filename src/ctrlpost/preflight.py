@@ -142,20 +142,34 @@ def extras_problems(ctx: Context) -> list[Problem]:
     problems = []
     if ctx.recipe.logging.tensorboard and not _importable("tensorboard"):
         problems.append(Problem("plugins", "logging.tensorboard", MISSING_TENSORBOARD))
-    if ctx.recipe.model.base_precision == "fp8-attention" and not _importable("cudnn"):
-        from ctrlpost.engine import memory
-        from ctrlpost.models.fp8_attention import REFERENCE_MAX_TOKENS
-
-        rec = ctx.recipe
-        job = memory.training_job(rec.data, rec.train, rec.model, rec.parallel, world_size=1)
-        tokens = job.tokens(memory.model_dims(_architecture(ctx)))
-        if tokens > REFERENCE_MAX_TOKENS:  # shorter ones run the reference computation
-            problems.append(Problem(
-                "plugins", "model.base_precision",
-                f'"fp8-attention" over {tokens:,} tokens needs cuDNN\'s fused FP8 attention: '
-                "pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), or set "
-                'model.base_precision = "fp8" (FP8 linears, bf16 attention)'))
+    if ctx.recipe.model.base_precision == "fp8-attention":
+        problems += _fp8_attention_problems(ctx)
     return problems
+
+
+def _fp8_attention_problems(ctx: Context) -> list[Problem]:
+    """FP8 attention over more tokens than the reference computation holds needs cuDNN's fused
+    kernel: its frontend installed, and heads of the one size it takes."""
+    from ctrlpost.engine import memory
+    from ctrlpost.models.fp8_attention import FUSED_HEAD_DIM, REFERENCE_MAX_TOKENS
+
+    assert ctx.recipe is not None
+    rec, flavor = ctx.recipe, _architecture(ctx)
+    job = memory.training_job(rec.data, rec.train, rec.model, rec.parallel, world_size=1)
+    tokens = job.tokens(memory.model_dims(flavor))
+    if tokens <= REFERENCE_MAX_TOKENS:  # shorter ones run the reference computation
+        return []
+    needs = f'"fp8-attention" over {tokens:,} tokens needs cuDNN\'s fused FP8 attention'
+    fallback = 'model.base_precision = "fp8" (FP8 linears, bf16 attention)'
+    if flavor.base.head_dim != FUSED_HEAD_DIM:
+        return [Problem("plugins", "model.base_precision",
+                        f"{needs}, which takes heads of {FUSED_HEAD_DIM} channels; flavor "
+                        f'"{rec.model.flavor}" has {flavor.base.head_dim}: set {fallback}')]
+    if not _importable("cudnn"):
+        return [Problem("plugins", "model.base_precision",
+                        f"{needs}: pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), "
+                        f"or set {fallback}")]
+    return []
 
 
 def _importable(module: str) -> bool:

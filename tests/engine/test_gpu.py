@@ -64,6 +64,7 @@ def test_a_gloo_job_on_a_gpu_host_stays_on_the_cpu(workspace: Workspace, tmp_pat
     """backend = "gloo" puts the ranks on the CPU even where a GPU is present: the FSDP mesh
     follows the rank's device (FSDP's own default would take the GPU and mix devices)."""
     run = workspace.train(tmp_path, "--nproc", "1", "--set", "parallel.backend='gloo'",
-                          "--set", "train.steps=2", "--set", "validation.every_steps=0")
+                          "--set", "train.steps=2", "--set", "validation.every_steps=0",
+                          "--set", "logging.every_steps=1")
     assert "1 rank(s) on cpu" in run.stdout
     assert sorted(losses(tmp_path)) == [1, 2]

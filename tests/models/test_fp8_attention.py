@@ -194,8 +194,30 @@ def test_fp8_attention_base_keeps_its_state_dict_and_resets_its_scales() -> None
 
 def test_long_sequences_without_the_fused_kernel_are_refused_with_the_fix() -> None:
     q = torch.zeros(1, 1, fa.REFERENCE_MAX_TOKENS + 1, 8, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match=r"ctrlpost\[fp8\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"ctrlpost\[fp8\].*heads of 128 channels \(these have 8\)"):
         fa.fp8_self_attention(q, q, q, torch.zeros(4))
+
+
+def test_heads_the_fused_kernel_does_not_take_run_the_reference(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's FP8 attention takes heads of 128 channels only (it refuses to build a graph for
+    others): a device that has the kernel still computes other head sizes with the reference."""
+    monkeypatch.setattr(fa, "cudnn_available", lambda _device: True)
+    assert fa.runs_fused_kernel(torch.zeros(1, 2, 16, fa.FUSED_HEAD_DIM))
+    assert not fa.runs_fused_kernel(torch.zeros(1, 2, 16, 32))
+
+    class NoGraphs:  # the fused kernel must not be reached for these heads
+        def forward(self, *args: object) -> None:
+            raise AssertionError("the fused kernel was called for heads of 32")
+
+        backward = forward
+
+    monkeypatch.setattr(fa, "_GRAPHS", NoGraphs())
+    q, k, v, d_o = qkv(head_dim=32)
+    out = fa.fp8_self_attention(q, k, v, torch.zeros(4))
+    out.backward(d_o)
+    assert rel(out, exact(q, k, v, d_o)[0]) < 0.08 and q.grad is not None
 
 
 def test_a_frontend_that_cannot_load_cudnn_means_no_fused_kernel(

@@ -1,9 +1,10 @@
 """The frozen base's self-attention in FP8: cuDNN's fused FP8 attention, forward and backward.
 
 ``model.base_precision = "fp8-attention"``: on GPUs that have the fused kernel (Hopper or
-newer, with ``nvidia-cudnn-frontend``: ``pip install 'ctrlpost[fp8]'``); elsewhere the same numbers
-are computed by a reference implementation in float32 (the scores held in memory, so only for
-short sequences: tests, tiny models), so CPU runs see FP8's rounding too.
+newer, with ``nvidia-cudnn-frontend``: ``pip install 'ctrlpost[fp8]'``) for heads of 128 channels
+(the released models'); elsewhere the same numbers are computed by a reference implementation in
+float32 (the scores held in memory, so only for short sequences: tests, tiny models), so CPU
+runs see FP8's rounding too.
 
 Every FP8 tensor has one float32 scale (per tensor, a power of two, so scaling is exact):
 
@@ -38,6 +39,7 @@ PROBABILITY_SCALE = 256.0  # P ≤ 1 is stored as 256·P: the largest power of t
 O_HEADROOM = 1.0625  # the quantized P's row sums exceed 1 by at most e4m3's rounding
 HEADROOM = 2.0  # a delayed scale leaves the last reported maximum this far below 448
 _BACKWARD_SCALES = ("dP", "dQ", "dK", "dV")
+FUSED_HEAD_DIM = 128  # cuDNN's FP8 attention on Hopper takes no other head size
 
 
 def power_of_two_scale(amax: Tensor, headroom: float = 1.0) -> Tensor:
@@ -55,6 +57,12 @@ def cudnn_available(device: torch.device) -> bool:
     except (ImportError, OSError):  # OSError: it loads libcudnn at import, absent on CPU builds
         return False
     return True
+
+
+def runs_fused_kernel(x: Tensor) -> bool:
+    """Whether attention over ``x`` (``[..., L, Dh]``) runs cuDNN's fused kernel rather than the
+    reference: a device that has it, and the one head size it takes."""
+    return x.shape[-1] == FUSED_HEAD_DIM and cudnn_available(x.device)
 
 
 class _CudnnGraphs:
@@ -229,11 +237,13 @@ _GRAPHS = _CudnnGraphs()
 REFERENCE_MAX_TOKENS = 16384  # the reference kernel holds L x L scores
 
 
-def _check_reference_length(length: int, device: torch.device) -> None:
+def _check_reference_length(x: Tensor) -> None:
+    length, head_dim = x.shape[-2:]
     if length > REFERENCE_MAX_TOKENS:
         raise RuntimeError(
-            f"FP8 attention over {length} tokens on {device} needs cuDNN's fused FP8 attention: "
-            "a Hopper (or newer) GPU and pip install 'ctrlpost[fp8]'; or set "
+            f"FP8 attention over {length} tokens on {x.device} needs cuDNN's fused FP8 "
+            f"attention: a Hopper (or newer) GPU, pip install 'ctrlpost[fp8]' and heads of "
+            f"{FUSED_HEAD_DIM} channels (these have {head_dim}); or set "
             'model.base_precision = "fp8" (FP8 linears, bf16 attention)')
 
 
@@ -245,7 +255,7 @@ def _round_fp8(x: Tensor, scale: float | Tensor) -> Tensor:
 def _reference_forward(q8: Tensor, k8: Tensor, v8: Tensor, out8: Tensor, stats: Tensor,
                        scalars: dict[str, Tensor]) -> None:
     """What the fused forward computes, in float32 with the L x L scores in memory."""
-    _check_reference_length(q8.shape[-2], q8.device)
+    _check_reference_length(q8)
     q, k, v = (x.float() * scalars[f"descale_{n}"] for x, n in ((q8, "q"), (k8, "k"), (v8, "v")))
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
@@ -259,7 +269,7 @@ def _reference_backward(inputs: dict[str, Tensor], grads: dict[str, Tensor],
                         scalars: dict[str, Tensor]) -> Tensor:
     """What the fused backward computes (float32, L x L in memory); returns the maxima of
     ``dP, dQ, dK, dV`` before scaling."""
-    _check_reference_length(inputs["q"].shape[-2], inputs["q"].device)
+    _check_reference_length(inputs["q"])
     q, k, v, o, d_o = (inputs[n].float() * scalars[f"descale_{n}"]
                        for n in ("q", "k", "v", "o", "dO"))
     attn_scale = 1.0 / math.sqrt(q.shape[-1])
@@ -317,7 +327,7 @@ def fp8_attention_op(q8: Tensor, k8: Tensor, v8: Tensor, descales: Tensor
     :func:`fp8_attention_output_op` carries the gradients."""
     out8, stats = _blhd_like(q8, FP8), q8.new_empty(*q8.shape[:-1], 1, dtype=torch.float32)
     scalars = forward_scalars(descales)
-    if cudnn_available(q8.device):
+    if runs_fused_kernel(q8):
         amax_out = {name: _ones(q8.device, 0.0) for name in ("amax_s", "amax_o")}
         _GRAPHS.forward(q8, k8, v8, out8, stats, scalars, amax_out)
     else:
@@ -395,7 +405,7 @@ def fp8_attention_backward_op(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8
     device = d_o8.device
     inputs = {"q": q8, "k": k8, "v": v8, "o": out8, "stats": stats, "dO": d_o8}
     grads = {"dQ": torch.empty_like(q8), "dK": torch.empty_like(k8), "dV": torch.empty_like(v8)}
-    fused = cudnn_available(device)
+    on_cudnn = runs_fused_kernel(q8)
     # Zeros: the site's first call. Read with the run's maxima, after the kernel: one host sync
     # per run instead of a second one before the kernel, which left the GPU idle while the
     # kernel's scalars were built.
@@ -405,7 +415,7 @@ def fp8_attention_backward_op(d_o8: Tensor, descale_do: Tensor, out8: Tensor, q8
     for _attempt in range(3):
         scale = torch.where(backward_scales > 0, backward_scales, torch.ones_like(backward_scales))
         scalars = backward_scalars(descales, descale_do, scale)
-        if fused:
+        if on_cudnn:
             amax_out = {f"amax_{n}": _ones(device, 0.0) for n in _BACKWARD_SCALES}
             _GRAPHS.backward(inputs, grads, scalars, amax_out)
             amax = torch.cat([amax_out[f"amax_{n}"].reshape(1) for n in _BACKWARD_SCALES])
