@@ -134,7 +134,7 @@ def test_fp8_attention_at_video_length_with_heads_cudnn_does_not_take_says_so(
     assert code == 2
     [problem] = report["problems"]
     assert problem["path"] == "model.base_precision"
-    assert 'takes heads of 128 channels; flavor "tiny" has 32' in problem["message"]
+    assert "takes heads of 128 channels; these have 32" in problem["message"]
     assert 'set model.base_precision = "fp8"' in problem["message"]
     # the 7b flavor's heads are 128 channels: nothing to refuse once the frontend is there
     code, report = verify(recipe, *fp8, "--set", 'model.flavor="7b"')

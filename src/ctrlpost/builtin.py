@@ -1,4 +1,4 @@
-"""ctrlpost's own plugin: the built-in data sources and model flavors.
+"""ctrlpost's own plugin: the built-in data sources, model flavors and base precisions.
 
 Registered by the plugin manager by module name (``registry.BUILTIN_PLUGINS``), it answers the
 same hooks a third party's plugin does, so the recipe schema, shell completion, help text,
@@ -11,11 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctrlpost.modalities import DataSource, FetchRequest, HubRelease, ModelFlavor, hookimpl
+from ctrlpost.modalities import (
+    BasePrecision,
+    DataSource,
+    FetchRequest,
+    HubRelease,
+    ModelFlavor,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ctrlpost.data.fetch.plan import Plan
-    from ctrlpost.models.args import Flavor
+    from ctrlpost.models.args import DiTArgs, Flavor
     from ctrlpost.recipe import WeightsSection
 
 
@@ -87,4 +96,41 @@ def ctrlpost_register_flavors() -> list[ModelFlavor]:
                     _build_7b, release=HubRelease(TRANSFER_7B)),
         ModelFlavor("tiny", "the 7B's structure at toy size, for CPU runs; weights made locally",
                     _build_tiny, make_weights=_make_tiny),
+    ]
+
+
+def _as_released(base: nn.Module) -> int:
+    return 0
+
+
+def _to_fp8(base: nn.Module) -> int:
+    from ctrlpost.models.base_precision import to_fp8
+
+    return to_fp8(base)
+
+
+def _to_fp8_attention(base: nn.Module) -> int:
+    from ctrlpost.models.base_precision import to_fp8_attention
+
+    return to_fp8_attention(base)
+
+
+def _fp8_attention_problems(base: DiTArgs, tokens: int) -> list[str]:
+    from ctrlpost.models.fp8_attention import unmet_requirements
+
+    return unmet_requirements(base.head_dim, tokens)
+
+
+@hookimpl
+def ctrlpost_register_base_precisions() -> list[BasePrecision]:
+    """The released layers as they are, and two opt-in FP8 forms of the frozen base."""
+    return [
+        BasePrecision("bf16", "the released layers as they are", _as_released,
+                      needs_bf16=False),
+        BasePrecision("fp8", "the token-wise linear layers as e4m3 products with row-wise "
+                      "scales (forward and input gradient); attention in bf16", _to_fp8),
+        BasePrecision("fp8-attention", "experimental: those, and self-attention in e4m3 with "
+                      "per-tensor scales (cuDNN's fused kernel: pip install 'ctrlpost[fp8]', "
+                      "Hopper or newer)", _to_fp8_attention,
+                      attention_output_bytes=1, problems=_fp8_attention_problems),
     ]

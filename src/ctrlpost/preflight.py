@@ -142,34 +142,25 @@ def extras_problems(ctx: Context) -> list[Problem]:
     problems = []
     if ctx.recipe.logging.tensorboard and not _importable("tensorboard"):
         problems.append(Problem("plugins", "logging.tensorboard", MISSING_TENSORBOARD))
-    if ctx.recipe.model.base_precision == "fp8-attention":
-        problems += _fp8_attention_problems(ctx)
     return problems
 
 
-def _fp8_attention_problems(ctx: Context) -> list[Problem]:
-    """FP8 attention over more tokens than the reference computation holds needs cuDNN's fused
-    kernel: its frontend installed, and heads of the one size it takes."""
+def base_precision_problems(ctx: Context) -> list[Problem]:
+    """What the recipe's base precision says it cannot run here (its plugin's ``problems``, given
+    the flavor's base and the tokens of the recipe's largest bucket), under its key."""
     from ctrlpost.engine import memory
-    from ctrlpost.models.fp8_attention import FUSED_HEAD_DIM, REFERENCE_MAX_TOKENS
+    from ctrlpost.modalities import registry
 
     assert ctx.recipe is not None
-    rec, flavor = ctx.recipe, _architecture(ctx)
+    rec = ctx.recipe
+    precision = registry.get_base_precision(rec.model.base_precision, ctx.plugins)
+    if precision.problems is None:
+        return []
+    flavor = _architecture(ctx)
     job = memory.training_job(rec.data, rec.train, rec.model, rec.parallel, world_size=1)
     tokens = job.tokens(memory.model_dims(flavor))
-    if tokens <= REFERENCE_MAX_TOKENS:  # shorter ones run the reference computation
-        return []
-    needs = f'"fp8-attention" over {tokens:,} tokens needs cuDNN\'s fused FP8 attention'
-    fallback = 'model.base_precision = "fp8" (FP8 linears, bf16 attention)'
-    if flavor.base.head_dim != FUSED_HEAD_DIM:
-        return [Problem("plugins", "model.base_precision",
-                        f"{needs}, which takes heads of {FUSED_HEAD_DIM} channels; flavor "
-                        f'"{rec.model.flavor}" has {flavor.base.head_dim}: set {fallback}')]
-    if not _importable("cudnn"):
-        return [Problem("plugins", "model.base_precision",
-                        f"{needs}: pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), "
-                        f"or set {fallback}")]
-    return []
+    return [Problem("plugins", "model.base_precision", message)
+            for message in precision.problems(flavor.base, tokens)]
 
 
 def _importable(module: str) -> bool:
@@ -182,7 +173,8 @@ def _importable(module: str) -> bool:
 
 def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     """Every control names an installed modality and its params pass the plugin's model, and
-    every optional package the recipe turns on is installed (:func:`extras_problems`); the
+    every optional package the recipe turns on is installed (:func:`extras_problems`), the base
+    precision can run (:func:`base_precision_problems`); the
     summary names the plugins providing the recipe's data source and flavor (the recipe stage
     checked that they are registered)."""
     from pydantic import ValidationError
@@ -190,11 +182,12 @@ def plugins_stage(ctx: Context) -> tuple[list[Problem], dict[str, Any]]:
     from ctrlpost.modalities import registry
 
     assert ctx.recipe is not None
-    problems: list[Problem] = extras_problems(ctx)
+    problems: list[Problem] = extras_problems(ctx) + base_precision_problems(ctx)
     try:
         installed = registry.installed_modalities(ctx.plugins)
         chosen = (("data_source", "data source", ctx.recipe.data.source),
-                  ("flavor", "flavor", ctx.recipe.model.flavor))
+                  ("flavor", "flavor", ctx.recipe.model.flavor),
+                  ("base_precision", "base precision", ctx.recipe.model.base_precision))
         providers = {key: f"{name} ({registry.origin_of(name, ctx.plugins, kind)})"
                      for key, kind, name in chosen}
     except CtrlpostError as exc:

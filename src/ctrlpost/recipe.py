@@ -41,7 +41,7 @@ from ctrlpost.recipe_bounds import (
     Steps,
     check_bounds,
 )
-from ctrlpost.recipe_names import DataSourceName, FlavorName
+from ctrlpost.recipe_names import BasePrecisionName, DataSourceName, FlavorName
 from ctrlpost.recipe_overrides import OverrideError, apply_override, set_key
 from ctrlpost.tokenizer_geometry import TEMPORAL_COMPRESSION, is_causal_frame_count, latent_frames
 
@@ -194,16 +194,16 @@ class ModelSection(_Section):
     flavor: FlavorName = Field("7b", description="Architecture flavor: a registered one's name.")
     num_control_blocks: int = Field(3, ge=1, description="Control-branch blocks ('block3').")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype.")
-    base_precision: Literal["bf16", "fp8", "fp8-attention"] = Field(
-        "bf16", description="The frozen base: bf16 (as released); fp8 (its token-wise linear "
-        "layers as e4m3 products with row-wise scales, forward and input gradient); or "
-        "fp8-attention (experimental: those and its self-attention in e4m3 with per-tensor "
-        "scales: cuDNN's fused kernel, pip install 'ctrlpost[fp8]', Hopper or newer). Faster, "
-        "not bit-equal; needs precision = \"bf16\".")
+    base_precision: BasePrecisionName = Field(
+        "bf16", description="How the frozen base computes (a registered name): bf16 as released; "
+        "fp8: its token-wise linears as e4m3 products; fp8-attention (experimental): and its "
+        "self-attention in e4m3, cuDNN's kernel (ctrlpost[fp8], Hopper). FP8 needs bf16 compute.")
 
     @model_validator(mode="after")
-    def _fp8_base_needs_bf16(self) -> ModelSection:
-        if self.base_precision != "bf16" and self.precision != "bf16":
+    def _base_precision_needs_bf16(self) -> ModelSection:
+        from ctrlpost.modalities.registry import get_base_precision
+
+        if get_base_precision(self.base_precision).needs_bf16 and self.precision != "bf16":
             raise ValueError(f'base_precision = "{self.base_precision}" needs precision = "bf16"')
         return self
 

@@ -1,7 +1,8 @@
 """Recipe values that name something a plugin registers, checked against the registry.
 
-``DataSourceName`` (``[data].source``) and ``FlavorName`` (``[model].flavor``) accept exactly the
-names the installed plugins and ctrlpost's built-ins register; anything else is one line listing
+``DataSourceName`` (``[data].source``), ``FlavorName`` (``[model].flavor``) and
+``BasePrecisionName`` (``[model].base_precision``) accept exactly the names the installed plugins
+and ctrlpost's built-ins register; anything else is one line listing
 them, with a "did you mean". Plugins load on the first check, never at import.
 """
 
@@ -39,3 +40,5 @@ DataSourceName = Annotated[
     str, AfterValidator(functools.partial(registered, lookup="installed_data_sources"))]
 FlavorName = Annotated[
     str, AfterValidator(functools.partial(registered, lookup="installed_flavors"))]
+BasePrecisionName = Annotated[
+    str, AfterValidator(functools.partial(registered, lookup="installed_base_precisions"))]

@@ -387,7 +387,7 @@ def test_verify_layout_reports_the_auto_plan() -> None:
 
 
 def test_fp8_attention_keeps_less_per_selective_base_block() -> None:
-    fp8 = replace(AUTO_1GPU, fp8_attention=True)
+    fp8 = replace(AUTO_1GPU, base_attention_output_bytes=1)
     tokens = AUTO_1GPU.tokens(DIMS_7B)
     # FP8 attention keeps its e4m3 output and the statistics: D + fN per token, against
     # aD + fN for the compiled bf16 kernel's output and log-sum-exp.

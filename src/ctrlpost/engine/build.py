@@ -40,6 +40,7 @@ from ctrlpost.engine.optim import build_optimizer
 from ctrlpost.engine.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp
 from ctrlpost.engine.runtime import Runtime
 from ctrlpost.engine.trainer import LoopConfig
+from ctrlpost.modalities import registry
 from ctrlpost.models import (
     ControlledDiT,
     ControlNet,
@@ -50,7 +51,7 @@ from ctrlpost.models import (
     load_control_checkpoint,
     with_control_blocks,
 )
-from ctrlpost.models.base_precision import BASE_PRECISIONS, self_attentions
+from ctrlpost.models.base_precision import self_attentions
 from ctrlpost.models.tokenizer import VideoTokenizer
 from ctrlpost.recipe import Recipe, dump_toml
 from ctrlpost.tokenizer_geometry import SPATIAL_COMPRESSION, latent_frames
@@ -68,8 +69,6 @@ log = logging.getLogger("ctrlpost.engine")
 def flavor_of(recipe: Recipe) -> Flavor:
     """The recipe's flavor, as the plugin that registers it builds it, with its control-block
     count."""
-    from ctrlpost.modalities import registry
-
     architecture = registry.get_flavor(recipe.model.flavor).build()
     return with_control_blocks(architecture, recipe.model.num_control_blocks)
 
@@ -89,7 +88,7 @@ def build_model(recipe: Recipe, runtime: Runtime, *, random_weights: bool = Fals
     # The frozen base needs no fp32 master copy: store it in the compute dtype.
     model.base.to(compute_dtype)
     model.base.requires_grad_(False)
-    BASE_PRECISIONS[recipe.model.base_precision](model.base)
+    registry.get_base_precision(recipe.model.base_precision).convert(model.base)
     # The branch's final layer exists only because the released files hold it: the forward never
     # uses it, so it gets no gradient (AdamW would skip it anyway); keep it out of the optimizer.
     model.control.final_layer.requires_grad_(False)
@@ -293,7 +292,6 @@ def online_hints(recipe: Recipe, runtime: Runtime) -> OnlineHints | None:
     """The models of the control's online hint loaded on the rank's device, or None when its
     hints come from files or frames in the loader."""
     from ctrlpost.engine.online_hints import OnlineHints
-    from ctrlpost.modalities import registry
 
     control = recipe.control[0]
     modality = registry.get_modality(control.modality)

@@ -173,7 +173,9 @@ class Job:
     optimizer: bool = True
     ema: bool = True
     tokenizer: bool = True
-    fp8_attention: bool = False
+    #: Bytes per element a selective base block keeps of its self-attention output (the base
+    #: precision's ``attention_output_bytes``); None: the compute dtype's.
+    base_attention_output_bytes: int | None = None
     compiled: bool = True
     tokenizer_compiled: bool = False
 
@@ -190,6 +192,12 @@ def largest_bucket(resolution: str) -> tuple[int, int]:
     return max(FAMILIES[resolution].values(), key=lambda wh: wh[0] * wh[1])
 
 
+def _attention_output_bytes(base_precision: str) -> int | None:
+    from ctrlpost.modalities import registry
+
+    return registry.get_base_precision(base_precision).attention_output_bytes
+
+
 def training_job(data: DataSection, train: TrainSection, model: ModelSection,
                  parallel: ParallelSection, *, world_size: int) -> Job:
     """The step a recipe's sections describe, sized for its largest bucket, on ``world_size``
@@ -198,7 +206,7 @@ def training_job(data: DataSection, train: TrainSection, model: ModelSection,
     return Job(num_frames=data.num_frames, height=height, width=width,
                batch_size=train.batch_size, world_size=world_size,
                ac_mode=parallel.activation_checkpointing, precision=model.precision,
-               fp8_attention=model.base_precision == "fp8-attention",
+               base_attention_output_bytes=_attention_output_bytes(model.base_precision),
                compiled=parallel.compile, tokenizer_compiled=parallel.compile_tokenizer)
 
 
@@ -382,10 +390,10 @@ class Estimate:
 
 
 def _block_bytes(dims: ModelDims, a: int, *, compiled: bool,
-                 fp8_attention: bool = False) -> dict[str, float]:
+                 attention_output_bytes: int | None = None) -> dict[str, float]:
     """Per-token bytes of one block for each saved set, and the per-clip text constants
-    (``compiled``: blocks under torch.compile; ``fp8_attention``: a base block under
-    ``model.base_precision = "fp8-attention"``)."""
+    (``compiled``: blocks under torch.compile; ``attention_output_bytes``: what a base
+    precision keeps of a self-attention output per element, when not the compute dtype)."""
     d, f, n, hidden = dims.model_channels, FP32, dims.num_heads, dims.mlp_hidden
     # LayerNorm inputs; q, k, q_ca before their fp32 RMSNorm; attention q, k, v, out and cross
     # q, out; the GELU input; softmax statistics and rsqrt per head; a few scalars.
@@ -394,8 +402,8 @@ def _block_bytes(dims: ModelDims, a: int, *, compiled: bool,
     # the three branch outputs (for the gates' gradients).
     trainable = frozen + 9 * a * d + 3 * f * d + a * hidden
     # What "selective" keeps of a self-attention (bench/NOTES.md):
-    if fp8_attention:  # its e4m3 output and statistics (q, k, v and their copies recomputed)
-        attention_outputs = d + f * n
+    if attention_output_bytes is not None:  # e.g. fp8-attention: its e4m3 output and statistics
+        attention_outputs = attention_output_bytes * d + f * n  # (q, k, v recomputed)
     elif compiled:  # the output and its log-sum-exp (measured on the engine's step)
         attention_outputs = a * d + f * n
     else:  # eager checkpointing caches two output-sized tensors and the statistics
@@ -419,7 +427,8 @@ def _activations(dims: ModelDims, job: Job, a: int,
                  plan: CheckpointPlan) -> tuple[float, float, float]:
     """(saved, working) bytes at the base-backward peak, and the control-backward total."""
     blk, b = _block_bytes(dims, a, compiled=job.compiled), job.batch_size
-    base_blk = _block_bytes(dims, a, compiled=job.compiled, fp8_attention=job.fp8_attention)
+    base_blk = _block_bytes(dims, a, compiled=job.compiled,
+                            attention_output_bytes=job.base_attention_output_bytes)
     tokens, d, hidden = job.tokens(dims) * b, dims.model_channels, dims.mlp_hidden
     grad_blocks = dims.base_blocks - 1  # base block 0 needs no gradient
     stem = _stem_bytes(dims, a, plan.checkpointed) * tokens

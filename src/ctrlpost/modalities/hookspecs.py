@@ -7,6 +7,7 @@ from typing import Any
 import pluggy
 
 from ctrlpost.modalities.base import FidelityMetric, Modality
+from ctrlpost.modalities.base_precisions import BasePrecision
 from ctrlpost.modalities.flavors import ModelFlavor
 from ctrlpost.modalities.sources import DataSource
 
@@ -33,6 +34,13 @@ class ModalitySpec:
     @hookspec
     def ctrlpost_register_flavors(self) -> list[ModelFlavor]:  # type: ignore[empty-body]
         """Return the model flavors this plugin provides (``[model].flavor``)."""
+
+    @hookspec
+    def ctrlpost_register_base_precisions(  # type: ignore[empty-body]
+        self,
+    ) -> list[BasePrecision]:
+        """Return the ways of computing the frozen base this plugin provides
+        (``[model].base_precision``)."""
 
     @hookspec(firstresult=True)
     def ctrlpost_fidelity_metric(  # type: ignore[empty-body]

@@ -1,10 +1,12 @@
-"""The registries of modalities, data sources and model flavors, read from the plugins.
+"""The registries of modalities, data sources, model flavors and base precisions, read from the
+plugins.
 
-Plugins come through the ``ctrlpost`` entry-point group; ctrlpost's own data sources and flavors
-(:mod:`ctrlpost.builtin`) are registered by module name first, as pytest registers its default
-plugins, and answer the same hooks. The plugin manager is the one piece of global state ctrlpost
-keeps: it is built, and entry points are read, on the first lookup of a process (never at
-import). Tests build their own with ``build_plugin_manager(load_entrypoints=False)``.
+Plugins come through the ``ctrlpost`` entry-point group; ctrlpost's own data sources, flavors
+and base precisions (:mod:`ctrlpost.builtin`) are registered by module name first, as pytest
+registers its default plugins, and answer the same hooks. The plugin manager is the one piece
+of global state ctrlpost keeps: it is built, and entry points are read, on the first lookup of a
+process (never at import). Tests build their own with
+``build_plugin_manager(load_entrypoints=False)``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pluggy
 from ctrlpost.errors import PluginError
 from ctrlpost.modalities import hookspecs
 from ctrlpost.modalities.base import FidelityMetric, Modality
+from ctrlpost.modalities.base_precisions import BasePrecision
 from ctrlpost.modalities.flavors import ModelFlavor
 from ctrlpost.modalities.hint_files import HintFile
 from ctrlpost.modalities.online import OnlineHint
@@ -36,6 +39,7 @@ _KINDS: dict[str, tuple[str, type]] = {
     "modality": ("ctrlpost_register_modalities", Modality),
     "data source": ("ctrlpost_register_data_sources", DataSource),
     "flavor": ("ctrlpost_register_flavors", ModelFlavor),
+    "base precision": ("ctrlpost_register_base_precisions", BasePrecision),
 }
 
 
@@ -164,6 +168,20 @@ def get_flavor(name: str, manager: pluggy.PluginManager | None = None) -> ModelF
     return flavor
 
 
+def installed_base_precisions(
+    manager: pluggy.PluginManager | None = None,
+) -> dict[str, BasePrecision]:
+    """Every registered base precision by name, sorted by name."""
+    return _installed("base precision", manager)
+
+
+def get_base_precision(name: str,
+                       manager: pluggy.PluginManager | None = None) -> BasePrecision:
+    """The registered base precision called ``name``, or an error listing the registered ones."""
+    precision: BasePrecision = _get("base precision", name, manager)
+    return precision
+
+
 def origin_of(name: str, manager: pluggy.PluginManager | None = None,
               kind: str = "modality") -> str:
     """The distribution that provides the ``kind`` called ``name`` (for summaries)."""
@@ -174,8 +192,9 @@ def origin_of(name: str, manager: pluggy.PluginManager | None = None,
 
 
 def plugin_distributions(manager: pluggy.PluginManager | None = None) -> list[str]:
-    """The distributions that registered a modality, data source or flavor (ctrlpost's own
-    built-ins included), by name; plugins registered without a distribution are left out."""
+    """The distributions that registered a modality, data source, flavor or base precision
+    (ctrlpost's own built-ins included), by name; plugins registered without a distribution are
+    left out."""
     manager = manager or plugin_manager()
     found: set[str] = set()
     for hook, _ in _KINDS.values():

@@ -1,10 +1,8 @@
-"""What ``model.base_precision`` does to the frozen base: the registry of base precisions and
-the in-place conversions behind them (the layers' parameters stay as they are, so strict
+"""The in-place conversions of a frozen base behind the built-in ``model.base_precision`` values
+(registered by :mod:`ctrlpost.builtin`; the layers' parameters stay as they are, so strict
 loading, sharding and checkpoints are unchanged)."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from torch import nn
 
@@ -49,12 +47,3 @@ def to_fp8(module: nn.Module) -> int:
     for layer in layers:
         layer.__class__ = Fp8FrozenLinear
     return len(layers)
-
-
-BASE_PRECISIONS: dict[str, Callable[[nn.Module], int]] = {
-    "bf16": lambda base: 0,  # the released layers as they are
-    "fp8": to_fp8,  # token-wise linears as FP8 products (ctrlpost.models.fp8)
-    "fp8-attention": to_fp8_attention,  # and self-attention in FP8 (models.fp8_attention)
-}
-"""``model.base_precision`` → what it does to the frozen base (before sharding); each returns
-how many layers it changed."""

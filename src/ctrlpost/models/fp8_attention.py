@@ -247,6 +247,25 @@ def _check_reference_length(x: Tensor) -> None:
             'model.base_precision = "fp8" (FP8 linears, bf16 attention)')
 
 
+def unmet_requirements(head_dim: int, tokens: int) -> list[str]:
+    """What keeps FP8 attention over ``tokens`` tokens, heads of ``head_dim`` channels, from
+    running on this installation, a line each with its fix: beyond the reference computation's
+    length it needs the fused kernel, which needs the cuDNN frontend and heads it takes."""
+    if tokens <= REFERENCE_MAX_TOKENS:  # shorter ones run the reference computation
+        return []
+    needs = f'"fp8-attention" over {tokens:,} tokens needs cuDNN\'s fused FP8 attention'
+    fallback = 'model.base_precision = "fp8" (FP8 linears, bf16 attention)'
+    if head_dim != FUSED_HEAD_DIM:
+        return [f"{needs}, which takes heads of {FUSED_HEAD_DIM} channels; these have "
+                f"{head_dim}: set {fallback}"]
+    try:
+        import cudnn  # noqa: F401  (nvidia-cudnn-frontend)
+    except (ImportError, OSError):  # OSError: it loads libcudnn at import
+        return [f"{needs}: pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), or set "
+                f"{fallback}"]
+    return []
+
+
 def _round_fp8(x: Tensor, scale: float | Tensor) -> Tensor:
     """``x`` rounded to e4m3 at ``scale`` and scaled back (float32)."""
     return (x * scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).float() / scale
