@@ -267,6 +267,7 @@ def test_synthetic_latents_resume_and_regroup_like_real_data(workspace: Workspac
     assert_close(losses(resumed), reference, range(3, 5), tol=1e-5)
 
 
+@pytest.mark.slow  # 65 s on 2 cores; the default run keeps the 2 → 1 resume (synthetic latents)
 def test_four_ranks_save_and_resume_at_two_and_one(workspace: Workspace, tmp_path: Path) -> None:
     """The multi-GPU logic on gloo: 4 ranks × 1 clip ≡ 2 ranks × 2 micro-batches ≡ 1 × 4."""
     four = ["--nproc", "4", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
