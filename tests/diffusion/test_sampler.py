@@ -64,7 +64,7 @@ def test_solvers_match_the_gaussian_moments_without_sampling_error(method: str,
     network = gaussian_network(mean, std)
     x0_fn = guided_denoiser(network, edm=EDM, sampler=SamplerConfig())
     sigmas = karras_sigmas(steps, sigma_min=0.0002, sigma_max=80.0)
-    got_mean, got_var = moments(integrate(x0_fn, noise, sigmas, method=method))  # type: ignore[arg-type]
+    got_mean, got_var = moments(integrate(x0_fn, noise, sigmas, method=method))
     assert got_mean == pytest.approx(mean, rel=0.02)
     assert got_var == pytest.approx(std**2, rel=0.02)
 
@@ -155,3 +155,26 @@ def test_bad_configs_and_missing_uncond_network_fail() -> None:
         SamplerConfig(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="uncond_network"):
         guided_denoiser(gaussian_network(0, 1), edm=EDM, sampler=SamplerConfig(guidance=2.0))
+
+
+def test_the_recipe_offers_exactly_the_registered_solvers() -> None:
+    """`[validation].sampler` is a Literal (completion and validation read it without torch);
+    it must name exactly the solvers the sampler has."""
+    from typing import get_args
+
+    from ctrlpost.diffusion import SOLVERS
+    from ctrlpost.recipe import ValidationSection
+
+    assert sorted(get_args(ValidationSection.model_fields["sampler"].annotation)) == \
+        sorted(SOLVERS)
+
+
+def test_a_solver_is_counted_as_it_calls() -> None:
+    """Each solver's call count, as `network_calls` reports it, is what it evaluates: Euler
+    one call a step, Heun two but the last."""
+    for method, expected in (("euler", 5), ("heun", 9)):
+        calls: list[float] = []
+        cfg = SamplerConfig(method=method, steps=5)
+        sample(gaussian_network(0.0, 0.5, calls=calls), shape_B_C_T_H_W=(1, 1, 1, 2, 2),
+               edm=EDM, sampler=cfg, generator=torch.Generator().manual_seed(0))
+        assert len(calls) == cfg.network_calls == expected, method

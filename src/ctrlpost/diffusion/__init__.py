@@ -26,10 +26,10 @@ from ctrlpost.diffusion.edm import (
 )
 from ctrlpost.diffusion.loss import Denoiser, LossOutput, NoiseDraws, draw_noise, training_loss
 from ctrlpost.diffusion.sampler import (
-    SAMPLER_METHODS,
+    SOLVERS,
     GivenFrames,
+    OdeSolver,
     SamplerConfig,
-    SamplerMethod,
     guided_denoiser,
     integrate,
     karras_sigmas,
@@ -38,16 +38,16 @@ from ctrlpost.diffusion.sampler import (
 from ctrlpost.diffusion.uncertainty import FourierFeatures, UncertaintyHead
 
 __all__ = [
-    "SAMPLER_METHODS",
+    "SOLVERS",
     "Denoiser",
     "EDMConfig",
     "FourierFeatures",
     "GivenFrames",
     "LossOutput",
     "NoiseDraws",
+    "OdeSolver",
     "Preconditioning",
     "SamplerConfig",
-    "SamplerMethod",
     "UncertaintyHead",
     "apply_text_dropout",
     "condition_mask",

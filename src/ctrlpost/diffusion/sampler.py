@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -31,11 +30,42 @@ from ctrlpost.diffusion.config import EDMConfig
 from ctrlpost.diffusion.edm import denoised, expand_B, precondition
 from ctrlpost.diffusion.loss import Denoiser
 
-SamplerMethod = Literal["euler", "heun"]
-SAMPLER_METHODS: tuple[SamplerMethod, ...] = ("euler", "heun")
-
 X0Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``D(x_t_B_C_T_H_W, sigma_B) -> x0_B_C_T_H_W``: a denoiser in diffusion space (float32)."""
+
+
+@dataclass(frozen=True)
+class OdeSolver:
+    """One way of stepping the probability-flow ODE from σ to σ_next.
+
+    ``step(x0_fn, x, sigma, sigma_next, slope)`` returns x at σ_next, given the Euler slope
+    ``(x − D(x; σ))/σ`` already evaluated at σ; ``calls_per_step`` counts that evaluation and
+    the step's own, for a step to σ_next > 0 (the last, to σ = 0, is one evaluation and Euler in
+    every solver: the slope there would divide by zero)."""
+
+    step: Callable[[X0Fn, torch.Tensor, float, float, torch.Tensor], torch.Tensor]
+    calls_per_step: int
+
+
+def _euler(x0_fn: X0Fn, x: torch.Tensor, sigma: float, sigma_next: float,
+           slope: torch.Tensor) -> torch.Tensor:
+    return x + (sigma_next - sigma) * slope
+
+
+def _heun(x0_fn: X0Fn, x: torch.Tensor, sigma: float, sigma_next: float,
+          slope: torch.Tensor) -> torch.Tensor:
+    x_next = x + (sigma_next - sigma) * slope
+    if sigma_next == 0:
+        return x_next
+    slope_next = (x_next - x0_fn(x_next, _full(x.shape[0], sigma_next, x))) / sigma_next
+    return x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+
+
+SOLVERS: dict[str, OdeSolver] = {
+    "euler": OdeSolver(_euler, calls_per_step=1),
+    "heun": OdeSolver(_heun, calls_per_step=2),  # 2nd order: the slope at σ_next too
+}
+"""``SamplerConfig.method`` (``[validation].sampler``) → its ODE solver."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,8 +73,8 @@ class SamplerConfig:
     """How to integrate the sampling ODE.
 
     Attributes:
-        method: ``"heun"`` (2·steps − 1 network calls per guidance branch) or ``"euler"``
-            (``steps`` calls).
+        method: a :data:`SOLVERS` name: ``"heun"`` (2·steps − 1 network calls per guidance
+            branch) or ``"euler"`` (``steps`` calls).
         steps: Noise levels of the Karras schedule before the final step to σ = 0.
         sigma_min: Smallest non-zero σ of the schedule.
         sigma_max: Largest σ: the initial noise is ``σ_max·ε``.
@@ -54,7 +84,7 @@ class SamplerConfig:
         guide_condition_frames: Also drop the conditioning frames in the unconditional pass.
     """
 
-    method: SamplerMethod = "heun"
+    method: str = "heun"
     steps: int = 35
     sigma_min: float = 0.0002
     sigma_max: float = 80.0
@@ -65,8 +95,8 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.method not in SAMPLER_METHODS:
-            problems.append(f"method must be one of {SAMPLER_METHODS}, got {self.method!r}")
+        if self.method not in SOLVERS:
+            problems.append(f"method must be one of {tuple(SOLVERS)}, got {self.method!r}")
         if self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")
         if not 0 < self.sigma_min < self.sigma_max:
@@ -80,7 +110,7 @@ class SamplerConfig:
     @property
     def network_calls(self) -> int:
         """Denoiser evaluations per sample (times 2 with guidance)."""
-        calls = 2 * self.steps - 1 if self.method == "heun" else self.steps
+        calls = (self.steps - 1) * SOLVERS[self.method].calls_per_step + 1  # the last: Euler
         return calls * (2 if self.guidance else 1)
 
 
@@ -99,20 +129,16 @@ def karras_sigmas(steps: int, *, sigma_min: float, sigma_max: float,
 
 @torch.no_grad()
 def integrate(x0_fn: X0Fn, noise_B_C_T_H_W: torch.Tensor, sigmas: torch.Tensor, *,
-              method: SamplerMethod = "heun") -> torch.Tensor:
+              method: str = "heun") -> torch.Tensor:
     """Solve the probability-flow ODE from ``x = σ_0·noise`` down the ``sigmas`` (last one 0).
 
     Returns the final x (float32), which for the last step to σ = 0 is the last ``D`` output.
     """
-    batch = noise_B_C_T_H_W.shape[0]
+    batch, solver = noise_B_C_T_H_W.shape[0], SOLVERS[method]
     x = noise_B_C_T_H_W.float() * float(sigmas[0])
     for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
         slope = (x - x0_fn(x, _full(batch, sigma, x))) / sigma
-        x_next = x + (sigma_next - sigma) * slope
-        if method == "heun" and sigma_next > 0:
-            slope_next = (x_next - x0_fn(x_next, _full(batch, sigma_next, x))) / sigma_next
-            x_next = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
-        x = x_next
+        x = solver.step(x0_fn, x, sigma, sigma_next, slope)
     return x
 
 
