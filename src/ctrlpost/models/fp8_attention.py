@@ -48,15 +48,20 @@ def power_of_two_scale(amax: Tensor, headroom: float = 1.0) -> Tensor:
     return torch.exp2(torch.floor(torch.log2(ratio)))
 
 
+def _frontend_loads() -> bool:
+    """Whether cuDNN's frontend (``nvidia-cudnn-frontend``, the ``fp8`` extra) imports."""
+    try:
+        import cudnn  # noqa: F401
+    except (ImportError, OSError):  # OSError: it loads libcudnn at import, absent on CPU builds
+        return False
+    return True
+
+
 def cudnn_available(device: torch.device) -> bool:
     """Whether ``device`` can run the fused FP8 attention (CUDA capability 9.0+, frontend)."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
         return False
-    try:
-        import cudnn  # noqa: F401  (nvidia-cudnn-frontend)
-    except (ImportError, OSError):  # OSError: it loads libcudnn at import, absent on CPU builds
-        return False
-    return True
+    return _frontend_loads()
 
 
 def runs_fused_kernel(x: Tensor) -> bool:
@@ -258,9 +263,7 @@ def unmet_requirements(head_dim: int, tokens: int) -> list[str]:
     if head_dim != FUSED_HEAD_DIM:
         return [f"{needs}, which takes heads of {FUSED_HEAD_DIM} channels; these have "
                 f"{head_dim}: set {fallback}"]
-    try:
-        import cudnn  # noqa: F401  (nvidia-cudnn-frontend)
-    except (ImportError, OSError):  # OSError: it loads libcudnn at import
+    if not _frontend_loads():
         return [f"{needs}: pip install 'ctrlpost[fp8]' (and a Hopper or newer GPU), or set "
                 f"{fallback}"]
     return []
